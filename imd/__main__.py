@@ -1,0 +1,5 @@
+import sys
+
+from imd.cli.main import main
+
+sys.exit(main())

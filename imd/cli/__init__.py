@@ -1,0 +1,1 @@
+"""The ``imd`` command: ``imd serve`` and client commands."""

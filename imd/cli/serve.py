@@ -1,0 +1,44 @@
+"""``imd serve``: config from file and flags, then the daemon on uvloop."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import sys
+
+import uvloop
+
+from imd import eventlog
+from imd.config import ConfigError, load
+from imd.daemon import serve
+
+
+def run_serve(a: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {
+        "listen": a.listen,
+        "socket": a.serve_socket,
+        "state_dir": a.state_dir,
+        "logs_dir": a.logs_dir,
+        "port_range": a.port_range,
+        "log_level": a.log_level,
+        "stop_children_on_exit": a.stop_children,
+    }
+    if a.serve_tls_dir:
+        overrides["tls"] = {"dir": a.serve_tls_dir}
+    try:
+        config = load(a.config, overrides)
+    except ConfigError as exc:
+        sys.stderr.write(f"imd: config error: {exc}\n")
+        return 2
+    # A watchdog abort (SIGABRT) or a fatal signal leaves a Python traceback.
+    faulthandler.enable()
+    eventlog.configure(config.log_level)
+    try:
+        uvloop.run(serve(config))
+    except ConfigError as exc:
+        sys.stderr.write(f"imd: config error: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"imd: cannot start: {exc}\n")
+        return 1
+    return 0

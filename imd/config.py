@@ -1,0 +1,93 @@
+"""Daemon configuration: a TOML file decoded by msgspec, then flag overrides.
+
+Relative paths are resolved against the working directory, so the default
+config (no file, no flags) keeps all state under ``./.imd`` of wherever the
+daemon was started: handy in a checkout, and never a surprise write to
+``/var``. The shipped systemd config (systemd/imd.toml) sets absolute paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from imd.supervisor.process import SupervisionSettings
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Longhorn's layout: ``ca.crt``, ``tls.crt`` and ``tls.key`` in one directory."""
+
+    dir: str
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "127.0.0.1:8500"
+    """Base address: process manager here, instance API on port + 3."""
+    socket: str = ".imd/imd.sock"
+    """Unix socket serving every service; empty to disable."""
+    state_dir: str = ".imd/state"
+    logs_dir: str = ".imd/logs"
+    port_range: str = "10000-20000"
+    health_timeout_s: Seconds = 60.0
+    health_interval_s: Seconds = 0.1
+    stop_grace_s: Seconds = 30.0
+    watch_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    drain_timeout_s: Seconds = 10.0
+    stop_children_on_exit: bool = True
+    log_max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * 1024 * 1024
+    log_keep: Annotated[int, msgspec.Meta(ge=0)] = 3
+    log_check_s: Seconds = 10.0
+    deleted_log_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    log_level: str = "info"
+    tls: TlsConfig | None = None
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65532:
+            raise ConfigError(f"listen: {self.listen!r} is not HOST:PORT with PORT in 1-65532")
+        return host.strip("[]"), int(port)
+
+    def port_bounds(self) -> tuple[int, int]:
+        low, sep, high = self.port_range.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit():
+            raise ConfigError(f"port_range: {self.port_range!r} is not A-B")
+        lo, hi = int(low), int(high)
+        if not 1 <= lo <= hi <= 65535:
+            raise ConfigError(f"port_range: {self.port_range!r} must satisfy 1 <= A <= B <= 65535")
+        return lo, hi
+
+    def supervision(self) -> SupervisionSettings:
+        return SupervisionSettings(
+            health_timeout_s=self.health_timeout_s,
+            health_interval_s=self.health_interval_s,
+            stop_grace_s=self.stop_grace_s,
+        )
+
+    def validate(self) -> None:
+        self.listen_host_port()
+        self.port_bounds()
+
+
+class ConfigError(Exception):
+    """The config file or a flag is malformed: the daemon refuses to start."""
+
+
+def load(path: str | None, overrides: dict[str, object]) -> Config:
+    base: dict[str, object] = {}
+    if path:
+        try:
+            base = msgspec.toml.decode(Path(path).read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = msgspec.convert(base, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path or 'flags'}: {exc}") from exc
+    config.validate()
+    return config

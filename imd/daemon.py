@@ -1,0 +1,164 @@
+"""Assembly of the daemon: listeners, services, background upkeep, drain.
+
+Listeners follow Longhorn's layout: the process-manager API on the base
+port, the instance API on base + 3, and every service on one Unix socket
+(for local tools, without TLS: the socket's file mode is the access
+control). Each listener also serves grpc.health.v1.Health and reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server
+
+from imd.api.instance import InstanceServicer
+from imd.api.process_manager import ProcessManagerServicer
+from imd.api.status import BoundedProtoCodec, InFlight
+from imd.config import Config, ConfigError
+from imd.eventlog import fields
+from imd.services.instances import InstanceLogSettings
+from imd.services.processes import Lifecycle, ProcessService
+from imd.supervisor.logs import LogStore
+from imd.supervisor.ports import PortAllocator
+from imd.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("imd.daemon")
+
+INSTANCE_PORT_OFFSET = 3
+
+
+def tls_context(tls_dir: str) -> ssl.SSLContext:
+    """mTLS with Longhorn's file names. Any failure is fatal: a daemon told
+    to use TLS must never fall back to plaintext."""
+    directory = Path(tls_dir)
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(directory / "tls.crt", directory / "tls.key")
+        ctx.load_verify_locations(directory / "ca.crt")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.set_alpn_protocols(["h2"])  # grpc-go refuses servers without ALPN h2
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls.dir {tls_dir}: cannot load ca.crt/tls.crt/tls.key: {exc}") from exc
+    return ctx
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lifecycle = Lifecycle()
+        self.in_flight = InFlight()
+        low, high = config.port_bounds()
+        self.logs = LogStore(
+            Path(config.logs_dir).absolute(),
+            max_bytes=config.log_max_bytes,
+            keep=config.log_keep,
+            retention_s=config.deleted_log_retention_s,
+        )
+        self.supervisor = Supervisor(
+            ports=PortAllocator(low, high),
+            logs=self.logs,
+            settings=config.supervision(),
+            watch_queue_limit=config.watch_queue,
+        )
+        self.processes = ProcessService(self.supervisor, self.lifecycle)
+        self.health_status = ServiceStatus()
+        self._servers: list[Server] = []
+        self._upkeep: asyncio.Task[None] | None = None
+        self.ports: dict[str, int] = {}
+        self.stopped = asyncio.Event()
+
+    def _server(self, *services: object) -> Server:
+        health = Health({svc: [self.health_status] for svc in services})  # type: ignore[misc]
+        return Server(ServerReflection.extend([*services, health]), codec=BoundedProtoCodec())  # type: ignore[list-item]
+
+    async def start(self) -> None:
+        cfg = self.config
+        ssl_ctx = tls_context(cfg.tls.dir) if cfg.tls else None
+        Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_settings = InstanceLogSettings(logging.getLogger("imd"))
+        pm = ProcessManagerServicer(self.processes, self.in_flight)
+        inst = InstanceServicer(self.processes, log_settings, self.in_flight)
+        host, base = cfg.listen_host_port()
+
+        pm_server = self._server(pm)
+        await pm_server.start(host, base, ssl=ssl_ctx, reuse_address=True)
+        self._servers.append(pm_server)
+        inst_server = self._server(inst)
+        await inst_server.start(host, base + INSTANCE_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
+        self._servers.append(inst_server)
+        self.ports = {"process_port": _bound_port(pm_server), "instance_port": _bound_port(inst_server)}
+        if cfg.socket:
+            sock = Path(cfg.socket)
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            sock.unlink(missing_ok=True)
+            unix_server = self._server(pm, inst)
+            await unix_server.start(path=str(sock))
+            os.chmod(sock, 0o660)
+            self._servers.append(unix_server)
+        self.health_status.set(True)
+        self._upkeep = asyncio.ensure_future(self._log_upkeep())
+        log.info(
+            "serving",
+            extra=fields(listen=cfg.listen, socket=cfg.socket, tls=bool(ssl_ctx), **self.ports),
+        )
+
+    async def _log_upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_check_s)
+            for proc in self.supervisor.views():
+                try:
+                    if await asyncio.to_thread(self.logs.rotate_if_needed, proc.name):
+                        log.info("log rotated", extra=fields(name=proc.name, uuid=proc.uuid))
+                except OSError as exc:
+                    log.warning("log rotation failed", extra=fields(name=proc.name, error=str(exc)))
+            self.logs.expire_deleted()
+
+    async def stop(self) -> None:
+        """Drain: stop accepting work, report NOT_SERVING, end streams, wait
+        for in-flight RPCs up to the deadline, close listeners, then stop
+        (or leave) the children."""
+        cfg = self.config
+        log.info("draining", extra=fields(in_flight=self.in_flight.count))
+        self.lifecycle.start_drain()
+        self.health_status.set(False)
+        self.supervisor.events.close_all()
+        if not await self.in_flight.wait_idle(cfg.drain_timeout_s):
+            log.warning("drain deadline passed", extra=fields(in_flight=self.in_flight.count))
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        await self.supervisor.shutdown(stop_children=cfg.stop_children_on_exit, timeout=cfg.stop_grace_s + 5)
+        if cfg.socket:
+            Path(cfg.socket).unlink(missing_ok=True)
+        log.info("stopped")
+        self.stopped.set()
+
+
+def _bound_port(server: Server) -> int:
+    sockets = getattr(server._server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+async def serve(config: Config) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await daemon.stop()

@@ -1,0 +1,122 @@
+"""Spawning children that outlive the daemon, and watching them through pidfds.
+
+Why this shape:
+
+* ``posix_spawn`` with ``setsid``: each child leads its own session and
+  process group, so a daemon restart (or a signal sent to the daemon's
+  group) never reaches it, and a stop can signal the child's whole group.
+  No shell is involved: argv goes to execve as given.
+* stdout and stderr are opened *by the child* onto its log file in append
+  mode. Nothing is piped through the daemon, so children keep logging while
+  the daemon restarts, and a slow daemon never blocks a child on a full pipe.
+* A pidfd is the one handle for both children we spawned and children we
+  re-adopt after a restart: it becomes readable on exit, and signals sent
+  through it can never hit a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import msgspec
+
+# Variables that belong to the daemon's own supervisor (systemd); a child
+# that inherited them could send notifications in the daemon's name.
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+class ExitInfo(msgspec.Struct, frozen=True):
+    """How a child ended. ``code`` is None when it died from ``signal``;
+    both are None when the exit status could not be collected (an adopted
+    child is not ours to reap)."""
+
+    code: int | None
+    signal: int | None
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        if self.code is not None:
+            return f"exit status {self.code}"
+        return "exited (status unknown: not a child of this daemon instance)"
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for key in _PRIVATE_ENV:
+        env.pop(key, None)
+    return env
+
+
+def spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
+    """Start ``argv`` in a new session writing to ``log_path``; return its pid.
+
+    Raises OSError (ENOENT, EACCES, ENOEXEC, ...) when exec fails: glibc's
+    posix_spawn reports exec errors synchronously, so a missing binary never
+    becomes a zombie we have to reap.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), flags & ~os.O_CLOEXEC, 0o640),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+
+
+def open_pidfd(pid: int) -> int:
+    """A pidfd for ``pid`` (close-on-exec). Raises ProcessLookupError if gone."""
+    return os.pidfd_open(pid)
+
+
+def collect_exit(pidfd: int) -> ExitInfo:
+    """Reap the exited process behind ``pidfd`` and say how it ended.
+
+    For a process that is not our child (adopted after a restart) waitid
+    fails with ECHILD: we know that it exited, not how.
+    """
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return ExitInfo(code=None, signal=None)
+    if result is None:  # readable pidfd but not yet waitable: treat as unknown
+        return ExitInfo(code=None, signal=None)
+    if result.si_code == os.CLD_EXITED:
+        return ExitInfo(code=result.si_status, signal=None)
+    return ExitInfo(code=None, signal=result.si_status)
+
+
+def signal_group(pid: int, pidfd: int, sig: int) -> bool:
+    """Send ``sig`` to the child's process group; False if it is already gone.
+
+    The leader is signalled through its pidfd first: that cannot hit a
+    recycled pid. Only if the leader is still there (so its pid, which is also
+    the group id, cannot have been reused) is the rest of the group signalled.
+    """
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    return True
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+
+    With the pid it identifies a process uniquely across pid reuse. The
+    command name (field 2) may contain spaces and parentheses, so parse from
+    the last ')'.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])

@@ -1,0 +1,1 @@
+"""Request semantics, independent of the wire: validation and routing."""

@@ -1,0 +1,1 @@
+"""Supervision: the registry of processes, their ports, logs and events."""

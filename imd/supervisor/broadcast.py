@@ -1,0 +1,108 @@
+"""Fan-out of events to watchers, each with its own bounded queue.
+
+Publishing never waits: a watcher whose queue is full is marked overflowed
+and dropped, so one stuck client can neither slow the others nor make the
+daemon buffer without bound. The Go original drops such a watcher too, but
+silently, ending its stream with OK; here the watcher learns it was dropped
+(``WatcherOverflow``), which the wire layer turns into RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class WatcherOverflow(Exception):
+    """Raised by ``Subscription.get`` once the watcher fell too far behind."""
+
+
+class StreamClosed(Exception):
+    """Raised by ``Subscription.get`` when the broadcaster shut down."""
+
+
+class Subscription(Generic[T]):
+    def __init__(self, owner: Broadcaster[T], limit: int) -> None:
+        self._owner = owner
+        self._limit = limit
+        self._items: deque[T] = deque()
+        self._wakeup = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+        # Called (once) when the watcher is dropped, so a sender blocked on a
+        # client that stopped reading can be interrupted; see api.streams.
+        self.on_drop: Callable[[], None] | None = None
+
+    def _offer(self, item: T) -> bool:
+        if len(self._items) >= self._limit:
+            self.overflowed = True
+            self._items.clear()
+            self._drop()
+            return False
+        self._items.append(item)
+        self._wakeup.set()
+        return True
+
+    def _drop(self) -> None:
+        self._wakeup.set()
+        callback, self.on_drop = self.on_drop, None
+        if callback is not None:
+            callback()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> T:
+        while not self._items:
+            if self.overflowed:
+                raise WatcherOverflow(f"watcher fell more than {self._limit} events behind")
+            if self.closed:
+                raise StreamClosed()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._owner._subscribers.discard(self)
+        self.closed = True
+        self._wakeup.set()
+
+    def __enter__(self) -> Subscription[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Broadcaster(Generic[T]):
+    def __init__(self, queue_limit: int) -> None:
+        self.queue_limit = queue_limit
+        self._subscribers: set[Subscription[T]] = set()
+
+    def subscribe(self) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(self, self.queue_limit)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, item: T) -> None:
+        dropped = [sub for sub in self._subscribers if not sub._offer(item)]
+        for sub in dropped:
+            self._subscribers.discard(sub)
+
+    def close_all(self) -> None:
+        """End every watcher cleanly (daemon shutdown): after draining what
+        is queued, ``get`` raises StreamClosed."""
+        for sub in list(self._subscribers):
+            sub.close()

@@ -1,0 +1,291 @@
+"""The registry of supervised processes and the one owner of it.
+
+Invariants, which tests/test_stress.py checks under concurrent load:
+
+* one entry per name; an entry's UUID never changes (a replace makes a new
+  entry with a new UUID under the same name);
+* every entry has a live child or has exited and says so in its state, and
+  every child we started has an entry (current, replacing or retiring)
+  until it has exited;
+* ports belong to exactly one process and are released only after that
+  process exited.
+
+All mutation happens on the event loop thread between awaits, so no lock is
+needed, and none is ever held across a wait on a child or the network. The
+only long wait here, a replace waiting for its new process to become
+ready, holds no lock either: it holds a slot in ``_replacing``, which a
+concurrent replace sees (and is refused) and a delete cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid as uuidlib
+from collections.abc import Callable
+
+from imd.edges.spawn import child_environment
+from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, StartFailed
+from imd.eventlog import fields
+from imd.supervisor.broadcast import Broadcaster
+from imd.supervisor.logs import LogStore
+from imd.supervisor.model import (
+    NO_INSTANCE,
+    InstanceInfo,
+    ProcessEvent,
+    ProcessSpec,
+    ProcessState,
+    ProcessView,
+)
+from imd.supervisor.ports import PortAllocator
+from imd.supervisor.process import ManagedProcess, SupervisionSettings
+
+log = logging.getLogger("imd.supervisor")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        ports: PortAllocator,
+        logs: LogStore,
+        settings: SupervisionSettings,
+        watch_queue_limit: int = 1024,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.ports = ports
+        self.logs = logs
+        self.settings = settings
+        self.events: Broadcaster[ProcessEvent] = Broadcaster(watch_queue_limit)
+        self._env = child_environment(env)
+        self._current: dict[str, ManagedProcess] = {}
+        self._replacing: dict[str, ManagedProcess] = {}
+        self._retiring: set[ManagedProcess] = set()
+        # Futures resolved when a name's current process leaves the
+        # registry: log followers of that name stop on it.
+        self._removed: dict[str, asyncio.Future[None]] = {}
+        self._seq = 0
+        self.on_change: Callable[[], None] | None = None  # persistence hook
+
+    # -- queries ---------------------------------------------------------------
+
+    def get(self, name: str) -> ProcessView:
+        return self._lookup(name).view()
+
+    def views(self) -> list[ProcessView]:
+        return [proc.view() for proc in self._current.values()]
+
+    def all_processes(self) -> list[ManagedProcess]:
+        """Every process with a live or unreaped child: current, replacing, retiring."""
+        return [*self._current.values(), *self._replacing.values(), *self._retiring]
+
+    def removal_of(self, name: str) -> asyncio.Future[None]:
+        """Completes when ``name``'s current process leaves the registry."""
+        self._lookup(name)
+        fut = self._removed.get(name)
+        if fut is None or fut.done():
+            fut = self._removed[name] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for proc in self._current.values():
+            counts[proc.state.value] = counts.get(proc.state.value, 0) + 1
+        return counts
+
+    # -- create ----------------------------------------------------------------
+
+    def create(self, spec: ProcessSpec, instance: InstanceInfo = NO_INSTANCE) -> ProcessView:
+        if spec.name in self._current:
+            raise AlreadyExists(f"process {spec.name} already exists", field="spec.name")
+        proc = self._start(spec, instance)
+        self._current[spec.name] = proc
+        self._emit(proc)
+        log.info("created", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
+        return proc.view()
+
+    def _start(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
+        block = self.ports.allocate(spec.port_count) if spec.port_count > 0 else None
+        proc = ManagedProcess(
+            name=spec.name,
+            uuid=str(uuidlib.uuid4()),
+            spec=spec,
+            instance=instance,
+            ports=block,
+            observer=self,
+            settings=self.settings,
+        )
+        try:
+            proc.launch(self.logs.prepare(spec.name), self._env)
+        except OSError as exc:
+            if block is not None:
+                self.ports.release(block)
+            raise InvalidArgument(
+                f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary"
+            ) from exc
+        return proc
+
+    # -- delete ----------------------------------------------------------------
+
+    def delete(self, name: str, uuid: str = "") -> ProcessView:
+        """Ask ``name`` to stop; return at once with ``deleted=true``.
+
+        With a UUID, only the process of that UUID is touched: a manager
+        holding a stale UUID (the name was re-created since) gets NOT_FOUND
+        and the new process lives on. The entry leaves the registry when the
+        child has exited, with one final event carrying ``deleted=true``.
+        """
+        proc = self._current.get(name)
+        if proc is None or (uuid and proc.uuid != uuid):
+            retiring = next((p for p in self._retiring if p.name == name and p.uuid == uuid), None)
+            if uuid and retiring is not None:
+                return retiring.view(deleted=True)  # already on its way out
+            raise NotFound(
+                f"cannot find process {name} with UUID {uuid or '(any)'}", field="uuid" if proc else "name"
+            )
+        replacement = self._replacing.pop(name, None)
+        if replacement is not None:
+            self._retiring.add(replacement)
+            replacement.delete_requested = True
+            replacement.stop(signal.SIGINT)
+        proc.delete_requested = True
+        log.info("delete requested", extra=fields(name=name, uuid=proc.uuid))
+        if proc.state.terminal:
+            self._remove(proc)
+            return proc.view(deleted=True)
+        proc.stop(signal.SIGINT)
+        return proc.view(deleted=True)
+
+    # -- replace ---------------------------------------------------------------
+
+    async def replace(self, spec: ProcessSpec, sig: int, instance: InstanceInfo = NO_INSTANCE) -> ProcessView:
+        """Start ``spec`` under a new UUID and ports; once it runs, make it
+        the current process and send ``sig`` to the old one.
+
+        The old process is untouched until the new one is ready, and its
+        ports are kept until it has exited. If the new process fails, or the
+        replace is cancelled (client gone, delete of the name), the new
+        process is stopped and the old one carries on as if nothing happened.
+        """
+        old = self._current.get(spec.name)
+        if old is None:
+            raise NotFound(f"cannot find process {spec.name}", field="spec.name")
+        if spec.name in self._replacing:
+            raise Conflict(f"a replace of {spec.name} is already in progress", field="spec.name")
+        if old.state == ProcessState.STOPPING:
+            raise FailedPrecondition(f"process {spec.name} is stopping", field="spec.name")
+        new = self._start(spec, instance)
+        self._replacing[spec.name] = new
+        self._emit(new)
+        log.info("replace started", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
+        try:
+            ready = await asyncio.shield(new.started)
+        except BaseException:
+            self._abandon(new)
+            raise
+        if self._replacing.get(spec.name) is not new:
+            # A delete of the name took the replacement away while we waited.
+            raise Conflict(f"replace of {spec.name} aborted: the process was deleted", field="spec.name")
+        if not ready:
+            self._abandon(new)
+            raise StartFailed(
+                f"replacement for {spec.name} did not start: {new.error_msg or new.state}",
+                field="spec",
+            )
+        del self._replacing[spec.name]
+        self._current[spec.name] = new
+        self._retiring.add(old)
+        if old.state.terminal:
+            self._finish_retired(old)
+        else:
+            old.stop(sig)
+        self._changed()
+        log.info("replaced", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
+        return new.view()
+
+    def _abandon(self, new: ManagedProcess) -> None:
+        if self._replacing.get(new.name) is new:
+            del self._replacing[new.name]
+        if new.state.terminal:
+            self._finish_retired(new)
+        else:
+            self._retiring.add(new)
+            new.stop(signal.SIGINT)
+
+    # -- observer callbacks (from ManagedProcess) -------------------------------
+
+    def process_changed(self, proc: ManagedProcess) -> None:
+        self._emit(proc)
+
+    def process_exited(self, proc: ManagedProcess) -> None:
+        log.info(
+            "exited",
+            extra=fields(
+                process=proc.name,
+                uuid=proc.uuid,
+                state=proc.state.value,
+                error=proc.error_msg,
+            ),
+        )
+        if proc in self._retiring:
+            self._finish_retired(proc)
+        elif self._current.get(proc.name) is proc and proc.delete_requested:
+            self._remove(proc)
+        else:
+            # Exited by itself (or a replacement that failed to start and is
+            # still awaited by replace): it stays listed, in its final state.
+            self._emit(proc)
+
+    # -- internals -------------------------------------------------------------
+
+    def _lookup(self, name: str) -> ManagedProcess:
+        proc = self._current.get(name)
+        if proc is None:
+            raise NotFound(f"cannot find process {name}", field="name")
+        return proc
+
+    def _release_ports(self, proc: ManagedProcess) -> None:
+        if proc.ports is not None:
+            self.ports.release(proc.ports)
+
+    def _remove(self, proc: ManagedProcess) -> None:
+        del self._current[proc.name]
+        self._release_ports(proc)
+        self.logs.mark_deleted(proc.name)
+        self._emit(proc, deleted=True)
+        removed = self._removed.pop(proc.name, None)
+        if removed is not None and not removed.done():
+            removed.set_result(None)
+        log.info("removed", extra=fields(name=proc.name, uuid=proc.uuid))
+
+    def _finish_retired(self, proc: ManagedProcess) -> None:
+        self._retiring.discard(proc)
+        self._release_ports(proc)
+        self._emit(proc, deleted=True)
+
+    def _emit(self, proc: ManagedProcess, *, deleted: bool = False) -> None:
+        self._seq += 1
+        self.events.publish(ProcessEvent(self._seq, proc.view(deleted=deleted)))
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- shutdown --------------------------------------------------------------
+
+    async def shutdown(self, *, stop_children: bool, timeout: float) -> None:
+        """Stop every child (SIGINT, then SIGKILL after the grace period) and
+        wait for them, or leave them all running for the next daemon."""
+        procs = self.all_processes()
+        if not stop_children:
+            for proc in procs:
+                proc.close_without_stopping()
+            return
+        for proc in procs:
+            proc.delete_requested = True
+            proc.stop(signal.SIGINT)
+        waiting = [proc.exited for proc in procs if not proc.exited.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
