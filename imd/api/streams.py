@@ -64,6 +64,9 @@ async def pump_events(
     sub.on_drop = on_drop
     message = f"watcher fell more than {sub.limit} events behind and was dropped"
     try:
+        # Headers go out once the subscription exists: a client that waits
+        # for them knows it will see every change made after that point.
+        await stream.send_initial_metadata()
         while True:
             try:
                 event = await sub.get()

@@ -222,7 +222,7 @@ class Supervisor:
         log.info(
             "exited",
             extra=fields(
-                process=proc.name,
+                name=proc.name,
                 uuid=proc.uuid,
                 state=proc.state.value,
                 error=proc.error_msg,

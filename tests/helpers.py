@@ -1,0 +1,288 @@
+"""Shared test machinery: a real daemon in a child process, and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from google.protobuf.empty_pb2 import Empty
+from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+from imd.api.gen.imrpc import imrpc_grpc, instance_grpc
+from imd.api.gen.imrpc import imrpc_pb2 as pm
+
+PY = sys.executable
+CHILDREN = Path(__file__).parent / "children"
+HEALTH_SERVER = str(CHILDREN / "health_server.py")
+STUBBORN = str(CHILDREN / "stubborn.py")
+WRITER = str(CHILDREN / "writer.py")
+SLEEP = "/bin/sleep"
+SH = "/bin/sh"
+# Children's ports: below the kernel's ephemeral range, so they never clash
+# with the daemon's own listeners (bound to ephemeral ports).
+CHILD_PORTS = (21000, 21999)
+
+TEST_CONFIG: dict[str, Any] = {
+    "stop_grace_s": 2.0,
+    "health_timeout_s": 15.0,
+    "health_interval_s": 0.05,
+    "drain_timeout_s": 3.0,
+    "log_check_s": 0.3,
+}
+
+
+def free_base_port() -> int:
+    """A port P with P and P + 3 both free (the daemon's two listeners)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base > 65000:
+            continue
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", base + 3))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no free port pair")
+
+
+@dataclass
+class RunningDaemon:
+    root: Path
+    base_port: int
+    socket: Path
+    logs_dir: Path
+    state_dir: Path
+    stderr_path: Path
+    config_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    channels: list[Channel] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def channel(self, transport: str = "tcp", offset: int = 0) -> Channel:
+        if transport == "unix":
+            ch = Channel(path=str(self.socket))
+        else:
+            ch = Channel("127.0.0.1", self.base_port + offset)
+        self.channels.append(ch)
+        return ch
+
+    def pm(self, transport: str = "tcp") -> imrpc_grpc.ProcessManagerServiceStub:
+        return imrpc_grpc.ProcessManagerServiceStub(self.channel(transport))
+
+    def instances(self, transport: str = "tcp") -> instance_grpc.InstanceServiceStub:
+        return instance_grpc.InstanceServiceStub(self.channel(transport, offset=3))
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def close_channels(self) -> None:
+        for ch in self.channels:
+            ch.close()
+        self.channels.clear()
+
+    async def start(self) -> None:
+        err = self.stderr_path.open("ab")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "imd", "serve", "--config", str(self.config_path)],
+            cwd=self.root,
+            stdout=err,
+            stderr=err,
+        )
+        err.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.stderr()}")
+            if await health_serving(self.socket):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"daemon not ready:\n{self.stderr()}")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        self.close_channels()
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("daemon did not stop in time")
+        return self.proc.returncode
+
+
+async def health_serving(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    ch = Channel(path=str(sock))
+    try:
+        reply = await HealthStub(ch).Check(HealthCheckRequest(service=""), timeout=1)
+        return bool(reply.status == HealthCheckResponse.SERVING)
+    except Exception:
+        return False
+    finally:
+        ch.close()
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Flat TOML (plus one level of tables), enough for daemon configs.
+    JSON string and number syntax is valid TOML for these values."""
+    lines, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append(f"[{key}]\n{to_toml(value)}")
+        else:
+            lines.append(f"{key} = {msgspec.json.encode(value).decode()}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def make_daemon(root: Path, **overrides: Any) -> RunningDaemon:
+    root.mkdir(parents=True, exist_ok=True)
+    base = free_base_port()
+    daemon = RunningDaemon(
+        root=root,
+        base_port=base,
+        socket=root / "imd.sock",
+        logs_dir=root / "logs",
+        state_dir=root / "state",
+        stderr_path=root / "daemon.stderr",
+        config_path=root / "imd.toml",
+    )
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{base}",
+        "socket": str(daemon.socket),
+        "state_dir": str(daemon.state_dir),
+        "logs_dir": str(daemon.logs_dir),
+        "port_range": f"{CHILD_PORTS[0]}-{CHILD_PORTS[1]}",
+        **TEST_CONFIG,
+        **overrides,
+    }
+    daemon.config_path.write_text(to_toml(config))
+    return daemon
+
+
+def spec(
+    name: str,
+    binary: str = SLEEP,
+    args: list[str] | None = None,
+    port_count: int = 0,
+    port_args: list[str] | None = None,
+) -> pm.ProcessSpec:
+    return pm.ProcessSpec(
+        name=name,
+        binary=binary,
+        args=["1000"] if args is None and binary == SLEEP else (args or []),
+        port_count=port_count,
+        port_args=port_args or [],
+    )
+
+
+def health_spec(name: str, *extra: str) -> pm.ProcessSpec:
+    return pm.ProcessSpec(
+        name=name,
+        binary=PY,
+        args=[HEALTH_SERVER, *extra],
+        port_count=1,
+        port_args=["--listen,127.0.0.1:"],
+    )
+
+
+@contextlib.asynccontextmanager
+async def watching(stub: imrpc_grpc.ProcessManagerServiceStub) -> AsyncIterator[Any]:
+    """An open ProcessWatch stream whose subscription is established."""
+    async with stub.ProcessWatch.open() as stream:
+        await stream.send_message(Empty(), end=True)
+        await stream.recv_initial_metadata()
+        yield stream
+        await stream.cancel()
+
+
+async def next_events(stream: Any, count: int, timeout: float = 20) -> list[pm.ProcessResponse]:
+    events = []
+    async with asyncio.timeout(timeout):
+        while len(events) < count:
+            event = await stream.recv_message()
+            assert event is not None, f"stream ended after {events}"
+            events.append(event)
+    return events
+
+
+async def until_event(stream: Any, predicate: Any, timeout: float = 20) -> list[pm.ProcessResponse]:
+    """Events up to and including the first that matches."""
+    events = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await stream.recv_message()
+            assert event is not None, f"stream ended after {events}"
+            events.append(event)
+            if predicate(event):
+                return events
+
+
+async def wait_state(
+    stub: imrpc_grpc.ProcessManagerServiceStub, name: str, states: set[str], timeout: float = 20
+) -> pm.ProcessResponse:
+    async with asyncio.timeout(timeout):
+        while True:
+            reply = await stub.ProcessGet(pm.ProcessGetRequest(name=name))
+            if reply.status.state in states:
+                return reply
+            await asyncio.sleep(0.05)
+
+
+async def wait_gone(stub: imrpc_grpc.ProcessManagerServiceStub, name: str, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while name in (await stub.ProcessList(pm.ProcessListRequest())).processes:
+            await asyncio.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
