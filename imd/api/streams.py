@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -47,22 +46,15 @@ async def pump_events(
     """Send the subscription's events until the daemon drains (clean end,
     OK) or the watcher falls behind (RESOURCE_EXHAUSTED).
 
-    A watcher that stopped reading leaves this task blocked in
-    ``send_message`` on HTTP/2 flow control, where it would never see its
-    own overflow; so the broadcaster's drop callback cancels the task, and
-    the cancellation is turned into the RESOURCE_EXHAUSTED it stands for.
+    A watcher that stops reading leaves this task blocked in
+    ``send_message`` on HTTP/2 flow control. It is not interrupted there:
+    cancelling a half-sent message would corrupt the stream's framing and
+    the client would see a protocol error instead of the status it is owed.
+    The broadcaster has already dropped the subscription, so the blocked
+    task holds no queue; as soon as the client reads again the next ``get``
+    raises WatcherOverflow and the stream ends with RESOURCE_EXHAUSTED. A
+    client that never reads again is ended by its connection's keepalive.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    dropped = False
-
-    def on_drop() -> None:
-        nonlocal dropped
-        dropped = True
-        task.cancel()
-
-    sub.on_drop = on_drop
-    message = f"watcher fell more than {sub.limit} events behind and was dropped"
     try:
         # Headers go out once the subscription exists: a client that waits
         # for them knows it will see every change made after that point.
@@ -73,15 +65,11 @@ async def pump_events(
             except StreamClosed:
                 return
             await stream.send_message(encode(event))
-    except WatcherOverflow:
-        raise GRPCError(Status.RESOURCE_EXHAUSTED, message) from None
-    except asyncio.CancelledError:
-        if dropped:
-            task.uncancel()
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, message) from None
-        raise
+    except WatcherOverflow as exc:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED, f"{exc}; watcher dropped, re-list and watch again"
+        ) from None
     finally:
-        sub.on_drop = None
         sub.close()
 
 

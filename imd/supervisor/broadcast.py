@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,25 +32,16 @@ class Subscription(Generic[T]):
         self._wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
-        # Called (once) when the watcher is dropped, so a sender blocked on a
-        # client that stopped reading can be interrupted; see api.streams.
-        self.on_drop: Callable[[], None] | None = None
 
     def _offer(self, item: T) -> bool:
         if len(self._items) >= self._limit:
             self.overflowed = True
             self._items.clear()
-            self._drop()
+            self._wakeup.set()
             return False
         self._items.append(item)
         self._wakeup.set()
         return True
-
-    def _drop(self) -> None:
-        self._wakeup.set()
-        callback, self.on_drop = self.on_drop, None
-        if callback is not None:
-            callback()
 
     @property
     def limit(self) -> int:

@@ -1,7 +1,8 @@
 """A child that serves grpc.health.v1 on the port given as ``--listen HOST:PORT``.
 
 Options: ``--delay S`` waits before listening (a slow start); ``--not-serving``
-answers NOT_SERVING forever; ``--exit-after S`` exits 0 after S seconds.
+answers NOT_SERVING forever; ``--exit-after S`` exits 0 after S seconds;
+``--ignore-signals`` ignores SIGINT and SIGHUP (only SIGTERM/SIGKILL end it).
 It prints one line per second to show that it is alive and logging.
 """
 
@@ -22,6 +23,7 @@ async def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--not-serving", action="store_true")
     parser.add_argument("--exit-after", type=float, default=0.0)
+    parser.add_argument("--ignore-signals", action="store_true", help="ignore SIGINT and SIGHUP")
     args, _ = parser.parse_known_args()
     host, _, port = args.listen.rpartition(":")
     await asyncio.sleep(args.delay)
@@ -32,7 +34,10 @@ async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        if args.ignore_signals and sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
+        else:
+            loop.add_signal_handler(sig, stop.set)
     if args.exit_after:
         loop.call_later(args.exit_after, stop.set)
     print(f"serving on {port}", flush=True)
