@@ -38,3 +38,28 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
 @pytest_asyncio.fixture
 async def daemon(daemon_factory: DaemonFactory) -> RunningDaemon:
     return await daemon_factory()
+
+
+@pytest.fixture(scope="session")
+def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """grpcio's own stubs generated from proto/: an independent client, so
+    the wire tests check our paths and field numbers, not our stubs."""
+    import importlib
+    import sys
+
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("grpcio_stubs")
+    proto_root = Path(__file__).resolve().parent.parent / "proto"
+    include = Path(protoc.__file__).parent / "_proto"
+    protos = ["imrpc/common.proto", "imrpc/imrpc.proto", "imrpc/instance.proto"]
+    args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
+    assert protoc.main([*args, *protos]) == 0
+    sys.path.insert(0, str(out))
+    try:
+        return {
+            name: importlib.import_module(f"imrpc.{name}")
+            for name in ("imrpc_pb2", "imrpc_pb2_grpc", "instance_pb2", "instance_pb2_grpc")
+        }
+    finally:
+        sys.path.remove(str(out))

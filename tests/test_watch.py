@@ -75,7 +75,7 @@ async def test_slow_watcher_is_dropped_with_resource_exhausted_and_fast_one_sees
             assert sum(e.deleted for e in fast_events) == count
             # The slow one gets what was in flight, then an explicit error.
             received = 0
-            with pytest.raises(GRPCError) as err:  # noqa: PT012
+            with pytest.raises(GRPCError) as err:
                 async with asyncio.timeout(30):
                     while await slow.recv_message() is not None:
                         received += 1
