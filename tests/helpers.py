@@ -79,10 +79,7 @@ class RunningDaemon:
         return self.proc.pid
 
     def channel(self, transport: str = "tcp", offset: int = 0) -> Channel:
-        if transport == "unix":
-            ch = Channel(path=str(self.socket))
-        else:
-            ch = Channel("127.0.0.1", self.base_port + offset)
+        ch = Channel(path=str(self.socket)) if transport == "unix" else Channel("127.0.0.1", self.base_port + offset)
         self.channels.append(ch)
         return ch
 
@@ -219,11 +216,14 @@ async def watching(stub: imrpc_grpc.ProcessManagerServiceStub) -> AsyncIterator[
         await stream.send_message(Empty(), end=True)
         await stream.recv_initial_metadata()
         yield stream
-        await stream.cancel()
+        # The test may have read the stream to its end; then there is
+        # nothing left to cancel (h2 raises StreamClosedError).
+        with contextlib.suppress(Exception):
+            await stream.cancel()
 
 
 async def next_events(stream: Any, count: int, timeout: float = 20) -> list[pm.ProcessResponse]:
-    events = []
+    events: list[pm.ProcessResponse] = []
     async with asyncio.timeout(timeout):
         while len(events) < count:
             event = await stream.recv_message()
@@ -234,7 +234,7 @@ async def next_events(stream: Any, count: int, timeout: float = 20) -> list[pm.P
 
 async def until_event(stream: Any, predicate: Any, timeout: float = 20) -> list[pm.ProcessResponse]:
     """Events up to and including the first that matches."""
-    events = []
+    events: list[pm.ProcessResponse] = []
     async with asyncio.timeout(timeout):
         while True:
             event = await stream.recv_message()

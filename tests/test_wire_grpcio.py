@@ -79,10 +79,7 @@ async def test_process_paths_have_no_package(daemon: RunningDaemon) -> None:
                 return exc.code()  # type: ignore[no-any-return]
 
     assert await asyncio.to_thread(call, "/ProcessManagerService/VersionGet") == grpc.StatusCode.OK
-    assert (
-        await asyncio.to_thread(call, "/imrpc.ProcessManagerService/VersionGet")
-        == grpc.StatusCode.UNIMPLEMENTED
-    )
+    assert await asyncio.to_thread(call, "/imrpc.ProcessManagerService/VersionGet") == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])

@@ -24,9 +24,7 @@ _EMPTY = Empty()
 
 
 class InstanceServicer(Servicer, instance_grpc.InstanceServiceBase):
-    def __init__(
-        self, processes: ProcessService, log_settings: InstanceLogSettings, in_flight: InFlight
-    ) -> None:
+    def __init__(self, processes: ProcessService, log_settings: InstanceLogSettings, in_flight: InFlight) -> None:
         super().__init__(in_flight)
         self.processes = processes
         self.log_settings = log_settings

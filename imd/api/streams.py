@@ -40,9 +40,7 @@ class EventEncoder(Generic[M]):
         return message
 
 
-async def pump_events(
-    stream: Any, sub: Subscription[ProcessEvent], encode: Callable[[ProcessEvent], Any]
-) -> None:
+async def pump_events(stream: Any, sub: Subscription[ProcessEvent], encode: Callable[[ProcessEvent], Any]) -> None:
     """Send the subscription's events until the daemon drains (clean end,
     OK) or the watcher falls behind (RESOURCE_EXHAUSTED).
 
@@ -66,9 +64,7 @@ async def pump_events(
                 return
             await stream.send_message(encode(event))
     except WatcherOverflow as exc:
-        raise GRPCError(
-            Status.RESOURCE_EXHAUSTED, f"{exc}; watcher dropped, re-list and watch again"
-        ) from None
+        raise GRPCError(Status.RESOURCE_EXHAUSTED, f"{exc}; watcher dropped, re-list and watch again") from None
     finally:
         sub.close()
 

@@ -33,9 +33,7 @@ def _inst(ch: Channel) -> instance_grpc.InstanceServiceStub:
 
 
 def _spec(a: argparse.Namespace) -> pm.ProcessSpec:
-    return pm.ProcessSpec(
-        name=a.name, binary=a.binary, args=a.args, port_count=a.port_count, port_args=a.port_arg
-    )
+    return pm.ProcessSpec(name=a.name, binary=a.binary, args=a.args, port_count=a.port_count, port_args=a.port_arg)
 
 
 def _instance_spec(a: argparse.Namespace) -> inst.InstanceSpec:

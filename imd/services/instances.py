@@ -61,9 +61,7 @@ class InstanceLogSettings:
     def set_level(self, level: str) -> None:
         key = level.strip().lower()
         if key not in _LEVELS:
-            raise InvalidArgument(
-                f"unknown level {level!r}; one of {', '.join(sorted(_LEVELS))}", field="level"
-            )
+            raise InvalidArgument(f"unknown level {level!r}; one of {', '.join(sorted(_LEVELS))}", field="level")
         self._logger.setLevel(_LEVELS[key])
         self._level = key
 

@@ -32,9 +32,7 @@ class SpecFields(msgspec.Struct, frozen=True):
 
 
 PROCESS_FIELDS = SpecFields()
-INSTANCE_FIELDS = SpecFields(
-    binary="spec.process_instance_spec.binary", args="spec.process_instance_spec.args"
-)
+INSTANCE_FIELDS = SpecFields(binary="spec.process_instance_spec.binary", args="spec.process_instance_spec.args")
 
 
 def validate_name(name: str, field: str) -> None:

@@ -63,9 +63,7 @@ class LogStore:
             return self.path_for(name)
         raise NotFound(f"cannot find process {name}", field="name")
 
-    async def lines(
-        self, path: Path, *, follow: bool, until: Sequence[asyncio.Future[Any]] = ()
-    ) -> AsyncIterator[str]:
+    async def lines(self, path: Path, *, follow: bool, until: Sequence[asyncio.Future[Any]] = ()) -> AsyncIterator[str]:
         """Yield the file's lines (without newline), from the start.
 
         Lines of any length come out whole: the file is read in chunks and

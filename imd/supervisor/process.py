@@ -144,9 +144,7 @@ class ManagedProcess:
         timeout = self._settings.health_timeout_s
         try:
             await asyncio.wait_for(
-                wait_until_serving(
-                    self._settings.health_host, self.ports.start, self._settings.health_interval_s
-                ),
+                wait_until_serving(self._settings.health_host, self.ports.start, self._settings.health_interval_s),
                 timeout,
             )
         except TimeoutError:

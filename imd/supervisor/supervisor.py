@@ -121,9 +121,7 @@ class Supervisor:
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
-            raise InvalidArgument(
-                f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary"
-            ) from exc
+            raise InvalidArgument(f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary") from exc
         return proc
 
     # -- delete ----------------------------------------------------------------
@@ -141,9 +139,7 @@ class Supervisor:
             retiring = next((p for p in self._retiring if p.name == name and p.uuid == uuid), None)
             if uuid and retiring is not None:
                 return retiring.view(deleted=True)  # already on its way out
-            raise NotFound(
-                f"cannot find process {name} with UUID {uuid or '(any)'}", field="uuid" if proc else "name"
-            )
+            raise NotFound(f"cannot find process {name} with UUID {uuid or '(any)'}", field="uuid" if proc else "name")
         replacement = self._replacing.pop(name, None)
         if replacement is not None:
             self._retiring.add(replacement)
