@@ -24,6 +24,7 @@ from imd.api.instance import InstanceServicer
 from imd.api.process_manager import ProcessManagerServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.config import Config, ConfigError
+from imd.edges.sdnotify import Notifier
 from imd.eventlog import fields
 from imd.services.instances import InstanceLogSettings
 from imd.services.processes import Lifecycle, ProcessService
@@ -53,7 +54,7 @@ def tls_context(tls_dir: str) -> ssl.SSLContext:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
         self.lifecycle = Lifecycle()
         self.in_flight = InFlight()
@@ -71,9 +72,12 @@ class Daemon:
             watch_queue_limit=config.watch_queue,
         )
         self.processes = ProcessService(self.supervisor, self.lifecycle)
+        self.store = self.supervisor.attach_store(Path(config.state_dir))
+        self.notifier = notifier if notifier is not None else Notifier()
         self.health_status = ServiceStatus()
         self._servers: list[Server] = []
-        self._upkeep: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.recovery: dict[str, int] = {}
         self.ports: dict[str, int] = {}
         self.stopped = asyncio.Event()
 
@@ -86,6 +90,10 @@ class Daemon:
         ssl_ctx = tls_context(cfg.tls.dir) if cfg.tls else None
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Recovery before listening: the port allocator must know every
+        # adopted child's ports before the first create can arrive.
+        self.recovery = self.supervisor.recover(self.store.load())
+        await self.supervisor.durable()
         log_settings = InstanceLogSettings(logging.getLogger("imd"))
         pm = ProcessManagerServicer(self.processes, self.in_flight)
         inst = InstanceServicer(self.processes, log_settings, self.in_flight)
@@ -107,11 +115,38 @@ class Daemon:
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)
         self.health_status.set(True)
-        self._upkeep = asyncio.ensure_future(self._log_upkeep())
+        self._tasks.append(asyncio.ensure_future(self._log_upkeep()))
+        self._tasks.append(asyncio.ensure_future(self._report_status()))
+        if self.notifier.watchdog_usec:
+            self._tasks.append(asyncio.ensure_future(self._watchdog(self.notifier.watchdog_usec / 1e6)))
         log.info(
             "serving",
-            extra=fields(listen=cfg.listen, socket=cfg.socket, tls=bool(ssl_ctx), **self.ports),
+            extra=fields(listen=cfg.listen, socket=cfg.socket, tls=bool(ssl_ctx), **self.ports, **self.recovery),
         )
+        # Only now: every listener accepts and recovery is done.
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        counts = self.supervisor.counts()
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no processes"
+        return f"{states}; {self.supervisor.events.watcher_count} watchers"
+
+    async def _report_status(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(1.0)
+            line = self.status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+
+    async def _watchdog(self, interval: float) -> None:
+        """Pings from a task on the event loop, not a thread: if the loop
+        stalls, the pings stop and systemd's watchdog fires (SIGABRT, with
+        faulthandler's traceback of where the loop was stuck)."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
 
     async def _log_upkeep(self) -> None:
         while True:
@@ -132,11 +167,10 @@ class Daemon:
         log.info("draining", extra=fields(in_flight=self.in_flight.count))
         self.lifecycle.start_drain()
         self.health_status.set(False)
+        self.notifier.stopping("draining")
         self.supervisor.events.close_all()
         if not await self.in_flight.wait_idle(cfg.drain_timeout_s):
             log.warning("drain deadline passed", extra=fields(in_flight=self.in_flight.count))
-        if self._upkeep is not None:
-            self._upkeep.cancel()
         for server in self._servers:
             server.close()
         for server in self._servers:

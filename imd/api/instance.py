@@ -36,14 +36,14 @@ class InstanceServicer(Servicer, instance_grpc.InstanceServiceBase):
         request: inst.InstanceCreateRequest = await recv(stream)
         route(request.spec.data_engine, "spec.data_engine")
         spec, info = convert.instance_spec(request)
-        view = self.processes.create(spec, info, INSTANCE_FIELDS)
+        view = await self.processes.create(spec, info, INSTANCE_FIELDS)
         await stream.send_message(convert.instance_response(view))
 
     @rpc
     async def InstanceDelete(self, stream: Any) -> None:
         request: inst.InstanceDeleteRequest = await recv(stream)
         route(request.data_engine)
-        view = self.processes.delete(request.name, request.uuid)
+        view = await self.processes.delete(request.name, request.uuid)
         await stream.send_message(convert.instance_response(view))
 
     @rpc

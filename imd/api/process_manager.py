@@ -21,13 +21,13 @@ class ProcessManagerServicer(Servicer, imrpc_grpc.ProcessManagerServiceBase):
     @rpc
     async def ProcessCreate(self, stream: Any) -> None:
         request: pm.ProcessCreateRequest = await recv(stream)
-        view = self.processes.create(convert.process_spec(request))
+        view = await self.processes.create(convert.process_spec(request))
         await stream.send_message(convert.process_response(view))
 
     @rpc
     async def ProcessDelete(self, stream: Any) -> None:
         request: pm.ProcessDeleteRequest = await recv(stream)
-        view = self.processes.delete(request.name, request.uuid)
+        view = await self.processes.delete(request.name, request.uuid)
         await stream.send_message(convert.process_response(view))
 
     @rpc

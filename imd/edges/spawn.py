@@ -109,6 +109,32 @@ def signal_group(pid: int, pidfd: int, sig: int) -> bool:
     return True
 
 
+def reattach(pid: int, start_time: int) -> int | None:
+    """A pidfd for a process recorded as (pid, start_time), or None if that
+    process is gone.
+
+    The pidfd is opened *first*, then the start time compared: once we hold
+    the pidfd it refers to one process for good, so if the start time still
+    matches, the pidfd is that very process. The other order would leave a
+    window in which the pid could be recycled between check and open. A pid
+    now used by another program is never adopted, and so never signalled.
+    """
+    if pid <= 0:
+        return None
+    try:
+        pidfd = open_pidfd(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        matches = process_start_time(pid) == start_time
+    except (OSError, ValueError, IndexError):
+        matches = False
+    if not matches:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
 def process_start_time(pid: int) -> int:
     """Field 22 of /proc/PID/stat: start time in clock ticks since boot.
 

@@ -68,7 +68,7 @@ class ProcessService:
         self.supervisor = supervisor
         self.lifecycle = lifecycle
 
-    def create(
+    async def create(
         self,
         spec: ProcessSpec,
         instance: InstanceInfo = NO_INSTANCE,
@@ -76,11 +76,15 @@ class ProcessService:
     ) -> ProcessView:
         self.lifecycle.check()
         validate_spec(spec, fields)
-        return self.supervisor.create(spec, instance)
+        view = self.supervisor.create(spec, instance)
+        await self.supervisor.durable()
+        return view
 
-    def delete(self, name: str, uuid: str = "", name_field: str = "name") -> ProcessView:
+    async def delete(self, name: str, uuid: str = "", name_field: str = "name") -> ProcessView:
         validate_name(name, name_field)
-        return self.supervisor.delete(name, uuid)
+        view = self.supervisor.delete(name, uuid)
+        await self.supervisor.durable()
+        return view
 
     def get(self, name: str, name_field: str = "name") -> ProcessView:
         validate_name(name, name_field)
@@ -99,7 +103,9 @@ class ProcessService:
         self.lifecycle.check()
         validate_spec(spec, fields)
         sig: signal.Signals = parse_terminate_signal(terminate_signal)
-        return await self.supervisor.replace(spec, sig, instance)
+        view = await self.supervisor.replace(spec, sig, instance)
+        await self.supervisor.durable()
+        return view
 
     def log_lines(self, name: str, *, follow: bool, name_field: str = "name") -> AsyncIterator[str]:
         """Lines of ``name``'s log. Following stops when the process is

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -108,11 +109,9 @@ class ManagedProcess:
         """Spawn the child. Raises OSError if exec fails; then nothing was
         started and the caller still owns the ports."""
         argv = [self.spec.binary, *self.args]
-        pid = os_spawn.spawn(argv, log_path, env)  # type: ignore[arg-type]
-        try:
-            pidfd = os_spawn.open_pidfd(pid)
-        except ProcessLookupError:  # pragma: no cover - the pid is our unreaped child
-            raise
+        pid = os_spawn.spawn(argv, Path(log_path), env)
+        # Our unreaped child: its pid cannot be reused before we wait for it.
+        pidfd = os_spawn.open_pidfd(pid)
         self.start_time = _start_time_or_zero(pid)
         self._watch(pid, pidfd)
         if self.spec.port_count == 0:
@@ -133,6 +132,18 @@ class ManagedProcess:
             # The earlier instance asked it to stop; finish that job.
             self.state = ProcessState.RUNNING
             self.stop(signal.SIGINT)
+
+    def mark_lost(self, message: str) -> None:
+        """The child of a persisted entry is gone (it exited while the daemon
+        was down, or its pid now belongs to another program). It is never
+        signalled; it only reports what happened."""
+        if not self.state.terminal:
+            self.state = ProcessState.ERROR
+            self.error_msg = message
+        if not self.started.done():
+            self.started.set_result(False)
+        if not self.exited.done():
+            self.exited.set_result(os_spawn.ExitInfo(code=None, signal=None))
 
     def _watch(self, pid: int, pidfd: int) -> None:
         self.pid = pid

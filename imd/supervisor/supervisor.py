@@ -23,9 +23,9 @@ import asyncio
 import logging
 import signal
 import uuid as uuidlib
-from collections.abc import Callable
+from pathlib import Path
 
-from imd.edges.spawn import child_environment
+from imd.edges.spawn import child_environment, reattach
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, StartFailed
 from imd.eventlog import fields
 from imd.supervisor.broadcast import Broadcaster
@@ -40,6 +40,7 @@ from imd.supervisor.model import (
 )
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import ManagedProcess, SupervisionSettings
+from imd.supervisor.state import PersistedProcess, Role, StateStore
 
 log = logging.getLogger("imd.supervisor")
 
@@ -66,7 +67,103 @@ class Supervisor:
         # registry: log followers of that name stop on it.
         self._removed: dict[str, asyncio.Future[None]] = {}
         self._seq = 0
-        self.on_change: Callable[[], None] | None = None  # persistence hook
+        self.store: StateStore | None = None
+
+    # -- persistence -----------------------------------------------------------
+
+    def attach_store(self, state_dir: Path) -> StateStore:
+        self.store = StateStore(state_dir, self.snapshot)
+        return self.store
+
+    async def durable(self) -> None:
+        """Wait until every change so far is on disk (see StateStore.sync)."""
+        if self.store is not None:
+            await self.store.sync()
+
+    def snapshot(self) -> list[PersistedProcess]:
+        entries = []
+        for role, procs in (
+            (Role.CURRENT, self._current.values()),
+            (Role.REPLACING, self._replacing.values()),
+            (Role.RETIRING, self._retiring),
+        ):
+            for proc in procs:
+                entries.append(
+                    PersistedProcess(
+                        name=proc.name,
+                        uuid=proc.uuid,
+                        spec=proc.spec,
+                        instance=proc.instance,
+                        pid=proc.pid,
+                        start_time=proc.start_time,
+                        ports=proc.ports,
+                        state=proc.state,
+                        error_msg=proc.error_msg,
+                        role=role,
+                        delete_requested=proc.delete_requested,
+                    )
+                )
+        return entries
+
+    def recover(self, entries: list[PersistedProcess]) -> dict[str, int]:
+        """Rebuild the registry from disk before any request is served.
+
+        Each live child (same pid *and* start time) is adopted with its
+        UUID, ports, state and log file. One that is gone is reported in
+        state error; one that was being deleted is simply removed. A
+        replacement whose replace RPC died with the old daemon is stopped,
+        since nobody is waiting for it any more. Ports of everything kept
+        are reserved before the first create can allocate.
+        """
+        report = {"adopted": 0, "lost": 0, "kept": 0, "dropped": 0}
+        for entry in entries:
+            if entry.name in self._current and entry.role == Role.CURRENT:
+                log.error("duplicate entry in state file", extra=fields(name=entry.name, uuid=entry.uuid))
+                report["dropped"] += 1
+                continue
+            ports = entry.ports
+            if ports is not None:
+                try:
+                    self.ports.reserve(ports)
+                except ValueError as exc:
+                    log.error("persisted ports unusable", extra=fields(name=entry.name, error=str(exc)))
+                    ports = None
+            proc = ManagedProcess(
+                name=entry.name,
+                uuid=entry.uuid,
+                spec=entry.spec,
+                instance=entry.instance,
+                ports=ports,
+                observer=self,
+                settings=self.settings,
+            )
+            proc.delete_requested = entry.delete_requested
+            proc.state = entry.state
+            proc.error_msg = entry.error_msg
+            proc.pid = entry.pid
+            pidfd = None if entry.state.terminal else reattach(entry.pid, entry.start_time)
+            if pidfd is None:
+                proc.mark_lost("exited while the daemon was down")
+                if entry.role == Role.CURRENT and not proc.delete_requested:
+                    self._current[proc.name] = proc
+                    report["kept" if entry.state.terminal else "lost"] += 1
+                else:
+                    self._release_ports(proc)
+                    report["dropped"] += 1
+                continue
+            report["adopted"] += 1
+            if entry.role == Role.CURRENT:
+                self._current[proc.name] = proc
+                proc.adopt(entry.pid, pidfd, entry.start_time, entry.state)
+                if proc.delete_requested:
+                    proc.stop(signal.SIGINT)
+            else:
+                self._retiring.add(proc)
+                proc.adopt(entry.pid, pidfd, entry.start_time, entry.state)
+                proc.stop(signal.SIGHUP if entry.role == Role.RETIRING else signal.SIGINT)
+            log.info("adopted", extra=fields(name=proc.name, uuid=proc.uuid, pid=entry.pid, state=proc.state.value))
+        self._changed()
+        return report
 
     # -- queries ---------------------------------------------------------------
 
@@ -266,8 +363,8 @@ class Supervisor:
         self._changed()
 
     def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+        if self.store is not None:
+            self.store.mark_dirty()
 
     # -- shutdown --------------------------------------------------------------
 
