@@ -100,13 +100,14 @@ class RunningDaemon:
             ch.close()
         self.channels.clear()
 
-    async def start(self) -> None:
+    async def start(self, env: dict[str, str] | None = None) -> None:
         err = self.stderr_path.open("ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "imd", "serve", "--config", str(self.config_path)],
             cwd=self.root,
             stdout=err,
             stderr=err,
+            env={**os.environ, **(env or {})},
         )
         err.close()
         deadline = time.monotonic() + 20

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 from pathlib import Path
 
@@ -129,10 +130,18 @@ def reattach(pid: int, start_time: int) -> int | None:
         matches = process_start_time(pid) == start_time
     except (OSError, ValueError, IndexError):
         matches = False
-    if not matches:
+    if not matches or _has_exited(pidfd):
+        # An exited but unreaped process (a zombie: nobody reaps orphans in
+        # some containers) is as gone as one that was reaped.
         os.close(pidfd)
         return None
     return pidfd
+
+
+def _has_exited(pidfd: int) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def process_start_time(pid: int) -> int:
