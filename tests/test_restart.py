@@ -62,7 +62,9 @@ async def check_readopted(daemon: RunningDaemon, before: dict[str, pm.ProcessRes
     assert log.stat().st_size > size
     # New creates never get an adopted child's ports.
     fresh = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("fresh", port_count=3)))
-    taken = {p for r in after.values() if r.status.port_start for p in range(r.status.port_start, r.status.port_end + 1)}
+    taken = {
+        p for r in after.values() if r.status.port_start for p in range(r.status.port_start, r.status.port_end + 1)
+    }
     assert not taken & set(range(fresh.status.port_start, fresh.status.port_end + 1))
     # Adopted children are deletable through the API, and their exit is seen.
     pid = pids_by_name(daemon)["t1"]

@@ -114,7 +114,7 @@ async def test_a_frozen_event_loop_stops_the_pings(tmp_path: Path) -> None:
         before = len(listener.with_key("WATCHDOG=1"))
         assert before >= 5
         frozen_at = time.monotonic()
-        time.sleep(1.0)  # the loop is stuck: no task can run
+        time.sleep(1.0)  # noqa: ASYNC251 - the point: the loop is stuck, no task can run
         thawed_at = time.monotonic()
         await asyncio.sleep(0.5)
         pings = [t for t, _ in listener.with_key("WATCHDOG=1")]

@@ -60,6 +60,14 @@ class Subscription(Generic[T]):
             await self._wakeup.wait()
         return self._items.popleft()
 
+    async def get_batch(self, limit: int) -> list[T]:
+        """Wait for at least one item, then take up to ``limit`` queued ones:
+        a watcher that fell a little behind catches up in one write."""
+        batch = [await self.get()]
+        while self._items and len(batch) < limit:
+            batch.append(self._items.popleft())
+        return batch
+
     def close(self) -> None:
         self._owner._subscribers.discard(self)
         self.closed = True

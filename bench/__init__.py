@@ -1,0 +1,1 @@
+"""Benchmarks. They print tables and save JSON; tests never assert timings."""
