@@ -106,8 +106,8 @@ async def main() -> None:
         await delete_all(daemon)
         daemon.stop(signal.SIGTERM)
     rows = [
-        {"children": 0, "median s": round(statistics.median(empty), 3), "runs": [round(x, 3) for x in empty]},
-        {"children": args.children, "median s": round(statistics.median(loaded), 3), "runs": [round(x, 3) for x in loaded]},
+        {"children": n, "median s": round(statistics.median(runs), 3), "runs": [round(x, 3) for x in runs]}
+        for n, runs in ((0, empty), (args.children, loaded))
     ]
     print(markdown_table(rows, ["children", "median s", "runs"]))
     print(f"\nrunning after the last restart: {adopted} of {args.children}")
