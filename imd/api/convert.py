@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.errors import InvalidArgument
@@ -22,6 +24,17 @@ def process_spec(request: pm.ProcessCreateRequest | pm.ProcessReplaceRequest) ->
     )
 
 
+def _status_fields(view: ProcessView) -> dict[str, Any]:
+    """ProcessStatus and InstanceStatus share these fields (numbers differ)."""
+    return {
+        "state": view.state.value,
+        "error_msg": view.error_msg,
+        "port_start": view.port_start,
+        "port_end": view.port_end,
+        "uuid": view.uuid,
+    }
+
+
 def process_response(view: ProcessView) -> pm.ProcessResponse:
     return pm.ProcessResponse(
         spec=pm.ProcessSpec(
@@ -31,13 +44,7 @@ def process_response(view: ProcessView) -> pm.ProcessResponse:
             port_count=view.port_count,
             port_args=view.port_args,
         ),
-        status=pm.ProcessStatus(
-            state=view.state.value,
-            error_msg=view.error_msg,
-            port_start=view.port_start,
-            port_end=view.port_end,
-            uuid=view.uuid,
-        ),
+        status=pm.ProcessStatus(**_status_fields(view)),
         deleted=view.deleted,
     )
 
@@ -73,13 +80,7 @@ def instance_response(view: ProcessView) -> inst.InstanceResponse:
             port_args=view.port_args,
             process_instance_spec=inst.ProcessInstanceSpec(binary=view.binary, args=view.args),
         ),
-        status=inst.InstanceStatus(
-            state=view.state.value,
-            error_msg=view.error_msg,
-            port_start=view.port_start,
-            port_end=view.port_end,
-            uuid=view.uuid,
-        ),
+        status=inst.InstanceStatus(**_status_fields(view)),
         deleted=view.deleted,
     )
 
