@@ -240,3 +240,40 @@ async def test_replacement_in_flight_at_crash_is_stopped(daemon_factory) -> None
         await daemon.stop()
         if pid_alive(roles["current"]):
             os.kill(roles["current"], signal.SIGKILL)
+
+
+async def test_child_spawned_but_never_recorded_is_killed(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """A crash between spawn and the state write leaves a child no entry
+    knows (its ports are not reserved). The next daemon finds it by its
+    IMD_OWNER/IMD_PROCESS_UUID tags and kills it; other daemons' children and
+    unrelated programs are untouched."""
+    daemon = await daemon_factory(stop_children_on_exit=False)
+    stub = daemon.pm()
+    for name in ("kept", "unrecorded"):
+        await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec(name, SH, ["-c", TICKER])))
+    await daemon.stop(signal.SIGKILL)
+    pids = pids_by_name(daemon)
+    state_path = daemon.state_dir / "registry.json"
+    state = json.loads(state_path.read_bytes())
+    state["processes"] = [e for e in state["processes"] if e["name"] != "unrecorded"]
+    state_path.write_text(json.dumps(state))
+    other_owner = subprocess.Popen(
+        ["/bin/sleep", "1000"],
+        env={**os.environ, "IMD_OWNER": "/some/other/daemon", "IMD_PROCESS_UUID": "x"},
+    )
+    try:
+        await daemon.start()
+        async with asyncio.timeout(5):
+            while pid_alive(pids["unrecorded"]):
+                await asyncio.sleep(0.05)
+        assert pid_alive(pids["kept"])
+        assert other_owner.poll() is None
+        assert "untracked child killed" in daemon.stderr()
+        listing = (await daemon.pm().ProcessList(pm.ProcessListRequest())).processes
+        assert list(listing) == ["kept"]
+    finally:
+        other_owner.kill()
+        other_owner.wait()
+        await daemon.stop()
+        if pid_alive(pids["kept"]):
+            os.kill(pids["kept"], signal.SIGKILL)

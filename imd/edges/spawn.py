@@ -49,6 +49,54 @@ class ExitInfo(msgspec.Struct, frozen=True):
         return "exited (status unknown: not a child of this daemon instance)"
 
 
+# Every child carries these two, so that a daemon restarting after a crash
+# can find children that were spawned but never recorded (the crash fell
+# between spawn and the state write): their ports are not reserved and no
+# entry owns them. IMD_OWNER keeps several daemons on one host apart.
+TAG_UUID = "IMD_PROCESS_UUID"
+TAG_OWNER = "IMD_OWNER"
+
+
+def tagged_processes(owner: str) -> dict[str, list[int]]:
+    """Live pids whose environment says ``IMD_OWNER=owner``, by their
+    ``IMD_PROCESS_UUID`` (a child's own children inherit both)."""
+    owner_var = f"{TAG_OWNER}={owner}".encode()
+    uuid_prefix = f"{TAG_UUID}=".encode()
+    found: dict[str, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                data = environ.read()
+        except OSError:
+            continue
+        if owner_var not in data:
+            continue
+        variables = data.split(b"\0")
+        if owner_var not in variables:
+            continue
+        for var in variables:
+            if var.startswith(uuid_prefix):
+                found.setdefault(var[len(uuid_prefix) :].decode(errors="replace"), []).append(int(entry.name))
+    return found
+
+
+def kill_untracked(pid: int) -> bool:
+    """SIGKILL a process found by ``tagged_processes``, through a pidfd."""
+    try:
+        pidfd = open_pidfd(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
 def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     for key in _PRIVATE_ENV:

@@ -25,7 +25,7 @@ import signal
 import uuid as uuidlib
 from pathlib import Path
 
-from imd.edges.spawn import child_environment, reattach
+from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, StartFailed
 from imd.eventlog import fields
 from imd.supervisor.broadcast import Broadcaster
@@ -68,12 +68,19 @@ class Supervisor:
         self._removed: dict[str, asyncio.Future[None]] = {}
         self._seq = 0
         self.store: StateStore | None = None
+        self._owner = ""
 
     # -- persistence -----------------------------------------------------------
 
     def attach_store(self, state_dir: Path) -> StateStore:
         self.store = StateStore(state_dir, self.snapshot)
+        self._owner = str(state_dir.absolute())
         return self.store
+
+    def _child_env(self, uuid: str) -> dict[str, str]:
+        if not self._owner:
+            return self._env
+        return {**self._env, TAG_UUID: uuid, TAG_OWNER: self._owner}
 
     async def durable(self) -> None:
         """Wait until every change so far is on disk (see StateStore.sync)."""
@@ -162,8 +169,26 @@ class Supervisor:
                 proc.adopt(entry.pid, pidfd, entry.start_time, entry.state)
                 proc.stop(signal.SIGHUP if entry.role == Role.RETIRING else signal.SIGINT)
             log.info("adopted", extra=fields(name=proc.name, uuid=proc.uuid, pid=entry.pid, state=proc.state.value))
+        report["untracked_killed"] = self._kill_untracked({entry.uuid for entry in entries})
         self._changed()
         return report
+
+    def _kill_untracked(self, known: set[str]) -> int:
+        """Children of ours that no entry knows: spawned just before a crash,
+        before their entry reached the disk. No create ever returned for
+        them and their ports are not reserved, so they cannot be adopted
+        safely; they are killed (the manager re-creates what it wants)."""
+        if not self._owner:
+            return 0
+        killed = 0
+        for uuid, pids in tagged_processes(self._owner).items():
+            if uuid in known:
+                continue
+            for pid in pids:
+                if kill_untracked(pid):
+                    killed += 1
+                    log.warning("untracked child killed", extra=fields(uuid=uuid, pid=pid))
+        return killed
 
     # -- queries ---------------------------------------------------------------
 
@@ -214,7 +239,7 @@ class Supervisor:
             settings=self.settings,
         )
         try:
-            proc.launch(self.logs.prepare(spec.name), self._env)
+            proc.launch(self.logs.prepare(spec.name), self._child_env(proc.uuid))
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
