@@ -1,10 +1,16 @@
-"""spdk_ffi: an NVMe-oF/TCP initiator for imd over SPDK's NVMe driver.
+"""spdk_ffi: imd's NVMe-oF/TCP initiator over SPDK's NVMe driver.
 
-This release ships the controller registry (names, owners, idempotent
-attach, stale-controller cleanup, sweep, multipath bookkeeping) above a
-narrow backend interface. The native backend (a cffi core with its own
-poller thread) is not part of this release, so ``available()`` is False
-and ``native_backend()`` raises SpdkUnavailable saying so.
+Two layers:
+
+* ``Initiator`` (spdk_ffi.initiator): controller names, owners, idempotent
+  attach with stale-controller cleanup, sweep, path bookkeeping. Pure
+  asyncio above a narrow ``Backend`` interface.
+* the native backend (spdk_ffi.native over the cffi core ``spdk_ffi._core``):
+  one C poller thread owning every SPDK object, rings and an eventfd to
+  asyncio, multipath failover, batched I/O and a C-tier benchmark.
+
+The core is compiled at install time when SPDK is found (SPDK_DIR or
+pkg-config); ``available()`` says whether it was.
 """
 
 from __future__ import annotations
@@ -56,10 +62,18 @@ def available() -> bool:
     return importlib.util.find_spec("spdk_ffi._core") is not None
 
 
-def native_backend() -> Backend[Any]:
+UNAVAILABLE = (
+    "spdk_ffi was installed without its native core: set SPDK_DIR to an SPDK install prefix "
+    "(bin/, lib/, include/, lib/pkgconfig/; SPDK built with --with-shared), or make spdk_nvme and "
+    "spdk_env_dpdk visible to pkg-config, then reinstall imd"
+)
+
+
+def native_backend(**env_opts: Any) -> Backend[Any]:
+    """The SPDK backend; starts the process's SPDK environment on first use
+    (``core_mask``, ``mem_size_mb``, ``no_huge``)."""
     if not available():
-        raise SpdkUnavailable(
-            "spdk_ffi's native core is not installed: this build of imd has no SPDK backend, "
-            "so only data engine V1 (processes) is available"
-        )
-    raise SpdkUnavailable("spdk_ffi._core is present but this release does not load it")  # pragma: no cover
+        raise SpdkUnavailable(UNAVAILABLE)
+    from spdk_ffi.native import NativeBackend, NativeCore
+
+    return NativeBackend(NativeCore.start(**env_opts))

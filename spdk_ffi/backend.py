@@ -8,7 +8,8 @@ C poller thread; tests use a fake backend that records every call.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from spdk_ffi.model import ControllerOpts, Namespace, Path, PathState
 
@@ -30,6 +31,11 @@ class Backend(Protocol[H]):
     async def add_path(self, handle: H, path: Path) -> None: ...
 
     async def remove_path(self, handle: H, path: Path) -> None: ...
+
+    async def io(self, handle: H, ios: Sequence[Any]) -> None:
+        """Run a batch of I/Os, awaited together; raise on the first that
+        failed for a reason other than its path."""
+        ...
 
     def failed(self, handle: H) -> bool: ...
 

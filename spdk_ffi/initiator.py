@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,11 @@ class Initiator:
         self._path_owner: dict[tuple[Path, str], str] = {}  # (path, hostnqn) -> name
         self._attaching: dict[str, _Attach] = {}
         self._detaching: dict[str, asyncio.Task[None]] = {}
+        self._reaping: set[asyncio.Task[bool]] = set()
+        # A backend that fails controllers by itself (every path down past
+        # ctrlr_loss_timeout_sec) reports it here, and the name is freed.
+        if hasattr(backend, "on_lost"):
+            backend.on_lost = self._controller_lost
 
     # -- attach ----------------------------------------------------------------
 
@@ -229,6 +234,15 @@ class Initiator:
             await self.detach(name)
         return stale
 
+    def _controller_lost(self, handle: Any) -> None:
+        for controller in self._controllers.values():
+            if controller.handle is handle:
+                log.warning("controller %s lost every path past its loss timeout; detaching", controller.name)
+                task = asyncio.ensure_future(self.detach(controller.name))
+                self._reaping.add(task)
+                task.add_done_callback(self._reaping.discard)
+                return
+
     # -- paths -----------------------------------------------------------------
 
     async def add_path(self, name: str, path: Path | str) -> None:
@@ -258,6 +272,12 @@ class Initiator:
         controller.paths.remove(parsed)
         self._path_owner.pop((parsed, controller.hostnqn), None)
         await self._backend.remove_path(controller.handle, parsed)
+
+    # -- I/O -------------------------------------------------------------------
+
+    async def io(self, name: str, ios: Sequence[Any]) -> None:
+        """A batch of I/Os on controller ``name`` (see the backend's ``io``)."""
+        await self._backend.io(self._require(name).handle, ios)
 
     # -- queries ---------------------------------------------------------------
 

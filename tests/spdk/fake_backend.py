@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from spdk_ffi.errors import AttachTimeout
 from spdk_ffi.model import ControllerOpts, Namespace, Path, PathState
@@ -74,6 +76,10 @@ class FakeBackend:
     async def remove_path(self, handle: FakeController, path: Path) -> None:
         self.events.append(("remove_path", str(path)))
         handle.paths.remove(path)
+
+    async def io(self, handle: FakeController, ios: Sequence[Any]) -> None:
+        self.events.append(("io", str(len(ios))))
+        await asyncio.sleep(0)
 
     def failed(self, handle: FakeController) -> bool:
         return handle.failed

@@ -1,0 +1,448 @@
+"""The native backend: SPDK's NVMe driver on the C core's poller thread.
+
+``NativeCore`` is the process's one SPDK environment. It hands requests to
+the poller through the submission ring and turns the completion eventfd
+into asyncio: one ``add_reader`` callback reaps every finished request in a
+batch and resolves its future. A request's memory (and the buffers it
+points at) stay referenced here until the poller is done with them, even if
+the coroutine that submitted it was cancelled.
+
+``NativeBackend`` implements the registry's Backend interface on top of it,
+including multipath: a controller is one driver connection per path. I/O
+goes to a path chosen by the policy (failover: the first live path;
+round_robin: each batch to the next). When a path dies, the I/Os it failed
+with a path-level status are resubmitted on a live path, so the caller sees
+no error while one is left. Dead paths are reconnected every
+``reconnect_delay_sec``; when every path has been down for
+``ctrlr_loss_timeout_sec`` the controller is failed (the registry then
+frees the name on the next attach or sweep), and I/O waiting for a path
+fails after ``fast_io_fail_timeout_sec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from spdk_ffi.errors import AttachTimeout, InvalidOptions, NvmeError
+from spdk_ffi.model import ControllerOpts, MultipathPolicy, Namespace, Path, PathState
+
+try:
+    from spdk_ffi._core import ffi, lib  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - exercised where the core is absent
+    ffi = lib = None
+
+# Generic status codes that mean "this path failed", not "this I/O failed".
+_SCT_GENERIC, _SCT_PATH = 0, 3
+_SC_ABORTED_SQ_DELETION = 0x08
+_PATH_ERRNOS = {errno.ENXIO, errno.ENODEV, errno.ECONNRESET, errno.EPIPE}
+
+
+class IoError(NvmeError):
+    """An I/O failed with an NVMe status (or a submission errno) on ``path``."""
+
+    def __init__(self, index: int, sct: int, sc: int, err: int, path: Path | None) -> None:
+        self.index, self.sct, self.sc, self.path = index, sct, sc, path
+        what = f"NVMe status sct={sct:#x} sc={sc:#x}" if err == 0 else "submission failed"
+        super().__init__(err or errno.EIO, f"I/O {index} failed: {what} on {path}")
+
+
+class IoKind(enum.IntEnum):
+    READ = 0
+    WRITE = 1
+    FLUSH = 2
+    WRITE_ZEROES = 3
+
+
+class DmaBuffer:
+    """DMA-able memory from SPDK's allocator, exposed as a memoryview."""
+
+    def __init__(self, size: int, align: int = 4096) -> None:
+        _require_core()
+        self.size = size
+        self.ptr = lib.imdn_dma_alloc(size, align)
+        if self.ptr == ffi.NULL:
+            raise MemoryError(f"cannot allocate {size} bytes of DMA memory")
+        self.view = memoryview(ffi.buffer(self.ptr, size))
+
+    def free(self) -> None:
+        if self.ptr is not None:
+            self.view.release()
+            lib.imdn_dma_free(self.ptr)
+            self.ptr = None
+
+
+class Io(msgspec.Struct):
+    kind: int
+    nsid: int
+    lba: int = 0
+    nblocks: int = 0
+    buf: Any = None  # a DmaBuffer for reads and writes
+    offset: int = 0  # byte offset into buf
+
+
+def _require_core() -> None:
+    if lib is None:
+        from spdk_ffi import UNAVAILABLE
+        from spdk_ffi.errors import SpdkUnavailable
+
+        raise SpdkUnavailable(UNAVAILABLE)
+
+
+class NativeCore:
+    """The process's SPDK environment and poller thread (once per process)."""
+
+    _instance: NativeCore | None = None
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[Any, asyncio.Future[Any], tuple[Any, ...]]] = {}
+        self._out = ffi.new("struct imdn_req *[256]")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ticks = 0
+
+    @classmethod
+    def start(
+        cls, *, core_mask: str = "0x2", mem_size_mb: int = 1024, no_huge: bool = True, name: str = "imd"
+    ) -> NativeCore:
+        _require_core()
+        if cls._instance is not None:
+            return cls._instance
+        err = ffi.new("char[256]")
+        rc = lib.imdn_start(name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), err, 256)
+        if rc != 0:
+            raise NvmeError(rc, ffi.string(err).decode())
+        cls._instance = cls()
+        return cls._instance
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            loop.add_reader(lib.imdn_completion_fd(), self._drain)
+            self._loop = loop
+        return loop
+
+    def _drain(self) -> None:
+        while True:
+            n = lib.imdn_reap(self._out, 256)
+            for i in range(n):
+                req = self._out[i]
+                entry = self._pending.pop(req.id, None)
+                if entry is not None and not entry[1].done():
+                    entry[1].set_result(None)
+            if n < 256:
+                return
+
+    def new_request(self, op: int) -> Any:
+        req = ffi.new("struct imdn_req *")
+        req.id = next(self._ids)
+        req.op = op
+        return req
+
+    def submit(self, req: Any, *keep: Any) -> asyncio.Future[Any]:
+        """Queue ``req``; the future completes when the poller is done with
+        it. ``keep`` holds anything the request points at until then."""
+        loop = self._bind_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[req.id] = (req, fut, keep)
+        rc = lib.imdn_submit(req)
+        if rc != 0:
+            del self._pending[req.id]
+            raise NvmeError(rc, "the poller's submission ring is full" if rc == -errno.EAGAIN else "poller down")
+        return fut
+
+
+@dataclass(eq=False)
+class _PathConn:
+    path: Path
+    ctrlr: Any = None  # struct imdn_ctrlr * while connected
+    down_since: float | None = None
+    next_try: float = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.ctrlr is not None and not bool(lib.imdn_ctrlr_failed(self.ctrlr))
+
+
+@dataclass(eq=False)
+class NativeController:
+    hostnqn: str
+    opts: ControllerOpts
+    paths: list[_PathConn]
+    namespaces: list[Namespace]
+    lost: bool = False
+    rr: int = 0
+    path_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    keeper: asyncio.Task[None] | None = None
+    counters: dict[str, int] = field(default_factory=lambda: {"failovers": 0, "reconnects": 0, "io_errors": 0})
+
+
+class NativeBackend:
+    def __init__(self, core: NativeCore | None = None) -> None:
+        self.core = core if core is not None else NativeCore.start()
+        self.on_lost: Callable[[NativeController], None] | None = None
+
+    # -- connections -----------------------------------------------------------
+
+    async def _connect_path(self, path: Path, hostnqn: str, opts: ControllerOpts) -> tuple[Any, list[Namespace]]:
+        req = self.core.new_request(lib.IMDN_ATTACH)
+        req.trid = path.trid().encode()
+        req.hostnqn = hostnqn.encode()
+        req.keep_alive_ms = opts.keep_alive_timeout_ms
+        req.io_queue_size = opts.io_queue_size
+        req.io_queue_requests = opts.io_queue_requests
+        req.timeout_ms = int(opts.attach_timeout_sec * 1000)
+        fut = self.core.submit(req)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # Whatever the poller attaches for us now must not stay attached.
+            fut.add_done_callback(lambda _: self._discard(req))
+            raise
+        if req.status == -errno.ETIMEDOUT:
+            raise AttachTimeout(f"no controller at {path} within {opts.attach_timeout_sec:g}s")
+        if req.status != 0:
+            raise NvmeError(req.status, f"cannot connect to {path}")
+        namespaces = [Namespace(req.ns[i].nsid, req.ns[i].size_bytes, req.ns[i].block_size) for i in range(req.num_ns)]
+        return req.ctrlr, namespaces
+
+    def _discard(self, attach_req: Any) -> None:
+        if attach_req.status == 0 and attach_req.ctrlr != ffi.NULL:
+            self._detach_ctrlr(attach_req.ctrlr)
+
+    def _detach_ctrlr(self, ctrlr: Any) -> asyncio.Future[Any]:
+        req = self.core.new_request(lib.IMDN_DETACH)
+        req.ctrlr = ctrlr
+        return self.core.submit(req)
+
+    async def connect(self, paths: list[Path], hostnqn: str, opts: ControllerOpts) -> NativeController:
+        ctrlr, namespaces = await self._connect_path(paths[0], hostnqn, opts)
+        handle = NativeController(hostnqn, opts, [_PathConn(paths[0], ctrlr)], namespaces)
+        try:
+            for path in paths[1:]:
+                await self.add_path(handle, path)
+        except BaseException:
+            await self.disconnect(handle)
+            raise
+        handle.keeper = asyncio.ensure_future(self._keep_paths(handle))
+        return handle
+
+    async def disconnect(self, handle: NativeController) -> None:
+        if handle.keeper is not None:
+            handle.keeper.cancel()
+        handle.lost = True
+        handle.path_changed.set()
+        conns = [c for c in handle.paths if c.ctrlr is not None]
+        for conn in conns:
+            ctrlr, conn.ctrlr = conn.ctrlr, None
+            await asyncio.shield(self._detach_ctrlr(ctrlr))
+
+    async def add_path(self, handle: NativeController, path: Path) -> None:
+        conn = _PathConn(path)
+        handle.paths.append(conn)
+        try:
+            conn.ctrlr, _ = await self._connect_path(path, handle.hostnqn, handle.opts)
+        except NvmeError:
+            conn.down_since = time.monotonic()  # the keeper will retry it
+        handle.path_changed.set()
+
+    async def remove_path(self, handle: NativeController, path: Path) -> None:
+        for conn in list(handle.paths):
+            if conn.path == path:
+                handle.paths.remove(conn)
+                if conn.ctrlr is not None:
+                    ctrlr, conn.ctrlr = conn.ctrlr, None
+                    await asyncio.shield(self._detach_ctrlr(ctrlr))
+
+    async def _keep_paths(self, handle: NativeController) -> None:
+        """Reconnect dead paths every reconnect_delay_sec; fail the
+        controller once every path has been down for ctrlr_loss_timeout_sec."""
+        opts = handle.opts
+        delay = opts.reconnect_delay_sec or 1
+        while not handle.lost:
+            await asyncio.sleep(min(delay, 0.5))
+            now = time.monotonic()
+            for conn in list(handle.paths):
+                if conn.connected:
+                    conn.down_since = None
+                    continue
+                if conn.down_since is None:
+                    conn.down_since, conn.next_try = now, now + delay
+                if opts.ctrlr_loss_timeout_sec == 0 or now < conn.next_try:
+                    continue
+                conn.next_try = now + delay
+                if conn.ctrlr is not None:
+                    ctrlr, conn.ctrlr = conn.ctrlr, None
+                    await asyncio.shield(self._detach_ctrlr(ctrlr))
+                with contextlib.suppress(NvmeError):
+                    conn.ctrlr, _ = await self._connect_path(conn.path, handle.hostnqn, opts)
+                    conn.down_since = None
+                    handle.counters["reconnects"] += 1
+                    handle.path_changed.set()
+            downs = [c.down_since for c in handle.paths if not c.connected]
+            loss = opts.ctrlr_loss_timeout_sec
+            if (
+                handle.paths
+                and len(downs) == len(handle.paths)
+                and loss > 0
+                and all(d is not None and now - d >= loss for d in downs)
+            ):
+                handle.lost = True
+                handle.path_changed.set()
+                if self.on_lost is not None:
+                    self.on_lost(handle)
+
+    # -- queries ---------------------------------------------------------------
+
+    def failed(self, handle: NativeController) -> bool:
+        if handle.lost:
+            return True
+        if handle.opts.ctrlr_loss_timeout_sec == 0:
+            # No reconnects: the controller has failed as soon as no path works.
+            return not any(c.connected for c in handle.paths)
+        return False
+
+    def namespaces(self, handle: NativeController) -> list[Namespace]:
+        return list(handle.namespaces)
+
+    def path_states(self, handle: NativeController) -> list[PathState]:
+        active = self._pick(handle, advance=False)
+        return [PathState(c.path, connected=c.connected, active=c is active) for c in handle.paths]
+
+    def counters(self, handle: NativeController) -> dict[str, int]:
+        totals = dict(handle.counters)
+        for conn in handle.paths:
+            if conn.ctrlr is not None:
+                totals["reads"] = totals.get("reads", 0) + lib.imdn_ctrlr_counter(conn.ctrlr, lib.IMDN_C_READS)
+                totals["writes"] = totals.get("writes", 0) + lib.imdn_ctrlr_counter(conn.ctrlr, lib.IMDN_C_WRITES)
+        return totals
+
+    # -- I/O ---------------------------------------------------------------------
+
+    def _pick(self, handle: NativeController, *, advance: bool = True) -> _PathConn | None:
+        live = [c for c in handle.paths if c.connected]
+        if not live:
+            return None
+        if handle.opts.policy is MultipathPolicy.ROUND_ROBIN:
+            conn = live[handle.rr % len(live)]
+            if advance:
+                handle.rr += 1
+            return conn
+        return live[0]
+
+    async def io(self, handle: NativeController, ios: Sequence[Io]) -> None:
+        """Run ``ios`` as one batch; raise IoError for the first I/O that
+        failed for a reason other than its path. Path failures move the
+        affected I/Os to another live path."""
+        todo = list(range(len(ios)))
+        waiting_since: float | None = None
+        last_path: Path | None = None
+        while todo:
+            conn = self._pick(handle)
+            if conn is None or handle.lost:
+                if handle.lost:
+                    raise IoError(todo[0], 0, 0, errno.ENODEV, last_path)
+                waiting_since = waiting_since or time.monotonic()
+                fast_fail = handle.opts.fast_io_fail_timeout_sec
+                if fast_fail and time.monotonic() - waiting_since >= fast_fail:
+                    raise IoError(todo[0], 0, 0, errno.ETIMEDOUT, last_path)
+                handle.path_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(handle.path_changed.wait(), 0.1)
+                continue
+            last_path = conn.path
+            req = self.core.new_request(lib.IMDN_IO)
+            arr = ffi.new("struct imdn_io[]", len(todo))
+            for slot, index in enumerate(todo):
+                io = ios[index]
+                entry = arr[slot]
+                entry.kind, entry.nsid, entry.lba, entry.nblocks = io.kind, io.nsid, io.lba, io.nblocks
+                entry.buf = ffi.NULL if io.buf is None else io.buf.ptr + io.offset
+            req.ctrlr = conn.ctrlr
+            req.ios = arr
+            req.num_ios = len(todo)
+            await asyncio.shield(self.core.submit(req, arr, [ios[i].buf for i in todo]))
+            retry = []
+            for slot, index in enumerate(todo):
+                entry = arr[slot]
+                if entry.status == 0 and req.status == 0:
+                    continue
+                if self._path_failure(req.status, entry) or lib.imdn_ctrlr_failed(conn.ctrlr):
+                    retry.append(index)
+                    continue
+                handle.counters["io_errors"] += 1
+                raise IoError(index, entry.sct, entry.sc, -entry.status if entry.status < 0 else 0, conn.path)
+            if retry:
+                handle.counters["failovers"] += 1
+                if conn.down_since is None:
+                    conn.down_since = time.monotonic()
+            todo = retry
+
+    @staticmethod
+    def _path_failure(status: int, entry: Any) -> bool:
+        if status != 0:
+            return -status in _PATH_ERRNOS
+        if entry.status < 0:
+            return -entry.status in _PATH_ERRNOS
+        return bool(entry.sct == _SCT_PATH or (entry.sct == _SCT_GENERIC and entry.sc == _SC_ABORTED_SQ_DELETION))
+
+    # -- the C tier benchmark ------------------------------------------------------
+
+    async def bench(
+        self,
+        handle: NativeController,
+        *,
+        nsid: int = 1,
+        qd: int = 32,
+        io_size: int = 4096,
+        ios: int = 100_000,
+        warmup: int = 10_000,
+        write: bool = False,
+    ) -> BenchResult:
+        """The poller itself runs ``ios`` random I/Os at queue depth ``qd``
+        on the active path (no Python per I/O) and measures them."""
+        conn = self._pick(handle, advance=False)
+        if conn is None:
+            raise NvmeError(-errno.ENODEV, "no live path")
+        if qd <= 0 or io_size <= 0:
+            raise InvalidOptions("qd and io_size must be positive")
+        req = self.core.new_request(lib.IMDN_BENCH)
+        hist = ffi.new("uint64_t[]", lib.IMDN_HIST_BUCKETS)
+        req.ctrlr = conn.ctrlr
+        req.bench_nsid, req.bench_qd, req.bench_io_size, req.bench_write = nsid, qd, io_size, int(write)
+        req.bench_ios, req.bench_warmup, req.bench_hist = ios, warmup, hist
+        await asyncio.shield(self.core.submit(req, hist))
+        if req.status != 0:
+            raise NvmeError(req.status, "benchmark failed")
+        counts = list(hist)
+        return BenchResult(
+            iops=req.bench_iops,
+            avg_us=req.bench_avg_us,
+            seconds=req.bench_seconds,
+            histogram_100ns=[(i, n) for i, n in enumerate(counts) if n],
+        )
+
+
+class BenchResult(msgspec.Struct, frozen=True):
+    iops: float
+    avg_us: float
+    seconds: float
+    histogram_100ns: list[tuple[int, int]]  # (bucket, count); bucket i = [i*0.1, (i+1)*0.1) µs
+
+    def percentile_us(self, q: float) -> float:
+        total = sum(n for _, n in self.histogram_100ns)
+        rank, seen = q / 100 * total, 0
+        for bucket, n in self.histogram_100ns:
+            seen += n
+            if seen >= rank:
+                return (bucket + 0.5) / 10
+        return float("nan")

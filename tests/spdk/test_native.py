@@ -1,0 +1,230 @@
+"""spdk_ffi's native backend against a real nvmf_tgt over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from typing import Any
+
+import pytest
+
+import spdk_ffi
+from spdk_ffi import AttachTimeout, ControllerOpts, Initiator, MultipathPolicy, NvmeError
+from tests.spdk.target import HOST_NQN, MALLOC_NQN, NULL_NQN, Target, path
+
+pytestmark = pytest.mark.asyncio
+
+BLOCK = 4096
+
+
+def backend() -> Any:
+    return spdk_ffi.native_backend(core_mask="0x2", mem_size_mb=512, no_huge=True)
+
+
+def buffers(count: int, size: int) -> list[Any]:
+    from spdk_ffi.native import DmaBuffer
+
+    return [DmaBuffer(size) for _ in range(count)]
+
+
+async def test_attach_detach_namespaces(target: Target) -> None:
+    ini = Initiator(backend())
+    result = await ini.attach("null", [path(NULL_NQN, 4420)], HOST_NQN, owner="e1")
+    (ns,) = result.info.namespaces
+    assert (ns.nsid, ns.size_bytes, ns.block_size) == (1, 262144 * BLOCK, BLOCK)
+    assert len(target.host_controllers(NULL_NQN)) == 1
+    assert await ini.detach("null")
+    assert target.host_controllers(NULL_NQN) == []
+
+
+async def test_read_after_write(target: Target) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    ini = Initiator(backend())
+    await ini.attach("m", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    out, back = buffers(2, 8 * BLOCK)
+    payload = os.urandom(8 * BLOCK)
+    out.view[:] = payload
+    try:
+        await ini.io("m", [Io(IoKind.WRITE, 1, lba=100, nblocks=8, buf=out)])
+        await ini.io("m", [Io(IoKind.READ, 1, lba=100, nblocks=8, buf=back)])
+        assert bytes(back.view) == payload
+        await ini.io("m", [Io(IoKind.WRITE_ZEROES, 1, lba=100, nblocks=8), Io(IoKind.FLUSH, 1)])
+        await ini.io("m", [Io(IoKind.READ, 1, lba=100, nblocks=8, buf=back)])
+        assert bytes(back.view) == bytes(8 * BLOCK)
+    finally:
+        await ini.detach("m")
+        out.free()
+        back.free()
+
+
+async def test_io_error_carries_status_and_path(target: Target) -> None:
+    from spdk_ffi.native import Io, IoError, IoKind
+
+    ini = Initiator(backend())
+    await ini.attach("m", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    (buf,) = buffers(1, BLOCK)
+    try:
+        with pytest.raises(IoError) as exc:
+            await ini.io("m", [Io(IoKind.READ, 1, lba=10**9, nblocks=1, buf=buf)])  # past the end
+        assert exc.value.sct == 0 and exc.value.sc == 0x80  # LBA out of range
+        assert str(exc.value.path) == path(MALLOC_NQN, 4421)
+    finally:
+        await ini.detach("m")
+        buf.free()
+
+
+async def test_connection_refused_and_attach_timeout(target: Target) -> None:
+    ini = Initiator(backend())
+    with pytest.raises(NvmeError) as refused:
+        await ini.attach("dead", [path(NULL_NQN, 4499)], HOST_NQN)
+    assert refused.value.errno_name == "ECONNREFUSED"
+    # A peer that accepts TCP but never speaks NVMe: the attach times out.
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        port = mute.getsockname()[1]
+        opts = ControllerOpts(attach_timeout_sec=1.0)
+        with pytest.raises(AttachTimeout):
+            await ini.attach("mute", [path(NULL_NQN, port)], HOST_NQN, opts)
+    assert ini.controllers() == []
+
+
+async def test_idempotent_reattach_and_stale_controller_cleanup(target: Target) -> None:
+    ini = Initiator(backend())
+    first = await ini.attach("vol-r1", [path(NULL_NQN, 4420)], HOST_NQN, owner="engine-a")
+    again = await ini.attach("vol-r1", [path(NULL_NQN, 4420)], HOST_NQN, owner="engine-a")
+    assert again.reused and len(target.host_controllers(NULL_NQN)) == 1
+    # engine-a dies without detaching; engine-b attaches under the same name.
+    taken = await ini.attach("vol-r1", [path(NULL_NQN, 4420)], HOST_NQN, owner="engine-b")
+    assert not taken.reused and taken.cleaned_up and "engine-a" in taken.cleaned_up
+    assert first.info.name == taken.info.name
+    assert len(target.host_controllers(NULL_NQN)) == 1  # the leftover is gone
+    assert await ini.sweep({"engine-c"}) == ["vol-r1"]
+    assert target.host_controllers(NULL_NQN) == []
+
+
+async def test_multipath_failover_while_io_runs(target: Target) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    ini = Initiator(backend())
+    opts = ControllerOpts(
+        ctrlr_loss_timeout_sec=30, reconnect_delay_sec=1, fast_io_fail_timeout_sec=20, policy=MultipathPolicy.FAILOVER
+    )
+    await ini.attach("mp", [path(MALLOC_NQN, 4421), path(MALLOC_NQN, 4422)], HOST_NQN, opts, owner="e")
+    bufs = buffers(16, BLOCK)
+    done = 0
+    stop = asyncio.Event()
+
+    async def io_loop() -> None:
+        nonlocal done
+        while not stop.is_set():
+            batch = [Io(IoKind.READ, 1, lba=random.randrange(16384), nblocks=1, buf=b) for b in bufs]
+            await ini.io("mp", batch)
+            done += len(batch)
+
+    runner = asyncio.ensure_future(io_loop())
+    try:
+        await asyncio.sleep(0.5)
+        before = done
+        target.remove_listener(MALLOC_NQN, 4421)  # the active path dies under load
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.wait_for(runner, 30)  # raises if any I/O surfaced an error
+        assert done > before
+        info = ini.controllers()[0]
+        assert [p.connected for p in info.paths] == [False, True]
+        assert info.counters["failovers"] >= 1
+    finally:
+        stop.set()
+        target.add_listener(MALLOC_NQN, 4421)
+        await ini.detach("mp")
+        for b in bufs:
+            b.free()
+
+
+async def test_all_paths_down_past_loss_timeout_frees_the_name(target: Target) -> None:
+    ini = Initiator(backend())
+    opts = ControllerOpts(ctrlr_loss_timeout_sec=2, reconnect_delay_sec=1, fast_io_fail_timeout_sec=1)
+    await ini.attach("lossy", [path(MALLOC_NQN, 4422)], HOST_NQN, opts)
+    target.remove_listener(MALLOC_NQN, 4422)
+    try:
+        async with asyncio.timeout(15):
+            while ini.controllers():
+                await asyncio.sleep(0.2)
+    finally:
+        target.add_listener(MALLOC_NQN, 4422)
+    again = await ini.attach("lossy", [path(MALLOC_NQN, 4422)], HOST_NQN, opts)
+    assert not again.reused and again.cleaned_up is None
+    await ini.detach("lossy")
+
+
+async def test_keep_alive_holds_an_idle_controller(target: Target) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    ini = Initiator(backend())
+    await ini.attach("idle", [path(NULL_NQN, 4420)], HOST_NQN, ControllerOpts(keep_alive_timeout_ms=1000))
+    (buf,) = buffers(1, BLOCK)
+    try:
+        await asyncio.sleep(4.0)  # four KATOs without any I/O
+        assert not ini.controllers()[0].failed
+        assert len(target.host_controllers(NULL_NQN)) == 1
+        await ini.io("idle", [Io(IoKind.READ, 1, lba=0, nblocks=1, buf=buf)])
+    finally:
+        await ini.detach("idle")
+        buf.free()
+
+
+async def test_ten_thousand_random_ios_verified(target: Target) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    rng = random.Random(42)
+    ini = Initiator(backend())
+    await ini.attach("v", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    shadow = bytearray(16384 * BLOCK)
+    pool = buffers(32, 32 * BLOCK)
+    try:
+        remaining = 10_000
+        while remaining:
+            batch: list[Io] = []
+            spans: list[tuple[Io, int, int]] = []
+            lbas: set[int] = set()
+            for buf in pool[: min(32, remaining)]:
+                nblocks = rng.randint(1, 32)
+                lba = rng.randrange(0, 16384 - nblocks)
+                if any(b in lbas for b in range(lba, lba + nblocks)):
+                    continue  # keep one batch free of overlaps
+                lbas.update(range(lba, lba + nblocks))
+                size = nblocks * BLOCK
+                if rng.random() < 0.5:
+                    data = rng.randbytes(size)
+                    buf.view[:size] = data
+                    shadow[lba * BLOCK : lba * BLOCK + size] = data
+                    batch.append(Io(IoKind.WRITE, 1, lba=lba, nblocks=nblocks, buf=buf))
+                else:
+                    batch.append(Io(IoKind.READ, 1, lba=lba, nblocks=nblocks, buf=buf))
+                spans.append((batch[-1], lba, size))
+            await ini.io("v", batch)
+            for io, lba, size in spans:
+                if io.kind == IoKind.READ:
+                    assert bytes(io.buf.view[:size]) == bytes(shadow[lba * BLOCK : lba * BLOCK + size])
+            remaining -= len(batch)
+    finally:
+        await ini.detach("v")
+        for b in pool:
+            b.free()
+
+
+async def test_c_tier_benchmark_runs(target: Target) -> None:
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("b", [path(NULL_NQN, 4420)], HOST_NQN)
+    try:
+        result = await native.bench(ini.handle("b"), qd=8, ios=20_000, warmup=1_000)
+        assert result.iops > 0
+        assert sum(n for _, n in result.histogram_100ns) == 20_000
+        assert 0 < result.percentile_us(50) <= result.percentile_us(99)
+    finally:
+        await ini.detach("b")
