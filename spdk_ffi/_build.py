@@ -82,18 +82,22 @@ def cdef() -> str:
     return re.sub(r"/\*.*?\*/", "", body, flags=re.S)
 
 
-def make_builder() -> Any:
+def make_builder(*, relative: bool = True) -> Any:
     from cffi import FFI  # type: ignore[import-untyped]
 
     spdk = find_spdk()
+
+    def where(p: Path) -> str:
+        return os.path.relpath(p) if relative else str(p)
+
     builder = FFI()
     builder.cdef(cdef())
     builder.set_source(
         "spdk_ffi._core",
         '#include "imdn.h"',
         # setuptools wants paths relative to setup.py (the working directory).
-        sources=[os.path.relpath(HERE / "core" / "imdn.c")],
-        include_dirs=[os.path.relpath(HERE / "core"), *spdk["include_dirs"]],
+        sources=[where(HERE / "core" / "imdn.c")],
+        include_dirs=[where(HERE / "core"), *spdk["include_dirs"]],
         library_dirs=spdk["library_dirs"],
         libraries=["pthread"],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"],
@@ -107,7 +111,7 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        built = make_builder().compile(tmpdir=tmp, verbose=False)
+        built = make_builder(relative=False).compile(tmpdir=tmp, verbose=False)
         target = HERE / Path(built).name
         shutil.copy(built, target)
         print(f"built {target}")

@@ -407,9 +407,13 @@ class NativeBackend:
         ios: int = 100_000,
         warmup: int = 10_000,
         write: bool = False,
+        sequential: bool = False,
+        duration_s: float = 0.0,
+        warmup_s: float = 0.0,
     ) -> BenchResult:
-        """The poller itself runs ``ios`` random I/Os at queue depth ``qd``
-        on the active path (no Python per I/O) and measures them."""
+        """The poller itself runs I/Os at queue depth ``qd`` on the active
+        path (no Python per I/O) and measures them: ``ios`` after ``warmup``
+        I/Os, or, with ``duration_s``, for that long after ``warmup_s``."""
         conn = self._pick(handle, advance=False)
         if conn is None:
             raise NvmeError(-errno.ENODEV, "no live path")
@@ -420,6 +424,8 @@ class NativeBackend:
         req.ctrlr = conn.ctrlr
         req.bench_nsid, req.bench_qd, req.bench_io_size, req.bench_write = nsid, qd, io_size, int(write)
         req.bench_ios, req.bench_warmup, req.bench_hist = ios, warmup, hist
+        req.bench_sequential = int(sequential)
+        req.bench_duration_ms, req.bench_warmup_ms = int(duration_s * 1000), int(warmup_s * 1000)
         await asyncio.shield(self.core.submit(req, hist))
         if req.status != 0:
             raise NvmeError(req.status, "benchmark failed")

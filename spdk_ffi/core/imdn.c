@@ -112,8 +112,10 @@ struct bench_slot {
 struct bench_ctx {
 	struct bench_slot *slots;
 	struct spdk_nvme_ns *ns;
-	uint64_t submitted, completed, measured_from, t_start, lat_ticks_sum;
-	uint64_t num_blocks, blocks_per_io, rng;
+	uint64_t submitted, completed, measured, t_begin, t_start, lat_ticks_sum;
+	uint64_t num_blocks, blocks_per_io, rng, seq_next;
+	uint64_t warmup_ticks, duration_ticks;
+	bool measuring;
 	uint32_t errors;
 };
 
@@ -429,10 +431,10 @@ static void bench_finish(struct imdn_req *req)
 {
 	struct bench_ctx *b = req->internal;
 	uint64_t elapsed = spdk_get_ticks() - b->t_start;
-	uint64_t measured = b->completed - req->bench_warmup;
+	req->bench_measured = b->measured;
 	req->bench_seconds = (double)elapsed / (double)g_ticks_hz;
-	req->bench_iops = measured / req->bench_seconds;
-	req->bench_avg_us = measured ? (double)b->lat_ticks_sum * 1e6 / (double)g_ticks_hz / (double)measured : 0;
+	req->bench_iops = req->bench_seconds > 0 ? b->measured / req->bench_seconds : 0;
+	req->bench_avg_us = b->measured ? (double)b->lat_ticks_sum * 1e6 / (double)g_ticks_hz / (double)b->measured : 0;
 	for (uint32_t i = 0; i < req->bench_qd; i++) {
 		spdk_dma_free(b->slots[i].buf);
 	}
@@ -441,6 +443,17 @@ static void bench_finish(struct imdn_req *req)
 	free(b);
 	req->internal = NULL;
 	complete(req, status);
+}
+
+static bool bench_more(struct imdn_req *req, struct bench_ctx *b, uint64_t now)
+{
+	if (b->errors) {
+		return false;
+	}
+	if (req->bench_duration_ms) {
+		return !b->measuring || now - b->t_start < b->duration_ticks;
+	}
+	return b->submitted < req->bench_ios + req->bench_warmup;
 }
 
 static void bench_done(void *arg, const struct spdk_nvme_cpl *cpl)
@@ -455,18 +468,21 @@ static void bench_done(void *arg, const struct spdk_nvme_cpl *cpl)
 		b->errors++;
 	}
 	b->completed++;
-	if (b->completed == req->bench_warmup) {
-		b->t_start = now; /* measuring starts here */
-	} else if (b->completed > req->bench_warmup) {
+	if (b->measuring) {
 		uint64_t lat = now - slot->started;
 		b->lat_ticks_sum += lat;
+		b->measured++;
 		uint64_t bucket = lat * 10000000 / g_ticks_hz; /* 100 ns units */
 		if (bucket >= IMDN_HIST_BUCKETS - 1) {
 			bucket = IMDN_HIST_BUCKETS - 1;
 		}
 		req->bench_hist[bucket]++;
+	} else if (req->bench_duration_ms ? now - b->t_begin >= b->warmup_ticks
+		   : b->completed >= req->bench_warmup) {
+		b->measuring = true; /* I/Os completing from here on are measured */
+		b->t_start = now;
 	}
-	if (b->submitted < req->bench_ios + req->bench_warmup && b->errors == 0) {
+	if (bench_more(req, b, now)) {
 		bench_submit(slot);
 	} else if (b->completed == b->submitted) {
 		bench_finish(req);
@@ -477,7 +493,13 @@ static void bench_submit(struct bench_slot *slot)
 {
 	struct imdn_req *req = slot->req;
 	struct bench_ctx *b = req->internal;
-	uint64_t lba = (xorshift(&b->rng) % (b->num_blocks / b->blocks_per_io)) * b->blocks_per_io;
+	uint64_t slots = b->num_blocks / b->blocks_per_io;
+	uint64_t lba;
+	if (req->bench_sequential) {
+		lba = (b->seq_next++ % slots) * b->blocks_per_io;
+	} else {
+		lba = (xorshift(&b->rng) % slots) * b->blocks_per_io;
+	}
 	slot->started = spdk_get_ticks();
 	int rc = req->bench_write ?
 		 spdk_nvme_ns_cmd_write(b->ns, slot->c->qpair, slot->buf, lba, b->blocks_per_io, bench_done, slot, 0) :
@@ -510,13 +532,16 @@ static void start_bench(struct imdn_req *req)
 	b->num_blocks = spdk_nvme_ns_get_num_sectors(ns);
 	b->rng = 0x9E3779B97F4A7C15ull ^ req->id;
 	b->slots = calloc(req->bench_qd, sizeof(*b->slots));
+	b->warmup_ticks = (uint64_t)req->bench_warmup_ms * g_ticks_hz / 1000;
+	b->duration_ticks = (uint64_t)req->bench_duration_ms * g_ticks_hz / 1000;
+	b->measuring = req->bench_duration_ms ? req->bench_warmup_ms == 0 : req->bench_warmup == 0;
 	req->internal = b;
 	for (uint32_t i = 0; i < req->bench_qd; i++) {
 		b->slots[i] = (struct bench_slot){.req = req, .c = c};
 		b->slots[i].buf = spdk_dma_zmalloc(req->bench_io_size, 4096, NULL);
 	}
-	b->t_start = spdk_get_ticks();
-	for (uint32_t i = 0; i < req->bench_qd && b->submitted < req->bench_ios + req->bench_warmup; i++) {
+	b->t_begin = b->t_start = spdk_get_ticks();
+	for (uint32_t i = 0; i < req->bench_qd && bench_more(req, b, b->t_begin); i++) {
 		bench_submit(&b->slots[i]);
 	}
 	if (b->submitted == 0) {

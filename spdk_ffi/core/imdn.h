@@ -65,8 +65,12 @@ struct imdn_req {
 	uint32_t bench_qd;
 	uint32_t bench_io_size;
 	uint32_t bench_write;
-	uint64_t bench_ios;     /* I/Os to complete */
-	uint64_t bench_warmup;  /* I/Os completed before measuring */
+	uint32_t bench_sequential;
+	uint64_t bench_ios;     /* I/Os to measure (count mode) */
+	uint64_t bench_warmup;  /* I/Os completed before measuring (count mode) */
+	uint32_t bench_duration_ms; /* time mode when non-zero: measure this long... */
+	uint32_t bench_warmup_ms;   /* ...after this long */
+	uint64_t bench_measured;
 	double bench_seconds;
 	double bench_iops;
 	double bench_avg_us;

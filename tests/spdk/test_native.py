@@ -226,5 +226,10 @@ async def test_c_tier_benchmark_runs(target: Target) -> None:
         assert result.iops > 0
         assert sum(n for _, n in result.histogram_100ns) == 20_000
         assert 0 < result.percentile_us(50) <= result.percentile_us(99)
+        timed = await native.bench(
+            ini.handle("b"), qd=8, io_size=128 * 1024, sequential=True, duration_s=0.3, warmup_s=0.1
+        )
+        assert timed.seconds >= 0.3 and timed.iops > 0
+        assert sum(n for _, n in timed.histogram_100ns) == round(timed.iops * timed.seconds)
     finally:
         await ini.detach("b")
