@@ -131,7 +131,12 @@ static struct imdn_ctrlr *g_ctrlrs;
 static struct attach_ctx *g_attaches;
 static struct detach_ctx *g_detaches;
 static uint64_t g_ticks_hz;
+/* Every I/O qpair is in this one poll group: the TCP transport then polls
+ * all sockets with one epoll-style call instead of one recv per qpair. */
+static struct spdk_nvme_poll_group *g_group;
 static uint64_t g_busy; /* outstanding I/O across controllers */
+
+static void qpair_disconnected(struct spdk_nvme_qpair *qpair, void *group_ctx);
 
 /* -- completion ------------------------------------------------------------ */
 
@@ -160,15 +165,20 @@ static void attach_cb(void *cb_ctx, const struct spdk_nvme_transport_id *trid,
 static struct imdn_ctrlr *adopt_ctrlr(struct spdk_nvme_ctrlr *ctrlr, struct imdn_req *req)
 {
 	struct spdk_nvme_io_qpair_opts qopts;
+	/* The default queue size is the controller's, already clamped to what
+	 * the target allows (MQES); asking for more here would fail. Deeper
+	 * queue depths are absorbed by io_queue_requests (queued in software). */
 	spdk_nvme_ctrlr_get_default_io_qpair_opts(ctrlr, &qopts, sizeof(qopts));
-	if (req->io_queue_size) {
-		qopts.io_queue_size = req->io_queue_size;
-	}
 	if (req->io_queue_requests) {
 		qopts.io_queue_requests = req->io_queue_requests;
 	}
+	qopts.create_only = true; /* join the poll group before connecting */
 	struct spdk_nvme_qpair *qpair = spdk_nvme_ctrlr_alloc_io_qpair(ctrlr, &qopts, sizeof(qopts));
 	if (qpair == NULL) {
+		return NULL;
+	}
+	if (spdk_nvme_poll_group_add(g_group, qpair) != 0 || spdk_nvme_ctrlr_connect_io_qpair(ctrlr, qpair) != 0) {
+		spdk_nvme_ctrlr_free_io_qpair(qpair);
 		return NULL;
 	}
 	struct imdn_ctrlr *c = calloc(1, sizeof(*c));
@@ -308,6 +318,8 @@ static void poll_detaches(uint64_t now)
 			}
 			unlink_ctrlr(c);
 			if (c->qpair) {
+				spdk_nvme_ctrlr_disconnect_io_qpair(c->qpair);
+				spdk_nvme_poll_group_remove(g_group, c->qpair);
 				spdk_nvme_ctrlr_free_io_qpair(c->qpair);
 				c->qpair = NULL;
 			}
@@ -395,7 +407,7 @@ static void start_io(struct imdn_req *req)
 		int rc;
 		while ((rc = submit_one(c, &slots[i])) == -ENOMEM) {
 			/* Request pool full: make room by reaping, then retry. */
-			spdk_nvme_qpair_process_completions(c->qpair, 0);
+			spdk_nvme_poll_group_process_completions(g_group, 0, qpair_disconnected);
 		}
 		if (rc != 0) {
 			req->ios[i].status = rc;
@@ -571,15 +583,22 @@ static void handle(struct imdn_req *req)
 	}
 }
 
+static void qpair_disconnected(struct spdk_nvme_qpair *qpair, void *group_ctx)
+{
+	(void)group_ctx;
+	for (struct imdn_ctrlr *c = g_ctrlrs; c; c = c->next) {
+		if (c->qpair == qpair) {
+			atomic_store(&c->failed, 1);
+		}
+	}
+}
+
 static void poll_ctrlrs(uint64_t now)
 {
+	if (g_busy > 0) {
+		spdk_nvme_poll_group_process_completions(g_group, 0, qpair_disconnected);
+	}
 	for (struct imdn_ctrlr *c = g_ctrlrs; c; c = c->next) {
-		if (c->outstanding > 0 && c->qpair) {
-			int32_t rc = spdk_nvme_qpair_process_completions(c->qpair, 0);
-			if (rc < 0) {
-				atomic_store(&c->failed, 1);
-			}
-		}
 		if (now >= c->next_admin_tick) {
 			c->next_admin_tick = now + ADMIN_POLL_US * g_ticks_hz / 1000000;
 			if (spdk_nvme_ctrlr_process_admin_completions(c->ctrlr) < 0 ||
@@ -608,6 +627,12 @@ static void *poller_main(void *arg)
 		return NULL;
 	}
 	g_ticks_hz = spdk_get_ticks_hz();
+	g_group = spdk_nvme_poll_group_create(NULL, NULL);
+	if (g_group == NULL) {
+		snprintf(g_init_err, sizeof(g_init_err), "spdk_nvme_poll_group_create failed");
+		atomic_store(&g_state, -1);
+		return NULL;
+	}
 	atomic_store(&g_state, 2);
 	for (;;) {
 		struct imdn_req *req;

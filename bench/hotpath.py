@@ -1,0 +1,375 @@
+"""bench/hotpath: the I/O hot path, side by side with SPDK's own initiator.
+
+    SPDK_DIR=/path/to/spdk python -m bench.hotpath [--duration 5] [--warmup 1] [--reps 3]
+
+Starts its own ``nvmf_tgt`` on loopback (core 0, no hugepages) with a null
+and a malloc bdev, then runs each workload through the tiers, all with the
+initiator on core 1:
+
+  (a) perf    ``spdk_nvme_perf``, the reference;
+  (b) c       spdk_ffi's C tier: the poller runs the I/O loop itself;
+  (c) python  spdk_ffi's Python-visible tier: every I/O submitted and
+              awaited from asyncio, in batches (no Python per I/O in C);
+  (d) fio     fio with SPDK's plugin, when the plugin is built.
+
+Every figure is also given as a ratio to (a) from the same repetition, so
+the ratios hold on a noisy machine. Writes bench/results/hotpath.json, a
+Markdown table (hotpath.md) and, with the bench extra, hotpath.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench.report import RESULTS, environment, markdown_table, save
+
+WORKLOADS: list[tuple[str, str, int, int]] = [  # name, bdev, io size, qd
+    *((f"4k randread qd{qd}", "null", 4096, qd) for qd in (1, 8, 32, 128)),
+    *((f"4k randwrite qd{qd}", "null", 4096, qd) for qd in (1, 8, 32, 128)),
+    ("128k read qd8", "null", 128 * 1024, 8),
+    ("4k randread qd32 malloc", "malloc", 4096, 32),
+]
+NQN = {"null": "nqn.2016-06.io.imd:bench-null", "malloc": "nqn.2016-06.io.imd:bench-malloc"}
+PORT = {"null": 4520, "malloc": 4521}
+HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:imd-bench"
+PERCENTILES = (50.0, 99.0, 99.9)
+REPO = str(Path(__file__).resolve().parent.parent)  # for tests.spdk.target (the target fixture)
+
+
+def pattern(name: str) -> tuple[bool, bool]:
+    """(write, sequential) for a workload name."""
+    return "write" in name, "rand" not in name
+
+
+def trid(bdev: str) -> str:
+    return f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{PORT[bdev]} subnqn:{NQN[bdev]}"
+
+
+# -- (a) spdk_nvme_perf ---------------------------------------------------------------
+
+
+def run_perf(
+    prefix: Path, bdev: str, size: int, qd: int, write: bool, seq: bool, dur: float, warm: float
+) -> dict[str, Any]:
+    workload = ("write" if write else "read") if seq else ("randwrite" if write else "randread")
+    cmd = [
+        str(prefix / "bin" / "spdk_nvme_perf"), "-c", "0x2", "--no-huge", "-s", "1024",
+        "-q", str(qd), "-o", str(size), "-w", workload, "-t", str(int(dur)), "-a", str(int(warm)), "-L",
+        "-r", trid(bdev),
+    ]  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=dur + warm + 60, env=_lib_env(prefix), check=False
+    ).stdout
+    total = re.search(r"^Total\s*:\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    if total is None:
+        raise RuntimeError(f"spdk_nvme_perf printed no total:\n{out[-2000:]}")
+    cdf = [(float(p), float(us)) for p, us in re.findall(r"^\s*([\d.]+)% :\s*([\d.]+)us", out, re.M)]
+    return {
+        "iops": float(total.group(1)),
+        "mib_s": float(total.group(2)),
+        "avg_us": float(total.group(3)),
+        **{f"p{q:g}_us": _from_cdf(cdf, q) for q in PERCENTILES},
+        "cdf": cdf,
+    }
+
+
+def _from_cdf(cdf: list[tuple[float, float]], q: float) -> float:
+    for pct, us in cdf:
+        if pct >= q - 1e-9:
+            return us
+    return float("nan")
+
+
+def _lib_env(prefix: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+# -- (b) the C tier -----------------------------------------------------------------------
+
+
+async def run_c(
+    native: Any, handle: Any, size: int, qd: int, write: bool, seq: bool, dur: float, warm: float
+) -> dict[str, Any]:
+    result = await native.bench(handle, qd=qd, io_size=size, write=write, sequential=seq, duration_s=dur, warmup_s=warm)
+    return _summary(result.iops, size, result.avg_us, result.histogram_100ns)
+
+
+def _summary(iops: float, size: int, avg_us: float, hist: list[tuple[int, int]]) -> dict[str, Any]:
+    total = sum(n for _, n in hist)
+    out: dict[str, Any] = {"iops": iops, "mib_s": iops * size / 2**20, "avg_us": avg_us}
+    cdf, seen = [], 0
+    for bucket, n in hist:
+        seen += n
+        cdf.append((seen / total * 100, (bucket + 1) / 10))
+    for q in PERCENTILES:
+        out[f"p{q:g}_us"] = _from_cdf(cdf, q)
+    out["cdf"] = _thin(cdf)
+    return out
+
+
+def _thin(cdf: list[tuple[float, float]], points: int = 400) -> list[tuple[float, float]]:
+    step = max(1, len(cdf) // points)
+    return cdf[::step] + cdf[-1:]
+
+
+# -- (c) the Python-visible tier ---------------------------------------------------------------
+
+
+async def run_python(
+    native: Any, handle: Any, ns_blocks: int, size: int, qd: int, write: bool, seq: bool, dur: float, warm: float
+) -> dict[str, Any]:
+    """QD I/Os kept in flight from asyncio, in batches of up to 8; each
+    batch is submitted and awaited as one request. An I/O's latency is its
+    batch's submit-to-completion time."""
+    from spdk_ffi.native import DmaBuffer, Io, IoKind
+
+    batch_size = min(8, qd)
+    lanes = max(1, qd // batch_size)
+    blocks = size // 4096
+    kind = IoKind.WRITE if write else IoKind.READ
+    lat_100ns: dict[int, int] = {}
+    state = {"measuring": False, "done": 0, "lat_sum": 0.0}
+    stop_at = [float("inf")]
+    cursor = [0]
+
+    async def lane(seed: int) -> None:
+        rng = random.Random(seed)
+        bufs = [DmaBuffer(size) for _ in range(batch_size)]
+        ios = [Io(kind, 1, 0, blocks, b) for b in bufs]
+        try:
+            while time.perf_counter() < stop_at[0]:
+                for io in ios:
+                    if seq:
+                        io.lba = (cursor[0] * blocks) % (ns_blocks - blocks)
+                        cursor[0] += 1
+                    else:
+                        io.lba = rng.randrange(ns_blocks // blocks) * blocks
+                t0 = time.perf_counter()
+                await native.io(handle, ios)
+                lat = time.perf_counter() - t0
+                if state["measuring"]:
+                    bucket = int(lat * 1e7)
+                    lat_100ns[bucket] = lat_100ns.get(bucket, 0) + len(ios)
+                    state["done"] += len(ios)
+                    state["lat_sum"] += lat * len(ios)
+        finally:
+            for b in bufs:
+                b.free()
+
+    tasks = [asyncio.ensure_future(lane(i)) for i in range(lanes)]
+    await asyncio.sleep(warm)
+    state["measuring"] = True
+    started = time.perf_counter()
+    stop_at[0] = started + dur
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    done = int(state["done"])
+    return _summary(done / elapsed, size, state["lat_sum"] / max(done, 1) * 1e6, sorted(lat_100ns.items()))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def start_target(prefix: Path, workdir: Path) -> Any:
+    sys.path.insert(0, REPO)
+    from tests.spdk.target import JsonRpc
+
+    sock = str(workdir / "spdk.sock")
+    proc = subprocess.Popen(
+        [str(prefix / "bin" / "nvmf_tgt"), "-m", "0x1", "--no-huge", "-s", "1024", "-r", sock],
+        stdout=(workdir / "nvmf_tgt.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=_lib_env(prefix),
+    )
+    rpc = JsonRpc(sock)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            rpc.call("spdk_get_version")
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("nvmf_tgt did not start") from None
+            time.sleep(0.1)
+    rpc.call("nvmf_create_transport", trtype="TCP")
+    rpc.call("bdev_null_create", name="Null0", num_blocks=1 << 18, block_size=4096)
+    rpc.call("bdev_malloc_create", name="Malloc0", num_blocks=1 << 16, block_size=4096)
+    for bdev, name in (("null", "Null0"), ("malloc", "Malloc0")):
+        rpc.call("nvmf_create_subsystem", nqn=NQN[bdev], allow_any_host=True, serial_number="IMDBENCH")
+        rpc.call("nvmf_subsystem_add_ns", nqn=NQN[bdev], namespace={"bdev_name": name})
+        address = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(PORT[bdev])}
+        rpc.call("nvmf_subsystem_add_listener", nqn=NQN[bdev], listen_address=address)
+    return proc
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    args = parser.parse_args()
+
+    sys.path.insert(0, REPO)
+    from tests.spdk.target import skip_reason, spdk_prefix
+
+    missing = skip_reason()
+    if missing is not None:
+        print(f"bench/hotpath needs SPDK: {missing}")
+        return 2
+    prefix = spdk_prefix()
+    assert prefix is not None
+    fio_plugin = prefix / "fio" / "spdk_nvme"
+    fio_note = (
+        None
+        if fio_plugin.exists()
+        else f"skipped: SPDK's fio plugin is not built ({fio_plugin} missing; configure SPDK --with-fio=<fio source>)"
+    )
+
+    import spdk_ffi
+    from spdk_ffi import ControllerOpts, Initiator
+
+    workdir = Path(tempfile.mkdtemp(prefix="imd-hotpath-"))
+    target = start_target(prefix, workdir)
+    native = spdk_ffi.native_backend(core_mask="0x2", mem_size_mb=1024, no_huge=True)
+    ini = Initiator(native)
+    opts = ControllerOpts(io_queue_size=256, io_queue_requests=1024)
+    results: list[dict[str, Any]] = []
+    try:
+        for bdev in ("null", "malloc"):
+            info = await ini.attach(bdev, [f"TCP/IPv4/127.0.0.1/{PORT[bdev]}/{NQN[bdev]}"], HOSTNQN, opts)
+            ns_blocks = info.info.namespaces[0].size_bytes // 4096
+            for name, wl_bdev, size, qd in WORKLOADS:
+                if wl_bdev != bdev or (args.only and args.only not in name):
+                    continue
+                write, seq = pattern(name)
+                reps: list[dict[str, Any]] = []
+                for rep in range(args.reps):
+                    row: dict[str, Any] = {}
+                    row["perf"] = await asyncio.to_thread(
+                        run_perf, prefix, bdev, size, qd, write, seq, args.duration, args.warmup
+                    )
+                    row["c"] = await run_c(native, ini.handle(bdev), size, qd, write, seq, args.duration, args.warmup)
+                    row["python"] = await run_python(
+                        native, ini.handle(bdev), ns_blocks, size, qd, write, seq, args.duration, args.warmup
+                    )
+                    for tier in ("c", "python"):
+                        row[tier]["iops_ratio"] = row[tier]["iops"] / row["perf"]["iops"]
+                        row[tier]["p50_delta_us"] = row[tier]["p50_us"] - row["perf"]["p50_us"]
+                    reps.append(row)
+                    print(f"{name} rep {rep + 1}: " + ", ".join(f"{t} {row[t]['iops']:.0f}" for t in row), flush=True)
+                results.append({"workload": name, "bdev": bdev, "io_size": size, "qd": qd, "reps": reps})
+            await ini.detach(bdev)
+    finally:
+        target.terminate()
+        target.wait(30)
+
+    rows = []
+    for r in results:
+        for tier in ("perf", "c", "python"):
+            reps = [rep[tier] for rep in r["reps"]]
+            iops = [x["iops"] for x in reps]
+            med = statistics.median(iops)
+            row = {
+                "workload": r["workload"],
+                "tier": tier,
+                "IOPS (median)": f"{med:,.0f}",
+                "spread": f"{min(iops):,.0f} to {max(iops):,.0f}",
+                "MiB/s": f"{statistics.median(x['mib_s'] for x in reps):,.1f}",
+                "avg µs": f"{statistics.median(x['avg_us'] for x in reps):.1f}",
+                "p50 µs": f"{statistics.median(x['p50_us'] for x in reps):.1f}",
+                "p99 µs": f"{statistics.median(x['p99_us'] for x in reps):.1f}",
+                "p99.9 µs": f"{statistics.median(x['p99.9_us'] for x in reps):.1f}",
+                "x perf": "1.00" if tier == "perf" else f"{statistics.median(x['iops_ratio'] for x in reps):.2f}",
+            }
+            rows.append(row)
+    table = markdown_table(rows, list(rows[0]))
+    targets = _targets(results)
+    notes = [f"fio tier: {fio_note or 'run (see fio rows)'}", *targets]
+    print(table)
+    print("\n".join(notes))
+    stamp = environment()
+    save("hotpath", {"benchmark": "hotpath", "env": stamp, "args": vars(args), "results": results, "notes": notes})
+    (RESULTS / "hotpath.md").write_text(
+        f"# bench/hotpath, {stamp['date']}\n\n`{' '.join(sys.argv)}`\n\n{table}\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n"
+    )
+    _plot(results)
+    return 0
+
+
+def _targets(results: list[dict[str, Any]]) -> list[str]:
+    def med(name: str, tier: str, key: str) -> float | None:
+        for r in results:
+            if r["workload"] == name:
+                return float(statistics.median(rep[tier][key] for rep in r["reps"]))
+        return None
+
+    lines = []
+    for qd in (32, 128):
+        ratio = med(f"4k randread qd{qd}", "c", "iops_ratio")
+        if ratio is not None:
+            lines.append(
+                f"target C tier >= 0.95 x perf at QD{qd}: {ratio:.2f} ({'met' if ratio >= 0.95 else 'MISSED'})"
+            )
+    ratio = med("4k randread qd32", "python", "iops_ratio")
+    if ratio is not None:
+        lines.append(f"target Python tier >= 0.60 x perf at QD32: {ratio:.2f} ({'met' if ratio >= 0.60 else 'MISSED'})")
+    delta = med("4k randread qd1", "c", "p50_delta_us")
+    if delta is not None:
+        lines.append(
+            f"target QD1 p50 within +5 us of perf (C tier): {delta:+.1f} us ({'met' if delta <= 5 else 'MISSED'})"
+        )
+    return lines
+
+
+def _plot(results: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for tier in ("perf", "c", "python"):
+        points = [
+            (r["qd"], statistics.median(rep[tier]["iops"] for rep in r["reps"]))
+            for r in results
+            if r["workload"].startswith("4k randread qd") and r["bdev"] == "null"
+        ]
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=tier)
+        qd1 = next((r for r in results if r["workload"] == "4k randread qd1"), None)
+        if qd1:
+            cdf = qd1["reps"][0][tier]["cdf"]
+            right.plot([us for _, us in cdf], [pct for pct, _ in cdf], label=tier)
+    left.set(xscale="log", xlabel="queue depth", ylabel="IOPS", title="4 KiB randread, null bdev")
+    right.set(xscale="log", xlabel="latency (µs)", ylabel="percentile", title="latency CDF at QD1")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "hotpath.png"
+    fig.savefig(path, dpi=110)
+    print(f"plot {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(uvloop.run(main()))
