@@ -45,7 +45,9 @@ NQN = {"null": "nqn.2016-06.io.imd:bench-null", "malloc": "nqn.2016-06.io.imd:be
 PORT = {"null": 4520, "malloc": 4521}
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:imd-bench"
 PERCENTILES = (50.0, 99.0, 99.9)
-REPO = str(Path(__file__).resolve().parent.parent)  # for tests.spdk.target (the target fixture)
+# The target is the tests' own nvmf_tgt fixture (tests/spdk/target.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.spdk.target import Target, spdk_env  # noqa: E402
 
 
 def pattern(name: str) -> tuple[bool, bool]:
@@ -70,7 +72,7 @@ def run_perf(
         "-r", trid(bdev),
     ]  # fmt: skip
     out = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=dur + warm + 60, env=_lib_env(prefix), check=False
+        cmd, capture_output=True, text=True, timeout=dur + warm + 60, env=spdk_env(prefix), check=False
     ).stdout
     total = re.search(r"^Total\s*:\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
     if total is None:
@@ -90,12 +92,6 @@ def _from_cdf(cdf: list[tuple[float, float]], q: float) -> float:
         if pct >= q - 1e-9:
             return us
     return float("nan")
-
-
-def _lib_env(prefix: Path) -> dict[str, str]:
-    import os
-
-    return {**os.environ, "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
 # -- (b) the C tier -----------------------------------------------------------------------
@@ -184,38 +180,6 @@ async def run_python(
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def start_target(prefix: Path, workdir: Path) -> Any:
-    sys.path.insert(0, REPO)
-    from tests.spdk.target import JsonRpc
-
-    sock = str(workdir / "spdk.sock")
-    proc = subprocess.Popen(
-        [str(prefix / "bin" / "nvmf_tgt"), "-m", "0x1", "--no-huge", "-s", "1024", "-r", sock],
-        stdout=(workdir / "nvmf_tgt.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env=_lib_env(prefix),
-    )
-    rpc = JsonRpc(sock)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            rpc.call("spdk_get_version")
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("nvmf_tgt did not start") from None
-            time.sleep(0.1)
-    rpc.call("nvmf_create_transport", trtype="TCP")
-    rpc.call("bdev_null_create", name="Null0", num_blocks=1 << 18, block_size=4096)
-    rpc.call("bdev_malloc_create", name="Malloc0", num_blocks=1 << 16, block_size=4096)
-    for bdev, name in (("null", "Null0"), ("malloc", "Malloc0")):
-        rpc.call("nvmf_create_subsystem", nqn=NQN[bdev], allow_any_host=True, serial_number="IMDBENCH")
-        rpc.call("nvmf_subsystem_add_ns", nqn=NQN[bdev], namespace={"bdev_name": name})
-        address = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(PORT[bdev])}
-        rpc.call("nvmf_subsystem_add_listener", nqn=NQN[bdev], listen_address=address)
-    return proc
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -224,7 +188,6 @@ async def main() -> int:
     parser.add_argument("--only", help="run only workloads whose name contains this")
     args = parser.parse_args()
 
-    sys.path.insert(0, REPO)
     from tests.spdk.target import skip_reason, spdk_prefix
 
     missing = skip_reason()
@@ -244,7 +207,11 @@ async def main() -> int:
     from spdk_ffi import ControllerOpts, Initiator
 
     workdir = Path(tempfile.mkdtemp(prefix="imd-hotpath-"))
-    target = start_target(prefix, workdir)
+    layout = [
+        (NQN["null"], "null", "Null0", 1 << 18, [PORT["null"]]),
+        (NQN["malloc"], "malloc", "Malloc0", 1 << 16, [PORT["malloc"]]),
+    ]
+    target = Target(workdir, layout, mem_size_mb=1024)
     native = spdk_ffi.native_backend(core_mask="0x2", mem_size_mb=1024, no_huge=True)
     ini = Initiator(native)
     opts = ControllerOpts(io_queue_size=256, io_queue_requests=1024)
@@ -275,8 +242,7 @@ async def main() -> int:
                 results.append({"workload": name, "bdev": bdev, "io_size": size, "qd": qd, "reps": reps})
             await ini.detach(bdev)
     finally:
-        target.terminate()
-        target.wait(30)
+        target.close()
 
     rows = []
     for r in results:

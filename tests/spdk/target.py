@@ -72,21 +72,35 @@ class JsonRpc:
         return reply["result"]
 
 
-class Target:
-    """nvmf_tgt on core 0 with a null namespace (4420) and a malloc namespace
-    reachable through two listeners (4421, 4422) for multipath."""
+def spdk_env(prefix: Path) -> dict[str, str]:
+    """SPDK's own binaries find its shared libraries through this."""
+    return {**os.environ, "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
-    def __init__(self, workdir: Path) -> None:
+
+# (subsystem NQN, bdev kind, bdev name, blocks of 4 KiB, listener ports)
+Layout = list[tuple[str, str, str, int, list[int]]]
+
+TEST_LAYOUT: Layout = [
+    (NULL_NQN, "null", "Null0", 262144, [4420]),
+    (MALLOC_NQN, "malloc", "Malloc0", 16384, [4421, 4422]),  # two paths for multipath
+]
+
+
+class Target:
+    """nvmf_tgt on core 0, without hugepages, serving ``layout`` on 127.0.0.1.
+    The default: a null namespace (4420) and a malloc namespace reachable
+    through two listeners (4421, 4422)."""
+
+    def __init__(self, workdir: Path, layout: Layout = TEST_LAYOUT, mem_size_mb: int = 512) -> None:
         prefix = spdk_prefix()
         assert prefix is not None
         self.rpc_path = str(workdir / "spdk.sock")
         self.log = workdir / "nvmf_tgt.log"
         self.proc = subprocess.Popen(
-            [str(prefix / "bin" / "nvmf_tgt"), "-m", "0x1", "--no-huge", "-s", "512", "-r", self.rpc_path],
+            [str(prefix / "bin" / "nvmf_tgt"), "-m", "0x1", "--no-huge", "-s", str(mem_size_mb), "-r", self.rpc_path],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
-            # SPDK's own binaries find its shared libraries through this.
-            env={**os.environ, "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{os.environ.get('LD_LIBRARY_PATH', '')}"},
+            env=spdk_env(prefix),
         )
         self.rpc = JsonRpc(self.rpc_path)
         deadline = time.monotonic() + 30
@@ -99,9 +113,8 @@ class Target:
                     raise RuntimeError(f"nvmf_tgt did not start:\n{self.log.read_text()}") from None
                 time.sleep(0.1)
         self.rpc.call("nvmf_create_transport", trtype="TCP")
-        self.rpc.call("bdev_null_create", name="Null0", num_blocks=262144, block_size=4096)
-        self.rpc.call("bdev_malloc_create", name="Malloc0", num_blocks=16384, block_size=4096)
-        for nqn, bdev, ports in ((NULL_NQN, "Null0", [4420]), (MALLOC_NQN, "Malloc0", [4421, 4422])):
+        for nqn, kind, bdev, blocks, ports in layout:
+            self.rpc.call(f"bdev_{kind}_create", name=bdev, num_blocks=blocks, block_size=4096)
             self.rpc.call("nvmf_create_subsystem", nqn=nqn, allow_any_host=True, serial_number="IMD0001")
             self.rpc.call("nvmf_subsystem_add_ns", nqn=nqn, namespace={"bdev_name": bdev})
             for port in ports:
