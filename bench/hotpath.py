@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +47,7 @@ NQN = {"null": "nqn.2016-06.io.imd:bench-null", "malloc": "nqn.2016-06.io.imd:be
 PORT = {"null": 4520, "malloc": 4521}
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:imd-bench"
 PERCENTILES = (50.0, 99.0, 99.9)
+TIERS = ("perf", "c", "python", "fio")
 # The target is the tests' own nvmf_tgt fixture (tests/spdk/target.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.spdk.target import Target, spdk_env  # noqa: E402
@@ -92,6 +95,57 @@ def _from_cdf(cdf: list[tuple[float, float]], q: float) -> float:
         if pct >= q - 1e-9:
             return us
     return float("nan")
+
+
+# -- (d) fio with SPDK's plugin ----------------------------------------------------------------
+
+
+def run_fio(
+    fio: str, prefix: Path, bdev: str, size: int, qd: int, write: bool, seq: bool, dur: float, warm: float
+) -> dict[str, Any]:
+    """The same workload through fio's SPDK engine (the job files in
+    bench/fio/ spell out the same options)."""
+    rw = ("write" if write else "read") if seq else ("randwrite" if write else "randread")
+    nqn = NQN[bdev].replace(":", "\\:")  # fio splits file names on ':'
+    cmd = [
+        fio, "--output-format=json", "--name=hotpath", "--ioengine=spdk", "--thread=1", "--direct=1",
+        "--time_based=1", f"--runtime={int(dur * 1000)}ms", f"--ramp_time={int(warm * 1000)}ms",
+        "--norandommap=1", f"--rw={rw}", f"--bs={size}", f"--iodepth={qd}", "--cpus_allowed=1",
+        "--percentile_list=50:99:99.9",
+        f"--filename=trtype=TCP adrfam=IPv4 traddr=127.0.0.1 trsvcid={PORT[bdev]} subnqn={nqn} ns=1",
+    ]  # fmt: skip
+    env = {**spdk_env(prefix), "LD_PRELOAD": str(prefix / "fio" / "spdk_nvme")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + warm + 60, env=env, check=False)
+    try:
+        job = json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]["write" if write else "read"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}") from exc
+    pct = job["clat_ns"].get("percentile", {})
+    return {
+        "iops": job["iops"],
+        "mib_s": job["bw"] / 1024,
+        "avg_us": job["clat_ns"]["mean"] / 1000,
+        "p50_us": pct.get("50.000000", float("nan")) / 1000,
+        "p99_us": pct.get("99.000000", float("nan")) / 1000,
+        "p99.9_us": pct.get("99.900000", float("nan")) / 1000,
+        "cdf": [(float(q), ns / 1000) for q, ns in sorted(pct.items(), key=lambda kv: float(kv[0]))],
+    }
+
+
+def fio_unavailable(fio: str | None, prefix: Path) -> str | None:
+    plugin = prefix / "fio" / "spdk_nvme"
+    if not plugin.exists():
+        return f"SPDK's fio plugin is not built ({plugin} missing; configure SPDK --with-fio=<fio source>)"
+    if fio is None:
+        return "no fio binary (put fio on PATH or pass --fio)"
+    free = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("HugePages_Free:"):
+                free = int(line.split()[1])
+    if free == 0:
+        return "no free hugepages (SPDK's fio plugin has no no-huge mode; set vm.nr_hugepages)"
+    return None
 
 
 # -- (b) the C tier -----------------------------------------------------------------------
@@ -186,6 +240,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--fio", default=shutil.which("fio"), help="fio binary for tier (d)")
     args = parser.parse_args()
 
     from tests.spdk.target import skip_reason, spdk_prefix
@@ -196,12 +251,7 @@ async def main() -> int:
         return 2
     prefix = spdk_prefix()
     assert prefix is not None
-    fio_plugin = prefix / "fio" / "spdk_nvme"
-    fio_note = (
-        None
-        if fio_plugin.exists()
-        else f"skipped: SPDK's fio plugin is not built ({fio_plugin} missing; configure SPDK --with-fio=<fio source>)"
-    )
+    fio_missing = fio_unavailable(args.fio, prefix)
 
     import spdk_ffi
     from spdk_ffi import ControllerOpts, Initiator
@@ -234,7 +284,13 @@ async def main() -> int:
                     row["python"] = await run_python(
                         native, ini.handle(bdev), ns_blocks, size, qd, write, seq, args.duration, args.warmup
                     )
-                    for tier in ("c", "python"):
+                    if fio_missing is None:
+                        row["fio"] = await asyncio.to_thread(
+                            run_fio, args.fio, prefix, bdev, size, qd, write, seq, args.duration, args.warmup
+                        )
+                    for tier in TIERS[1:]:
+                        if tier not in row:
+                            continue
                         row[tier]["iops_ratio"] = row[tier]["iops"] / row["perf"]["iops"]
                         row[tier]["p50_delta_us"] = row[tier]["p50_us"] - row["perf"]["p50_us"]
                     reps.append(row)
@@ -246,7 +302,9 @@ async def main() -> int:
 
     rows = []
     for r in results:
-        for tier in ("perf", "c", "python"):
+        for tier in TIERS:
+            if tier not in r["reps"][0]:
+                continue
             reps = [rep[tier] for rep in r["reps"]]
             iops = [x["iops"] for x in reps]
             med = statistics.median(iops)
@@ -265,7 +323,7 @@ async def main() -> int:
             rows.append(row)
     table = markdown_table(rows, list(rows[0]))
     targets = _targets(results)
-    notes = [f"fio tier: {fio_note or 'run (see fio rows)'}", *targets]
+    notes = [f"fio tier: {'skipped: ' + fio_missing if fio_missing else 'run (see the fio rows)'}", *targets]
     print(table)
     print("\n".join(notes))
     stamp = environment()
@@ -314,7 +372,9 @@ def _plot(results: list[dict[str, Any]]) -> None:
         print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for tier in ("perf", "c", "python"):
+    for tier in TIERS:
+        if not results or tier not in results[0]["reps"][0]:
+            continue
         points = [
             (r["qd"], statistics.median(rep[tier]["iops"] for rep in r["reps"]))
             for r in results
