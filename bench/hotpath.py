@@ -329,7 +329,7 @@ async def main() -> int:
     stamp = environment()
     save("hotpath", {"benchmark": "hotpath", "env": stamp, "args": vars(args), "results": results, "notes": notes})
     (RESULTS / "hotpath.md").write_text(
-        f"# bench/hotpath, {stamp['date']}\n\n`{' '.join(sys.argv)}`\n\n{table}\n\n"
+        f"# bench/hotpath, {stamp['date']}\n\n`{' '.join(['python -m bench.hotpath', *sys.argv[1:]])}`\n\n{table}\n\n"
         + "\n".join(f"- {n}" for n in notes)
         + "\n"
     )
