@@ -47,9 +47,6 @@ class Subscription(Generic[T]):
     def limit(self) -> int:
         return self._limit
 
-    def pending(self) -> int:
-        return len(self._items)
-
     async def get(self) -> T:
         while not self._items:
             if self.overflowed:

@@ -75,7 +75,6 @@ class StateStore:
         self._attempted = 0
         self._writer: asyncio.Task[None] | None = None
         self._written_event = asyncio.Event()
-        self.writes = 0
 
     def load(self) -> list[PersistedProcess]:
         """The persisted entries; empty if there is no file. A file that
@@ -134,7 +133,6 @@ class StateStore:
                 await asyncio.sleep(0.5)
                 continue
             self._written = self._attempted = generation
-            self.writes += 1
             self._written_event.set()
 
     async def _write(self, data: bytes) -> None:

@@ -691,11 +691,6 @@ int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_
 	return 0;
 }
 
-int imdn_started(void)
-{
-	return atomic_load(&g_state) == 2;
-}
-
 int imdn_completion_fd(void)
 {
 	return g_cpl_efd;

@@ -82,7 +82,6 @@ struct imdn_req {
 };
 
 int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_huge, char *err, size_t errlen);
-int imdn_started(void);
 int imdn_completion_fd(void);
 int imdn_submit(struct imdn_req *req);
 int imdn_reap(struct imdn_req **out, int max);
