@@ -52,14 +52,31 @@ def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("grpcio_stubs")
     proto_root = Path(__file__).resolve().parent.parent / "proto"
     include = Path(protoc.__file__).parent / "_proto"
-    protos = ["imrpc/common.proto", "imrpc/imrpc.proto", "imrpc/instance.proto"]
+    protos = [
+        "ptypes/controller.proto",
+        "ptypes/syncagent.proto",
+        "imrpc/common.proto",
+        "imrpc/imrpc.proto",
+        "imrpc/instance.proto",
+        "imrpc/disk.proto",
+        "imrpc/proxy.proto",
+    ]
     args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
     assert protoc.main([*args, *protos]) == 0
     sys.path.insert(0, str(out))
     try:
         return {
             name: importlib.import_module(f"imrpc.{name}")
-            for name in ("imrpc_pb2", "imrpc_pb2_grpc", "instance_pb2", "instance_pb2_grpc")
+            for name in (
+                "imrpc_pb2",
+                "imrpc_pb2_grpc",
+                "instance_pb2",
+                "instance_pb2_grpc",
+                "disk_pb2",
+                "disk_pb2_grpc",
+                "proxy_pb2",
+                "proxy_pb2_grpc",
+            )
         }
     finally:
         sys.path.remove(str(out))

@@ -17,6 +17,11 @@ class DataEngine(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_ENGINE_V1: _ClassVar[DataEngine]
     DATA_ENGINE_V2: _ClassVar[DataEngine]
 
+class CloneMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLONE_MODE_FULL_COPY: _ClassVar[CloneMode]
+    CLONE_MODE_LINKED_CLONE: _ClassVar[CloneMode]
+
 class DataLayoutType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DATA_LAYOUT_TYPE_REPLICATED: _ClassVar[DataLayoutType]
@@ -25,6 +30,8 @@ v1: BackendStoreDriver
 v2: BackendStoreDriver
 DATA_ENGINE_V1: DataEngine
 DATA_ENGINE_V2: DataEngine
+CLONE_MODE_FULL_COPY: CloneMode
+CLONE_MODE_LINKED_CLONE: CloneMode
 DATA_LAYOUT_TYPE_REPLICATED: DataLayoutType
 DATA_LAYOUT_TYPE_SHARDED: DataLayoutType
 
