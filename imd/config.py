@@ -8,6 +8,7 @@ daemon was started: handy in a checkout, and never a surprise write to
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,45 @@ class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Longhorn's layout: ``ca.crt``, ``tls.crt`` and ``tls.key`` in one directory."""
 
     dir: str
+
+
+class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Data engine V2: the node's SPDK target (replicas) and the engines
+    imd hosts itself (spdk_ffi's native core). Off unless ``enabled``."""
+
+    enabled: bool = False
+    spdk_dir: str = ""
+    """SPDK install prefix (bin/nvmf_tgt, lib/); default: $SPDK_DIR."""
+    target_binary: str = ""
+    """Default: <spdk_dir>/bin/nvmf_tgt."""
+    target_core_mask: str = "0x1"
+    target_mem_size_mb: Annotated[int, msgspec.Meta(ge=64)] = 1024
+    hugepages: bool = False
+    """Run the target and imd's core on hugepages (set them up first)."""
+    target_rpc_socket: str = ""
+    """Default: <state_dir>/spdk-target.sock."""
+    target_start_timeout_s: Seconds = 30.0
+    replica_address: str = "127.0.0.1"
+    """Where replicas listen (engines on other nodes connect here)."""
+    engine_address: str = "127.0.0.1"
+    """Where engines' frontends listen (hosts connect here)."""
+    engine_core_mask: str = "0x2"
+    """The core of imd's own SPDK poller (engines: mirror and frontend)."""
+    engine_mem_size_mb: Annotated[int, msgspec.Meta(ge=64)] = 1024
+    engine_idle_spin_us: Annotated[int, msgspec.Meta(ge=0)] = 2000
+    replica_ctrlr_loss_timeout_s: Annotated[int, msgspec.Meta(ge=-1)] = 10
+    replica_reconnect_delay_s: Annotated[int, msgspec.Meta(ge=0)] = 1
+    replica_fast_io_fail_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 2
+    replica_attach_timeout_s: Seconds = 10.0
+
+    def spdk_prefix(self) -> str:
+        return self.spdk_dir or os.environ.get("SPDK_DIR", "")
+
+    def target_path(self) -> str:
+        if self.target_binary:
+            return self.target_binary
+        prefix = self.spdk_prefix()
+        return str(Path(prefix) / "bin" / "nvmf_tgt") if prefix else ""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -45,6 +85,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     deleted_log_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     log_level: str = "info"
     tls: TlsConfig | None = None
+    v2: V2Config = msgspec.field(default_factory=V2Config)
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

@@ -1,9 +1,15 @@
 """Assembly of the daemon: listeners, services, background upkeep, drain.
 
 Listeners follow Longhorn's layout: the process-manager API on the base
-port, the instance API on base + 3, and every service on one Unix socket
-(for local tools, without TLS: the socket's file mode is the access
-control). Each listener also serves grpc.health.v1.Health and reflection.
+port, the disk API on base + 2, the instance API on base + 3, and every
+service on one Unix socket (for local tools, without TLS: the socket's file
+mode is the access control). Each listener also serves
+grpc.health.v1.Health and reflection.
+
+Data engine V2 is assembled here when configured: the native core (imd's
+own SPDK poller, for engines), the V2 node (the supervised SPDK target,
+disks, replicas, engines) and its state file. Whatever part of it cannot
+start leaves a reason that V2 calls answer with; V1 is never held up.
 """
 
 from __future__ import annotations
@@ -20,20 +26,29 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
+from imd.api.disk import DiskServicer
 from imd.api.instance import InstanceServicer
 from imd.api.process_manager import ProcessManagerServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.config import Config, ConfigError
 from imd.edges.sdnotify import Notifier
 from imd.eventlog import fields
-from imd.services.instances import InstanceLogSettings
+from imd.services.disks import DiskService
+from imd.services.instances import InstanceLogSettings, InstanceService
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
+from imd.supervisor.state import StateStore
 from imd.supervisor.supervisor import Supervisor
+from imd.v2 import state as v2state
+from imd.v2.datapath import native_data_path
+from imd.v2.node import V2Node
+from imd.v2.target import TargetSettings
+from spdk_ffi import ControllerOpts
 
 log = logging.getLogger("imd.daemon")
 
+DISK_PORT_OFFSET = 2
 INSTANCE_PORT_OFFSET = 3
 
 
@@ -80,6 +95,64 @@ class Daemon:
         self.recovery: dict[str, int] = {}
         self.ports: dict[str, int] = {}
         self.stopped = asyncio.Event()
+        self.v2: V2Node | None = None
+        self.v2_reason = "data engine V2 is not enabled on this node (config v2.enabled)"
+
+    async def _start_v2(self) -> dict[str, int]:
+        """The V2 node: the native core for engines (optional: without it,
+        engines answer FAILED_PRECONDITION and disks/replicas still work),
+        then the supervised target and recovery of V2 state."""
+        cfg = self.config.v2
+        state_dir = Path(self.config.state_dir).absolute()
+        data = None
+        data_reason = ""
+        try:
+            data = await asyncio.to_thread(self._native_data_path)
+        except Exception as exc:  # any failure to start the core leaves engines unavailable, with why
+            data_reason = str(exc) or type(exc).__name__
+            log.error("V2 engines not available", extra=fields(reason=data_reason))
+        prefix = cfg.spdk_prefix()
+        target = TargetSettings(
+            binary=cfg.target_path(),
+            rpc_socket=cfg.target_rpc_socket or str(state_dir / "spdk-target.sock"),
+            core_mask=cfg.target_core_mask,
+            mem_size_mb=cfg.target_mem_size_mb,
+            no_huge=not cfg.hugepages,
+            lib_dir=str(Path(prefix) / "lib") if prefix else "",
+            start_timeout_s=cfg.target_start_timeout_s,
+        )
+        self.v2 = V2Node(
+            supervisor=self.supervisor,
+            target=target,
+            data=data,
+            data_unavailable=data_reason,
+            replica_address=cfg.replica_address,
+            engine_address=cfg.engine_address,
+            state_dir=state_dir,
+            watch_queue_limit=self.config.watch_queue,
+        )
+        self.v2.store = StateStore(state_dir, filename=v2state.V2_STATE_FILE, encode=self.v2.snapshot)
+        report = await self.v2.start(self.v2.load())
+        self.v2_reason = self.v2.target.reason
+        return report
+
+    def _native_data_path(self) -> object:
+
+        cfg = self.config.v2
+        opts = ControllerOpts(
+            ctrlr_loss_timeout_sec=cfg.replica_ctrlr_loss_timeout_s,
+            reconnect_delay_sec=cfg.replica_reconnect_delay_s,
+            fast_io_fail_timeout_sec=cfg.replica_fast_io_fail_timeout_s,
+            attach_timeout_sec=cfg.replica_attach_timeout_s,
+        )
+        opts.validate()
+        return native_data_path(
+            core_mask=cfg.engine_core_mask,
+            mem_size_mb=cfg.engine_mem_size_mb,
+            no_huge=not cfg.hugepages,
+            opts=opts,
+            idle_spin_us=cfg.engine_idle_spin_us,
+        )
 
     def _server(self, *services: object) -> Server:
         health = Health({svc: [self.health_status] for svc in services})  # type: ignore[misc]
@@ -94,23 +167,34 @@ class Daemon:
         # adopted child's ports before the first create can arrive.
         self.recovery = self.supervisor.recover(self.store.load())
         await self.supervisor.durable()
+        if cfg.v2.enabled:
+            self.recovery.update(await self._start_v2())
         log_settings = InstanceLogSettings(logging.getLogger("imd"))
+        instances = InstanceService(self.processes, self.v2, self.v2_reason)
         pm = ProcessManagerServicer(self.processes, self.in_flight)
-        inst = InstanceServicer(self.processes, log_settings, self.in_flight)
+        inst = InstanceServicer(instances, log_settings, self.in_flight)
+        disk = DiskServicer(DiskService(self.v2, self.v2_reason), self.in_flight)
         host, base = cfg.listen_host_port()
 
         pm_server = self._server(pm)
         await pm_server.start(host, base, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(pm_server)
+        disk_server = self._server(disk)
+        await disk_server.start(host, base + DISK_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
+        self._servers.append(disk_server)
         inst_server = self._server(inst)
         await inst_server.start(host, base + INSTANCE_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(inst_server)
-        self.ports = {"process_port": _bound_port(pm_server), "instance_port": _bound_port(inst_server)}
+        self.ports = {
+            "process_port": _bound_port(pm_server),
+            "disk_port": _bound_port(disk_server),
+            "instance_port": _bound_port(inst_server),
+        }
         if cfg.socket:
             sock = Path(cfg.socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             sock.unlink(missing_ok=True)
-            unix_server = self._server(pm, inst)
+            unix_server = self._server(pm, inst, disk)
             await unix_server.start(path=str(sock))
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)
@@ -128,6 +212,8 @@ class Daemon:
 
     def status_line(self) -> str:
         counts = self.supervisor.counts()
+        if self.v2 is not None:
+            counts.update(self.v2.counts())
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no processes"
         return f"{states}; {self.supervisor.events.watcher_count} watchers"
 
@@ -169,12 +255,18 @@ class Daemon:
         self.health_status.set(False)
         self.notifier.stopping("draining")
         self.supervisor.events.close_all()
+        if self.v2 is not None:
+            self.v2.events.close_all()
         if not await self.in_flight.wait_idle(cfg.drain_timeout_s):
             log.warning("drain deadline passed", extra=fields(in_flight=self.in_flight.count))
         for server in self._servers:
             server.close()
         for server in self._servers:
             await server.wait_closed()
+        if self.v2 is not None:
+            # Engines live in this process and go with it (their records stay:
+            # the next daemon brings them back); the target is a child like any.
+            await self.v2.close()
         await self.supervisor.shutdown(stop_children=cfg.stop_children_on_exit, timeout=cfg.stop_grace_s + 5)
         if cfg.socket:
             Path(cfg.socket).unlink(missing_ok=True)

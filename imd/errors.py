@@ -29,7 +29,12 @@ class AlreadyExists(ImdError):
     """Create with a name the registry already holds."""
 
 
-class PortsExhausted(ImdError):
+class ResourceExhausted(ImdError):
+    """A resource of the node ran out (ports, space, descriptors, memory);
+    the message names it. Not the caller's fault, and worth a retry later."""
+
+
+class PortsExhausted(ResourceExhausted):
     """The port range has no contiguous free block of the requested size."""
 
 

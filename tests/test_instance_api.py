@@ -1,5 +1,5 @@
-"""imrpc.InstanceService for data engine V1, and the refusals for V2 and
-unknown engines."""
+"""imrpc.InstanceService for data engine V1, and the refusals for V2 (on a
+node without it) and unknown engines."""
 
 from __future__ import annotations
 
@@ -99,40 +99,73 @@ V2 = 1
 UNKNOWN_ENGINE = 7
 
 
-async def _all_engine_calls(stub: Any, engine: Any) -> list[tuple[str, Any]]:
+def v2_replica_spec(name: str = "v") -> inst.InstanceSpec:
+    return inst.InstanceSpec(
+        name=name,
+        type="replica",
+        data_engine=V2,
+        spdk_instance_spec=inst.SpdkInstanceSpec(disk_name="disk-1", size=1 << 20),
+    )
+
+
+def _all_engine_calls(stub: Any, engine: Any) -> list[tuple[str, Any]]:
+    v2_spec = v2_replica_spec() if engine == V2 else ispec("v", data_engine=engine)
     calls = [
-        ("InstanceCreate", inst.InstanceCreateRequest(spec=ispec("v", data_engine=engine))),
+        ("InstanceCreate", inst.InstanceCreateRequest(spec=v2_spec)),
         ("InstanceDelete", inst.InstanceDeleteRequest(name="v", data_engine=engine)),
         ("InstanceGet", inst.InstanceGetRequest(name="v", data_engine=engine)),
-        ("InstanceReplace", inst.InstanceReplaceRequest(spec=ispec("v", data_engine=engine))),
-        ("InstanceSuspend", inst.InstanceSuspendRequest(name="v", data_engine=engine)),
-        ("InstanceResume", inst.InstanceResumeRequest(name="v", data_engine=engine)),
-        ("InstanceSwitchOverTarget", inst.InstanceSwitchOverTargetRequest(name="v", data_engine=engine)),
-        ("InstanceDeleteTarget", inst.InstanceDeleteTargetRequest(name="v", data_engine=engine)),
+        ("InstanceLog", None),
         ("LogSetLevel", inst.LogSetLevelRequest(level="debug", data_engine=engine)),
         ("LogSetFlags", inst.LogSetFlagsRequest(flags="x", data_engine=engine)),
         ("LogGetLevel", inst.LogGetLevelRequest(data_engine=engine)),
         ("LogGetFlags", inst.LogGetFlagsRequest(data_engine=engine)),
     ]
+    return [(name, getattr(stub, name)(request)) for name, request in calls if request is not None]
+
+
+def _not_served_calls(stub: Any, engine: Any) -> list[tuple[str, Any]]:
+    calls = [
+        ("InstanceReplace", inst.InstanceReplaceRequest(spec=ispec("v", data_engine=engine))),
+        ("InstanceSuspend", inst.InstanceSuspendRequest(name="v", data_engine=engine)),
+        ("InstanceResume", inst.InstanceResumeRequest(name="v", data_engine=engine)),
+        ("InstanceSwitchOverTarget", inst.InstanceSwitchOverTargetRequest(name="v", data_engine=engine)),
+        ("InstanceDeleteTarget", inst.InstanceDeleteTargetRequest(name="v", data_engine=engine)),
+    ]
     return [(name, getattr(stub, name)(request)) for name, request in calls]
 
 
-@pytest.mark.parametrize(
-    ("engine", "status", "text"),
-    [
-        (V2, Status.FAILED_PRECONDITION, "SPDK data engine not available"),
-        (UNKNOWN_ENGINE, Status.UNIMPLEMENTED, "unknown data engine 7"),
-    ],
-)
-async def test_non_v1_engines_are_refused_on_every_method(
-    daemon: RunningDaemon, engine: int, status: Status, text: str
-) -> None:
+async def test_v2_without_v2_configured_is_a_failed_precondition_with_the_reason(daemon: RunningDaemon) -> None:
     stub = daemon.instances()
-    for name, call in await _all_engine_calls(stub, engine):
+    for name, call in _all_engine_calls(stub, V2):
         with pytest.raises(GRPCError) as err:
             await call
-        assert err.value.status == status, name
-        assert text in (err.value.message or ""), name
+        assert err.value.status == Status.FAILED_PRECONDITION, name
+        message = err.value.message or ""
+        assert "SPDK data engine not available" in message, name
+        assert "v2.enabled" in message, name  # the reason, not just the refusal
+    async with stub.InstanceLog.open() as stream:
+        await stream.send_message(inst.InstanceLogRequest(name="v", data_engine=V2), end=True)
+        with pytest.raises(GRPCError) as err:
+            await stream.recv_message()
+    assert err.value.status == Status.FAILED_PRECONDITION
+    for name, call in _not_served_calls(stub, V2):
+        with pytest.raises(GRPCError) as err:
+            await call
+        assert err.value.status == Status.UNIMPLEMENTED, name
+        assert "V2" in (err.value.message or ""), name
+    assert (await stub.InstanceList(Empty())).instances == {}
+    # V1 goes on regardless.
+    created = await stub.InstanceCreate(inst.InstanceCreateRequest(spec=ispec("v1-ok")))
+    assert created.status.state == "running"
+
+
+async def test_unknown_engines_are_unimplemented_on_every_method(daemon: RunningDaemon) -> None:
+    stub = daemon.instances()
+    for name, call in [*_all_engine_calls(stub, UNKNOWN_ENGINE), *_not_served_calls(stub, UNKNOWN_ENGINE)]:
+        with pytest.raises(GRPCError) as err:
+            await call
+        assert err.value.status == Status.UNIMPLEMENTED, name
+        assert "unknown data engine 7" in (err.value.message or ""), name
         assert "data_engine" in (err.value.message or ""), name
     assert (await stub.InstanceList(Empty())).instances == {}
 

@@ -6,14 +6,14 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
-from imd.supervisor.broadcast import StreamClosed, Subscription, WatcherOverflow
+from imd.supervisor.broadcast import StreamClosed, WatcherOverflow
 from imd.supervisor.model import ProcessEvent
 
 
@@ -62,7 +62,13 @@ async def send_framed(stream: Any, framed: bytes, count: int) -> None:
 BATCH_LIMIT = 256
 
 
-async def pump_events(stream: Any, sub: Subscription[ProcessEvent], encode: EventEncoder) -> None:
+class EventSource(Protocol):
+    async def get_batch(self, limit: int) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+async def pump_events(stream: Any, sub: EventSource, encode: Callable[[Any], bytes]) -> None:
     """Send the subscription's events until the daemon drains (clean end,
     OK) or the watcher falls behind (RESOURCE_EXHAUSTED).
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
 from imd import __version__
-from imd.errors import NotFound, Unavailable
+from imd.errors import AlreadyExists, NotFound, Unavailable
 from imd.services.validation import (
     PROCESS_FIELDS,
     SpecFields,
@@ -67,6 +67,16 @@ class ProcessService:
     def __init__(self, supervisor: Supervisor, lifecycle: Lifecycle) -> None:
         self.supervisor = supervisor
         self.lifecycle = lifecycle
+        # Whether a name is taken by an instance that is not a process (a V2
+        # replica or engine): instance names are one namespace.
+        self.taken_elsewhere: Callable[[str], bool] = lambda name: False
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.supervisor.get(name)
+        except NotFound:
+            return False
+        return True
 
     async def create(
         self,
@@ -76,6 +86,8 @@ class ProcessService:
     ) -> ProcessView:
         self.lifecycle.check()
         validate_spec(spec, fields)
+        if self.taken_elsewhere(spec.name):
+            raise AlreadyExists(f"instance {spec.name} already exists (data engine V2)", field=fields.name)
         view = self.supervisor.create(spec, instance)
         await self.supervisor.durable()
         return view

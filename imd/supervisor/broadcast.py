@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -25,11 +26,11 @@ class StreamClosed(Exception):
 
 
 class Subscription(Generic[T]):
-    def __init__(self, owner: Broadcaster[T], limit: int) -> None:
+    def __init__(self, owner: Broadcaster[T], limit: int, wakeup: asyncio.Event | None = None) -> None:
         self._owner = owner
         self._limit = limit
         self._items: deque[T] = deque()
-        self._wakeup = asyncio.Event()
+        self._wakeup = wakeup if wakeup is not None else asyncio.Event()
         self.overflowed = False
         self.closed = False
 
@@ -65,6 +66,16 @@ class Subscription(Generic[T]):
             batch.append(self._items.popleft())
         return batch
 
+    def take_ready(self, limit: int) -> list[T]:
+        """Up to ``limit`` queued items, without waiting; WatcherOverflow if
+        this watcher was dropped."""
+        if self.overflowed and not self._items:
+            raise WatcherOverflow(f"watcher fell more than {self._limit} events behind")
+        taken: list[T] = []
+        while self._items and len(taken) < limit:
+            taken.append(self._items.popleft())
+        return taken
+
     def close(self) -> None:
         self._owner._subscribers.discard(self)
         self.closed = True
@@ -82,8 +93,8 @@ class Broadcaster(Generic[T]):
         self.queue_limit = queue_limit
         self._subscribers: set[Subscription[T]] = set()
 
-    def subscribe(self) -> Subscription[T]:
-        sub: Subscription[T] = Subscription(self, self.queue_limit)
+    def subscribe(self, wakeup: asyncio.Event | None = None) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(self, self.queue_limit, wakeup)
         self._subscribers.add(sub)
         return sub
 
@@ -100,4 +111,32 @@ class Broadcaster(Generic[T]):
         """End every watcher cleanly (daemon shutdown): after draining what
         is queued, ``get`` raises StreamClosed."""
         for sub in list(self._subscribers):
+            sub.close()
+
+
+class MergedSubscription:
+    """One watcher over several broadcasters (the instance API watches V1
+    processes and V2 instances as one stream). Each source keeps its own
+    bounded queue and order; one wakeup event serves them all, so waiting
+    costs no task per source. Overflow of any source drops the watcher;
+    the stream ends cleanly once every source has closed."""
+
+    def __init__(self, sources: Sequence[Broadcaster[Any]]) -> None:
+        self._wakeup = asyncio.Event()
+        self._subs = [source.subscribe(self._wakeup) for source in sources]
+
+    async def get_batch(self, limit: int) -> list[Any]:
+        while True:
+            batch: list[Any] = []
+            for sub in self._subs:
+                batch.extend(sub.take_ready(limit - len(batch)))
+            if batch:
+                return batch
+            if all(sub.closed for sub in self._subs):
+                raise StreamClosed()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def close(self) -> None:
+        for sub in self._subs:
             sub.close()

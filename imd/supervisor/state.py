@@ -41,6 +41,7 @@ class Role(enum.StrEnum):
     CURRENT = "current"
     REPLACING = "replacing"  # a replacement that had not taken over yet
     RETIRING = "retiring"  # a replaced (or abandoned) process on its way out
+    INTERNAL = "internal"  # the daemon's own helper (the SPDK target): never listed
 
 
 class PersistedProcess(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -67,9 +68,22 @@ _decoder = msgspec.json.Decoder(StateFile)
 
 
 class StateStore:
-    def __init__(self, state_dir: Path, snapshot: Callable[[], list[PersistedProcess]]) -> None:
-        self.path = state_dir / "registry.json"
+    """The writer of one state file. By default it holds the process
+    registry; with ``encode`` (and another ``filename``) it writes whatever
+    document its owner encodes (the V2 state, for one), with the same
+    atomicity and group commit."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        snapshot: Callable[[], list[PersistedProcess]] | None = None,
+        *,
+        filename: str = "registry.json",
+        encode: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.path = state_dir / filename
         self._snapshot = snapshot
+        self._encode = encode if encode is not None else self._encode_registry
         self._changed = 0
         self._written = 0
         self._attempted = 0
@@ -104,6 +118,10 @@ class StateStore:
             log.error("cannot set aside state file", extra=fields(path=str(self.path), error=str(exc)))
         log.error("state file set aside; starting empty", extra=fields(reason=why, moved_to=str(aside)))
 
+    def _encode_registry(self) -> bytes:
+        assert self._snapshot is not None
+        return _encoder.encode(StateFile(STATE_VERSION, self._snapshot()))
+
     def mark_dirty(self) -> None:
         self._changed += 1
         if self._writer is None or self._writer.done():
@@ -123,7 +141,7 @@ class StateStore:
     async def _write_loop(self) -> None:
         while self._written < self._changed:
             generation = self._changed
-            data = _encoder.encode(StateFile(STATE_VERSION, self._snapshot()))
+            data = self._encode()
             try:
                 await self._write(data)
             except OSError as exc:

@@ -10,6 +10,11 @@ Invariants, which tests/test_stress.py checks under concurrent load:
 * ports belong to exactly one process and are released only after that
   process exited.
 
+Internal children (the daemon's own helpers, such as the node's SPDK
+target) get the same spawn, pidfd, start-time and persistence treatment,
+but live in a namespace of their own: they never appear in a list or an
+event, so a manager can never judge one an orphan and delete it.
+
 All mutation happens on the event loop thread between awaits, so no lock is
 needed, and none is ever held across a wait on a child or the network. The
 only long wait here, a replace waiting for its new process to become
@@ -23,6 +28,7 @@ import asyncio
 import logging
 import signal
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 
 from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
@@ -63,6 +69,9 @@ class Supervisor:
         self._current: dict[str, ManagedProcess] = {}
         self._replacing: dict[str, ManagedProcess] = {}
         self._retiring: set[ManagedProcess] = set()
+        self._internal: dict[str, ManagedProcess] = {}
+        # Told when an internal child exits (its owner decides what next).
+        self._internal_exit: dict[str, Callable[[ManagedProcess], None]] = {}
         # Futures resolved when a name's current process leaves the
         # registry: log followers of that name stop on it.
         self._removed: dict[str, asyncio.Future[None]] = {}
@@ -93,6 +102,7 @@ class Supervisor:
             (Role.CURRENT, self._current.values()),
             (Role.REPLACING, self._replacing.values()),
             (Role.RETIRING, self._retiring),
+            (Role.INTERNAL, self._internal.values()),
         ):
             for proc in procs:
                 entries.append(
@@ -149,6 +159,10 @@ class Supervisor:
             proc.error_msg = entry.error_msg
             proc.pid = entry.pid
             pidfd = None if entry.state.terminal else reattach(entry.pid, entry.start_time)
+            if entry.role == Role.INTERNAL:
+                self._recover_internal(proc, entry, pidfd)
+                report["adopted" if pidfd is not None else "dropped"] += 1
+                continue
             if pidfd is None:
                 proc.mark_lost("exited while the daemon was down")
                 if entry.role == Role.CURRENT and not proc.delete_requested:
@@ -172,6 +186,17 @@ class Supervisor:
         report["untracked_killed"] = self._kill_untracked({entry.uuid for entry in entries})
         self._changed()
         return report
+
+    def _recover_internal(self, proc: ManagedProcess, entry: PersistedProcess, pidfd: int | None) -> None:
+        """An internal child is kept only while it lives: its owner starts a
+        new one when it finds none (``internal()`` returns None)."""
+        if pidfd is None:
+            self._release_ports(proc)
+            log.warning("internal child gone", extra=fields(name=proc.name, uuid=proc.uuid, pid=entry.pid))
+            return
+        self._internal[proc.name] = proc
+        proc.adopt(entry.pid, pidfd, entry.start_time, entry.state)
+        log.info("adopted internal child", extra=fields(name=proc.name, uuid=proc.uuid, pid=entry.pid))
 
     def _kill_untracked(self, known: set[str]) -> int:
         """Children of ours that no entry knows: spawned just before a crash,
@@ -199,8 +224,9 @@ class Supervisor:
         return [proc.view() for proc in self._current.values()]
 
     def all_processes(self) -> list[ManagedProcess]:
-        """Every process with a live or unreaped child: current, replacing, retiring."""
-        return [*self._current.values(), *self._replacing.values(), *self._retiring]
+        """Every process with a live or unreaped child: current, replacing,
+        retiring and internal."""
+        return [*self._current.values(), *self._replacing.values(), *self._retiring, *self._internal.values()]
 
     def removal_of(self, name: str) -> asyncio.Future[None]:
         """Completes when ``name``'s current process leaves the registry."""
@@ -227,7 +253,9 @@ class Supervisor:
         log.info("created", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
         return proc.view()
 
-    def _start(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
+    def _start(
+        self, spec: ProcessSpec, instance: InstanceInfo, extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         block = self.ports.allocate(spec.port_count) if spec.port_count > 0 else None
         proc = ManagedProcess(
             name=spec.name,
@@ -239,11 +267,54 @@ class Supervisor:
             settings=self.settings,
         )
         try:
-            proc.launch(self.logs.prepare(spec.name), self._child_env(proc.uuid))
+            env = self._child_env(proc.uuid)
+            proc.launch(self.logs.prepare(spec.name), {**env, **extra_env} if extra_env else env)
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
             raise InvalidArgument(f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary") from exc
+        return proc
+
+    # -- internal children ----------------------------------------------------------
+
+    def internal(self, name: str) -> ManagedProcess | None:
+        """The live internal child ``name`` (adopted or started), if any."""
+        proc = self._internal.get(name)
+        return proc if proc is not None and not proc.state.terminal else None
+
+    def start_internal(
+        self,
+        spec: ProcessSpec,
+        on_exit: Callable[[ManagedProcess], None],
+        *,
+        extra_env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        """Spawn an internal child; ``on_exit`` is called when it exits.
+        Raises InvalidArgument (naming ``spec.binary``) if it cannot be
+        executed. A previous child of that name must have exited."""
+        if self.internal(spec.name) is not None:
+            raise AlreadyExists(f"internal process {spec.name} is running", field="spec.name")
+        stale = self._internal.pop(spec.name, None)
+        if stale is not None:
+            self._release_ports(stale)
+        proc = self._start(spec, NO_INSTANCE, extra_env)
+        self._internal[spec.name] = proc
+        self._internal_exit[spec.name] = on_exit
+        self._changed()
+        log.info("internal child started", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
+        return proc
+
+    def watch_internal(self, name: str, on_exit: Callable[[ManagedProcess], None]) -> None:
+        """Be told when the (adopted) internal child ``name`` exits."""
+        self._internal_exit[name] = on_exit
+
+    def stop_internal(self, name: str) -> ManagedProcess | None:
+        """Ask the internal child to stop (SIGINT, SIGKILL after the grace
+        period); its ``exited`` future completes when it has."""
+        proc = self._internal.get(name)
+        if proc is not None:
+            proc.delete_requested = True
+            proc.stop(signal.SIGINT)
         return proc
 
     # -- delete ----------------------------------------------------------------
@@ -334,6 +405,9 @@ class Supervisor:
     # -- observer callbacks (from ManagedProcess) -------------------------------
 
     def process_changed(self, proc: ManagedProcess) -> None:
+        if self._internal.get(proc.name) is proc:
+            self._changed()
+            return
         self._emit(proc)
 
     def process_exited(self, proc: ManagedProcess) -> None:
@@ -346,7 +420,12 @@ class Supervisor:
                 error=proc.error_msg,
             ),
         )
-        if proc in self._retiring:
+        if self._internal.get(proc.name) is proc:
+            self._changed()
+            hook = self._internal_exit.get(proc.name)
+            if hook is not None:
+                hook(proc)
+        elif proc in self._retiring:
             self._finish_retired(proc)
         elif self._current.get(proc.name) is proc and proc.delete_requested:
             self._remove(proc)

@@ -1,0 +1,146 @@
+"""Disk semantics (Longhorn's imrpc.DiskService), independent of the wire.
+
+Everything a caller can get wrong is checked here, before the SPDK target
+is asked anything, and every error names the request field as Longhorn's
+``disk.proto`` spells it. Only then is V2's availability checked, so a bad
+request gets the same answer on a node with SPDK and on one without.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid as uuidlib
+
+import msgspec
+
+from imd import __version__
+from imd.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from imd.services.validation import validate_name
+from imd.v2.model import DiskView, ReplicaLvol
+from imd.v2.node import V2Node
+
+DISK_TYPE_BLOCK = 1
+DRIVERS = ("", "aio", "auto")
+DEFAULT_BLOCK_SIZE = 4096
+DISK_API_VERSION = 1
+DISK_API_MIN_VERSION = 1
+
+
+class DiskVersion(msgspec.Struct, frozen=True):
+    version: str = __version__
+    git_commit: str = ""
+    build_date: str = ""
+    api_version: int = DISK_API_VERSION
+    api_min_version: int = DISK_API_MIN_VERSION
+
+
+def disk_id(path: str) -> str:
+    """Longhorn's disk ID: the block device's ``major-minor``; for a file,
+    its path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    if stat.S_ISBLK(info.st_mode):
+        return f"{os.major(info.st_rdev)}-{os.minor(info.st_rdev)}"
+    return path
+
+
+def check_type(disk_type: int) -> None:
+    if disk_type != DISK_TYPE_BLOCK:
+        raise Unimplemented(
+            f"unsupported disk type {disk_type}: data engine V2 disks are of type block", field="disk_type"
+        )
+
+
+def check_driver(driver: str) -> None:
+    if driver not in DRIVERS:
+        raise InvalidArgument(f"unsupported driver {driver!r}; imd serves aio disks", field="disk_driver")
+
+
+def check_uuid(value: str, field: str = "disk_uuid") -> None:
+    if value:
+        try:
+            uuidlib.UUID(value)
+        except ValueError:
+            raise InvalidArgument(f"{value!r} is not a UUID", field=field) from None
+
+
+def check_path(path: str) -> None:
+    if not path:
+        raise InvalidArgument("must not be empty", field="disk_path")
+    if "\0" in path or not os.path.isabs(path):
+        raise InvalidArgument(f"{path!r} must be an absolute path", field="disk_path")
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror}", field="disk_path") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+        raise InvalidArgument(f"{path} is neither a file nor a block device", field="disk_path")
+
+
+def block_size_of(value: int) -> int:
+    """0 means Longhorn's default, 4096; otherwise a power of two from 512
+    to 64 KiB (what an AIO bdev accepts)."""
+    if value == 0:
+        return DEFAULT_BLOCK_SIZE
+    if value < 512 or value > 65536 or value & (value - 1):
+        raise InvalidArgument(f"{value} is not a power of two from 512 to 65536", field="block_size")
+    return value
+
+
+class DiskService:
+    def __init__(self, node: V2Node | None, unavailable: str) -> None:
+        self.node = node
+        self.unavailable = unavailable
+
+    def _node(self) -> V2Node:
+        if self.node is None:
+            raise FailedPrecondition(f"SPDK data engine not available: {self.unavailable}", field="disk_type")
+        return self.node
+
+    async def create(self, disk_type: int, name: str, uuid: str, path: str, block_size: int, driver: str) -> DiskView:
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_uuid(uuid)
+        check_path(path)
+        size = block_size_of(block_size)
+        check_driver(driver)
+        node = self._node()
+        view = await node.disks.create(name, uuid, path, size)
+        await node.durable()
+        return view
+
+    async def get(self, disk_type: int, name: str, driver: str) -> DiskView:
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_driver(driver)
+        return await self._node().disks.view(name)
+
+    async def delete(self, disk_type: int, name: str, uuid: str, driver: str) -> None:
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_uuid(uuid)
+        check_driver(driver)
+        node = self._node()
+        await node.disks.delete(name, uuid, node.live_replica_names(name))
+        await node.durable()
+
+    async def replicas(self, disk_type: int, name: str, driver: str) -> list[ReplicaLvol]:
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_driver(driver)
+        return await self._node().disks.lvols(name)
+
+    async def delete_replica(self, disk_type: int, name: str, uuid: str, replica: str, driver: str) -> None:
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_uuid(uuid)
+        validate_name(replica, "replcia_instance_name")
+        check_driver(driver)
+        node = self._node()
+        await node.disks.delete_lvol(name, uuid, replica, node.live_replica_names(name))
+
+    def version(self) -> DiskVersion:
+        return DiskVersion()

@@ -1,0 +1,197 @@
+"""Data engine V2's domain state, as msgspec Structs.
+
+Disks, replicas and engines are not processes: replicas are lvols exported
+by the node's SPDK target, and engines live inside imd (controllers and a
+mirror in spdk_ffi's C core, exported by its embedded NVMe-oF target). They
+still share the V1 instance rules on the wire: a UUID per instance, states
+that only move forward (``ProcessState``), delete by name and optional UUID,
+and a final event with ``deleted``.
+
+Naming follows Longhorn (go-spdk-helper), so a Longhorn host or tool sees
+what it expects: every exported subsystem is ``nqn.2023-01.io.longhorn.spdk:
+<name>`` and its namespace's NGUID is the SHA-1 name-based UUID of the name
+in the OID namespace.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid as uuidlib
+
+import msgspec
+
+from imd.supervisor.model import ProcessState
+
+NQN_PREFIX = "nqn.2023-01.io.longhorn.spdk"
+FRONTEND_NVMF = "spdk-tcp-nvmf"
+# Longhorn's other frontends: known names, not served by imd.
+FRONTENDS_ELSEWHERE = ("spdk-tcp-blockdev", "ublk")
+REPLICA = "replica"
+ENGINE = "engine"
+
+
+def nqn_of(name: str) -> str:
+    return f"{NQN_PREFIX}:{name}"
+
+
+def nguid_of(name: str) -> str:
+    return uuidlib.uuid5(uuidlib.NAMESPACE_OID, name).hex
+
+
+def host_nqn_of(engine_uuid: str) -> str:
+    """The host NQN an engine connects to its replicas with. One per engine
+    (by UUID): SPDK's driver silently shares a controller between two
+    connects with the same transport id and host NQN, which would tie two
+    engines of the same replica to one controller."""
+    return f"nqn.2014-08.org.nvmexpress:uuid:{engine_uuid}"
+
+
+class ReplicaMode(enum.StrEnum):
+    """A replica as an engine sees it (Longhorn's ptypes.ReplicaMode names)."""
+
+    RW = "RW"
+    WO = "WO"
+    ERR = "ERR"
+
+
+# -- disks -----------------------------------------------------------------------
+
+
+class DiskRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A disk: an AIO bdev over ``path`` (named after the disk) carrying one
+    lvstore (also named after the disk). ``uuid`` is the lvstore's."""
+
+    name: str
+    uuid: str
+    path: str
+    block_size: int
+    cluster_size: int
+    driver: str = "aio"
+
+
+class DiskView(msgspec.Struct, frozen=True, kw_only=True):
+    record: DiskRecord
+    total_size: int
+    free_size: int
+    state: str = "ready"
+
+    @property
+    def total_blocks(self) -> int:
+        return self.total_size // self.record.block_size
+
+    @property
+    def free_blocks(self) -> int:
+        return self.free_size // self.record.block_size
+
+
+class ReplicaLvol(msgspec.Struct, frozen=True, kw_only=True):
+    """An lvol on a disk, as DiskReplicaInstanceList reports it."""
+
+    name: str
+    uuid: str
+    disk_name: str
+    disk_uuid: str
+    spec_size: int
+    actual_size: int
+
+
+# -- replicas ----------------------------------------------------------------------
+
+
+class ReplicaSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    disk_name: str
+    size: int
+    volume_name: str = ""
+
+
+class ReplicaRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One replica: the lvol ``<disk>/<name>`` exported as ``nqn_of(name)``
+    on ``address:port``. ``lvol_created`` says whether this replica's create
+    made the lvol (rather than reusing one a delete without cleanup left):
+    an unfinished create undoes only what it made."""
+
+    name: str
+    uuid: str
+    spec: ReplicaSpec
+    disk_uuid: str
+    address: str
+    port: int
+    state: ProcessState = ProcessState.STARTING
+    error_msg: str = ""
+    lvol_uuid: str = ""
+    lvol_created: bool = False
+    delete_requested: bool = False
+    cleanup_requested: bool = False
+
+
+# -- engines ------------------------------------------------------------------------
+
+
+class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``replicas`` maps each replica's name to its addresses (``ip:port``;
+    several mean several paths to one replica)."""
+
+    name: str
+    volume_name: str
+    size: int
+    replicas: dict[str, tuple[str, ...]]
+    frontend: str = FRONTEND_NVMF
+
+
+class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One engine. ``port`` is its frontend's (0 with no frontend);
+    ``modes`` is the engine's view of each replica; ``size`` the volume's
+    current size (it grows with VolumeExpand)."""
+
+    name: str
+    uuid: str
+    spec: EngineSpec
+    address: str
+    port: int
+    size: int
+    modes: dict[str, ReplicaMode] = {}
+    state: ProcessState = ProcessState.STARTING
+    error_msg: str = ""
+    delete_requested: bool = False
+    last_expansion_error: str = ""
+    last_expansion_failed_at: str = ""
+
+
+# -- what clients see ----------------------------------------------------------------
+
+
+class FrontendPath(msgspec.Struct, frozen=True):
+    target_ip: str
+    target_port: int
+    nqn: str
+    nguid: str
+    ana_state: str = "optimized"
+
+
+class V2InstanceView(msgspec.Struct, frozen=True, kw_only=True):
+    """A V2 replica or engine as InstanceGet/List show it, at one moment."""
+
+    name: str
+    uuid: str
+    type: str
+    volume_name: str
+    state: ProcessState
+    error_msg: str
+    port_start: int
+    port_end: int
+    deleted: bool = False
+    size: int = 0
+    disk_name: str = ""
+    disk_uuid: str = ""
+    replica_address_map: dict[str, str] = {}
+    frontend: str = ""
+    endpoint: str = ""
+    paths: tuple[FrontendPath, ...] = ()
+
+
+class V2Event(msgspec.Struct, frozen=True):
+    """A change of a V2 instance; ``seq`` orders V2 events."""
+
+    seq: int
+    view: V2InstanceView

@@ -1,0 +1,276 @@
+"""Data engine V2 on this node: the registry that ties its owners together.
+
+``V2Node`` owns nothing mutable itself but the event sequence: the target
+keeper owns the SPDK target, ``Disks`` the disk records, ``Replicas`` the
+replica records, ``Engines`` the engines. It gives them what they share
+(persistence, events, per-instance logs) through the ``Hub`` interface,
+routes a name to the owner that has it, and runs start-up recovery in the
+one order that is safe:
+
+1. load ``v2.json``;
+2. adopt or start the target;
+3. load the disks onto it (a fresh target has none);
+4. recover replicas (undo unacknowledged creates, finish deletes, remove
+   exports nobody claims, fail what a restarted target lost);
+5. re-create the engines that were running (they live in this process, so
+   a restart took them down).
+
+Names are one namespace across replicas and engines (and V1 instances,
+which the instance service checks): InstanceList is one map by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import msgspec
+
+from imd.edges.spdk_target import TargetRpcError, TargetUnreachable
+from imd.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from imd.eventlog import fields
+from imd.supervisor.broadcast import Broadcaster, Subscription
+from imd.supervisor.model import ProcessState
+from imd.supervisor.supervisor import Supervisor
+from imd.v2 import state as v2state
+from imd.v2.datapath import DataPath
+from imd.v2.disks import Disks
+from imd.v2.engines import Engines
+from imd.v2.logs import InstanceLogHandler, instance_lines
+from imd.v2.model import ENGINE, EngineSpec, ReplicaSpec, V2Event, V2InstanceView
+from imd.v2.replicas import Replicas
+from imd.v2.target import TARGET_NAME, TargetKeeper, TargetSettings
+
+log = logging.getLogger("imd.v2")
+
+
+T = TypeVar("T")
+
+# logrus level names (what the manager sends) onto SPDK's print levels.
+_SPDK_LEVEL = {
+    "panic": "ERROR",
+    "fatal": "ERROR",
+    "error": "ERROR",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "info": "NOTICE",
+    "debug": "DEBUG",
+    "trace": "DEBUG",
+}
+_FROM_SPDK_LEVEL = {"ERROR": "error", "WARNING": "warn", "NOTICE": "info", "INFO": "info", "DEBUG": "debug"}
+
+
+class Store(Protocol):
+    """Persistence as the V2 registry uses it (the daemon's state store)."""
+
+    def mark_dirty(self) -> None: ...
+
+    async def sync(self) -> None: ...
+
+
+class V2Node:
+    def __init__(
+        self,
+        *,
+        supervisor: Supervisor,
+        target: TargetSettings,
+        data: DataPath | None,
+        data_unavailable: str,
+        replica_address: str,
+        engine_address: str,
+        state_dir: Path,
+        watch_queue_limit: int,
+    ) -> None:
+        self.supervisor = supervisor
+        self.target = TargetKeeper(supervisor, target)
+        self.disks = Disks(self.target, self.changed)
+        self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
+        self.engines = Engines(data, data_unavailable, supervisor.ports, self, engine_address)
+        self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
+        self.logs = InstanceLogHandler()
+        self.state_path = state_dir / v2state.V2_STATE_FILE
+        self.store: Store | None = None
+        self._seq = 0
+        self._removed: dict[str, asyncio.Future[None]] = {}
+        logging.getLogger("imd.v2").addHandler(self.logs)
+
+    # -- Hub ---------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        if self.store is not None:
+            self.store.mark_dirty()
+
+    def publish(self, view: V2InstanceView) -> None:
+        self._seq += 1
+        self.events.publish(V2Event(self._seq, view))
+        self.changed()
+        if view.deleted:
+            removed = self._removed.pop(view.name, None)
+            if removed is not None and not removed.done():
+                removed.set_result(None)
+
+    async def durable(self) -> None:
+        if self.store is not None:
+            await self.store.sync()
+
+    def snapshot(self) -> bytes:
+        return v2state.encode(
+            v2state.V2StateFile(
+                disks=list(self.disks.records.values()),
+                replicas=list(self.replicas.records.values()),
+                engines=[e.record for e in self.engines.engines.values()],
+            )
+        )
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def load(self) -> v2state.V2StateFile:
+        """The persisted V2 state; empty if there is none. A corrupt file is
+        set aside (renamed, never deleted) and V2 starts empty."""
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return v2state.V2StateFile()
+        try:
+            return v2state.decode(data)
+        except msgspec.MsgspecError as exc:
+            aside = self.state_path.with_name(f"{self.state_path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(self.state_path, aside)
+            log.error("V2 state file set aside; V2 starts empty", extra=fields(reason=str(exc), moved_to=str(aside)))
+            return v2state.V2StateFile()
+
+    async def start(self, persisted: v2state.V2StateFile) -> dict[str, int]:
+        for disk in persisted.disks:
+            self.disks.records[disk.name] = disk
+        self.target.on_lost(self.replicas.target_lost)
+        self.target.on_ready(self._target_back)
+        report: dict[str, int] = {"disks": len(persisted.disks)}
+        if await self.target.start():
+            await self.disks.load_all()
+            report.update(await self.replicas.recover(persisted.replicas, target_fresh=self.target.started_fresh))
+        else:
+            self.replicas.adopt_unserved(persisted.replicas, self.target.reason)
+            report["replicas_unserved"] = len(persisted.replicas)
+        report.update(await self.engines.recover(persisted.engines))
+        self.changed()
+        await self.durable()
+        log.info("V2 ready" if self.target.available else "V2 not available", extra=fields(**report))
+        return report
+
+    async def _target_back(self) -> None:
+        await self.disks.load_all()
+        await self.replicas.finish_deletes()
+
+    # -- instances ---------------------------------------------------------------------
+
+    def views(self) -> list[V2InstanceView]:
+        return [
+            *(self.replicas.view(r) for r in self.replicas.records.values()),
+            *(self.engines.view(e) for e in self.engines.engines.values()),
+        ]
+
+    def has(self, name: str) -> bool:
+        return name in self.replicas.records or name in self.engines.engines
+
+    def get(self, name: str) -> V2InstanceView:
+        if name in self.replicas.records:
+            return self.replicas.view(self.replicas.records[name])
+        if name in self.engines.engines:
+            return self.engines.view(self.engines.engines[name])
+        raise NotFound(f"cannot find instance {name}", field="name")
+
+    async def create_replica(self, spec: ReplicaSpec, field_prefix: str) -> V2InstanceView:
+        self._name_free(spec.name)
+        return await self.replicas.create(spec, field_prefix)
+
+    async def create_engine(self, spec: EngineSpec) -> V2InstanceView:
+        self._name_free(spec.name)
+        return await self.engines.create(spec)
+
+    def _name_free(self, name: str) -> None:
+        if self.has(name):
+            raise AlreadyExists(f"instance {name} already exists", field="spec.name")
+
+    async def delete(self, name: str, uuid: str, *, cleanup: bool) -> V2InstanceView:
+        if name in self.engines.engines:
+            return await self.engines.delete(name, uuid)
+        if name in self.replicas.records:
+            return await self.replicas.delete(name, uuid, cleanup)
+        raise NotFound(f"cannot find instance {name}", field="name")
+
+    def watch(self) -> Subscription[V2Event]:
+        return self.events.subscribe()
+
+    def log_lines(self, name: str, *, follow: bool, draining: asyncio.Future[None]) -> AsyncIterator[str]:
+        view = self.get(name)
+        target_log = None if view.type == ENGINE else self.supervisor.logs.path_for(TARGET_NAME)
+        until: tuple[asyncio.Future[None], ...] = ()
+        if follow:
+            removed = self._removed.get(name)
+            if removed is None or removed.done():
+                removed = self._removed[name] = asyncio.get_running_loop().create_future()
+            until = (removed, draining)
+        return instance_lines(self.logs, name, target_log=target_log, follow=follow, until=until)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for view in self.views():
+            key = f"v2 {view.type} {view.state.value}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def live_replica_names(self, disk: str) -> list[str]:
+        return [
+            r.name
+            for r in self.replicas.records.values()
+            if r.spec.disk_name == disk and r.state not in (ProcessState.STOPPED,)
+        ]
+
+    # -- the target's log level and flags (LogSet/Get* for data engine V2) -------------
+
+    async def log_level(self) -> str:
+        return _FROM_SPDK_LEVEL.get(await self._call(self.target.require().log_print_level()), "info")
+
+    async def set_log_level(self, level: str) -> None:
+        spdk_level = _SPDK_LEVEL.get(level.strip().lower())
+        if spdk_level is None:
+            raise InvalidArgument(f"unknown level {level!r}; one of {', '.join(sorted(_SPDK_LEVEL))}", field="level")
+        await self._call(self.target.require().set_log_print_level(spdk_level))
+
+    async def log_flags(self) -> str:
+        flags = await self._call(self.target.require().log_flags())
+        return ",".join(sorted(name for name, enabled in flags.items() if enabled))
+
+    async def set_log_flags(self, flags: str) -> None:
+        """Enable exactly the comma-separated SPDK log flags given."""
+        client = self.target.require()
+        wanted = {f.strip() for f in flags.split(",") if f.strip()}
+        known = await self._call(client.log_flags())
+        unknown = sorted(wanted - set(known))
+        if unknown:
+            raise InvalidArgument(f"unknown SPDK log flags {', '.join(unknown)}", field="flags")
+        for name, enabled in known.items():
+            if enabled != (name in wanted):
+                await self._call(client.set_log_flag(name, name in wanted))
+
+    @staticmethod
+    async def _call(step: Awaitable[T]) -> T:
+        try:
+            return await step
+        except (TargetRpcError, TargetUnreachable) as exc:
+            raise Unavailable(f"SPDK target: {exc}") from exc
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self.events.close_all()
+        await self.engines.close()
+        await self.replicas.close()
+        await self.durable()
+        await self.target.close()
+        logging.getLogger("imd.v2").removeHandler(self.logs)
