@@ -41,9 +41,9 @@ from imd.supervisor.ports import PortAllocator
 from imd.supervisor.state import StateStore
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
-from imd.v2.datapath import native_data_path
+from imd.v2.datapath import DataPath, native_data_path
 from imd.v2.node import V2Node
-from imd.v2.target import TargetSettings
+from imd.v2.target import TargetKeeper, TargetSettings
 from spdk_ffi import ControllerOpts
 
 log = logging.getLogger("imd.daemon")
@@ -104,7 +104,7 @@ class Daemon:
         then the supervised target and recovery of V2 state."""
         cfg = self.config.v2
         state_dir = Path(self.config.state_dir).absolute()
-        data = None
+        data: DataPath | None = None
         data_reason = ""
         try:
             data = await asyncio.to_thread(self._native_data_path)
@@ -123,7 +123,7 @@ class Daemon:
         )
         self.v2 = V2Node(
             supervisor=self.supervisor,
-            target=target,
+            target=TargetKeeper(self.supervisor, target),
             data=data,
             data_unavailable=data_reason,
             replica_address=cfg.replica_address,
@@ -136,7 +136,7 @@ class Daemon:
         self.v2_reason = self.v2.target.reason
         return report
 
-    def _native_data_path(self) -> object:
+    def _native_data_path(self) -> DataPath:
 
         cfg = self.config.v2
         opts = ControllerOpts(

@@ -11,6 +11,7 @@ from google.protobuf.empty_pb2 import Empty
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from imd.api.gen.imrpc import common_pb2 as common
 from imd.api.gen.imrpc import instance_pb2 as inst
 from tests.helpers import HEALTH_SERVER, PY, SLEEP, RunningDaemon
 
@@ -95,7 +96,7 @@ async def test_bad_binary_names_the_instance_field(daemon: RunningDaemon) -> Non
     assert (err.value.message or "").startswith("spec.process_instance_spec.binary:")
 
 
-V2 = 1
+V2 = common.DATA_ENGINE_V2
 UNKNOWN_ENGINE = 7
 
 

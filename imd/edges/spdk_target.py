@@ -50,13 +50,10 @@ class TargetRpcError(Exception):
 
     @property
     def not_found(self) -> bool:
-        """Whether the object named in the call does not exist. SPDK says so
-        with -ENODEV, or with JSON-RPC's "invalid params" (-32602) and a
-        message, depending on the method."""
-        if self.errno in (errno.ENODEV, errno.ENOENT):
-            return True
-        text = self.message.lower()
-        return self.code == -32602 and ("not found" in text or "does not exist" in text or "no such" in text)
+        """Whether the bdev or lvol named in the call does not exist (SPDK
+        says -ENODEV or -ENOENT). The nvmf methods answer an unknown NQN with
+        a bare "Invalid parameters", so they are checked by listing first."""
+        return self.errno in (errno.ENODEV, errno.ENOENT)
 
 
 class TargetUnreachable(Exception):
@@ -258,8 +255,14 @@ class SpdkTargetClient:
         listen["trsvcid"] = str(port)
         await self.call("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": listen})
 
-    async def subsystem_delete(self, nqn: str) -> None:
+    async def subsystem_delete(self, nqn: str) -> bool:
+        """Remove the subsystem; False if there was none. (The target answers
+        an unknown NQN with a bare "Invalid parameters", so look first; imd
+        is the target's only client, so nothing comes in between.)"""
+        if not any(s.nqn == nqn for s in await self.subsystems()):
+            return False
         await self.call("nvmf_delete_subsystem", {"nqn": nqn})
+        return True
 
     async def subsystem_controllers(self, nqn: str) -> list[dict[str, Any]]:
         return list(await self.call("nvmf_subsystem_get_controllers", {"nqn": nqn}))

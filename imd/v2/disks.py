@@ -61,8 +61,8 @@ class Disks:
         return next((d for d in self.records.values() if d.uuid == uuid), None)
 
     async def view(self, name: str) -> DiskView:
-        record = self.record(name)
         client = self.target.require()
+        record = self.record(name)
         lvs = await self._lvstore(client, record.name)
         if lvs is None:
             raise Unavailable(f"disk {name}: lvstore {record.name} is not loaded on the SPDK target")

@@ -161,13 +161,14 @@ class Engines:
         )
         engine = Engine(record)
         self.engines[spec.name] = engine
-        engine.op, engine.op_kind = asyncio.ensure_future(self._build(data, engine)), "create"
+        op = engine.op = asyncio.ensure_future(self._build(data, engine))
+        engine.op_kind = "create"
         try:
             # A caller that goes away leaves the build running; the
             # instance's state tells how it ended.
-            await asyncio.shield(engine.op)
+            await asyncio.shield(op)
         except asyncio.CancelledError:
-            if engine.op.cancelled() and record.delete_requested:
+            if op.cancelled() and record.delete_requested:
                 raise Unavailable(
                     f"create of engine {spec.name} was preempted by a delete", field="spec.name"
                 ) from None

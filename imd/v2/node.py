@@ -44,7 +44,7 @@ from imd.v2.engines import Engines
 from imd.v2.logs import InstanceLogHandler, instance_lines
 from imd.v2.model import ENGINE, EngineSpec, ReplicaSpec, V2Event, V2InstanceView
 from imd.v2.replicas import Replicas
-from imd.v2.target import TARGET_NAME, TargetKeeper, TargetSettings
+from imd.v2.target import TARGET_NAME, TargetKeeper
 
 log = logging.getLogger("imd.v2")
 
@@ -78,7 +78,7 @@ class V2Node:
         self,
         *,
         supervisor: Supervisor,
-        target: TargetSettings,
+        target: TargetKeeper,
         data: DataPath | None,
         data_unavailable: str,
         replica_address: str,
@@ -87,7 +87,7 @@ class V2Node:
         watch_queue_limit: int,
     ) -> None:
         self.supervisor = supervisor
-        self.target = TargetKeeper(supervisor, target)
+        self.target = target
         self.disks = Disks(self.target, self.changed)
         self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
         self.engines = Engines(data, data_unavailable, supervisor.ports, self, engine_address)

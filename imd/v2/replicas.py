@@ -286,6 +286,10 @@ class Replicas:
                 report["lost"] += 1
             report["kept"] += 1
         claimed = {nqn_of(name) for name in self.records}
+        try:
+            exported = {s.nqn for s in await client.subsystems()}  # after the undos above
+        except (TargetRpcError, TargetUnreachable) as exc:
+            raise Unavailable(f"cannot list the target's exports: {exc}") from exc
         for nqn in exported:
             if nqn.startswith(nqn_of("")) and nqn not in claimed:
                 await _quietly(client.subsystem_delete(nqn), f"remove orphan export {nqn}")
@@ -302,7 +306,7 @@ class Replicas:
                 await task
 
 
-async def _quietly(step: Awaitable[None], what: str) -> None:
+async def _quietly(step: Awaitable[object], what: str) -> None:
     try:
         await step
     except (TargetRpcError, TargetUnreachable) as exc:
@@ -310,7 +314,7 @@ async def _quietly(step: Awaitable[None], what: str) -> None:
             log.warning("cleanup step failed", extra=fields(step=what, error=str(exc)))
 
 
-async def _gone_ok(step: Awaitable[None]) -> None:
+async def _gone_ok(step: Awaitable[object]) -> None:
     """A removal that finds the object already gone has done its job."""
     try:
         await step

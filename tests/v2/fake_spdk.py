@@ -1,0 +1,276 @@
+"""An in-memory SPDK target below imd's seam (``SpdkTargetClient.call``).
+
+It answers the JSON-RPC methods imd uses with SPDK v24.01's results and
+error codes (-ENODEV for an unknown bdev, -EEXIST for a duplicate, a bare
+"Invalid parameters" for an unknown NQN), and keeps what a real target
+keeps on its devices (lvstores and lvols, by device path) apart from what
+it keeps in memory (bdevs, loaded lvstores, subsystems), so a "restart"
+loses the one and keeps the other. Every call is recorded, so tests can
+check what imd asked for, and any method can be made to fail.
+
+The real target is exercised by tests/v2/test_v2_spdk.py where SPDK is
+installed; this fake lets the orchestration above be tested everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from imd.edges.spdk_target import SpdkTargetClient, TargetRpcError, TargetUnreachable
+
+
+@dataclass
+class Lvol:
+    name: str
+    uuid: str
+    size_mib: int
+
+
+@dataclass
+class LvstoreOnDevice:
+    uuid: str
+    name: str
+    cluster_size: int
+    total_clusters: int
+    lvols: dict[str, Lvol] = field(default_factory=dict)
+
+
+class FakeSpdk:
+    def __init__(self) -> None:
+        self.devices: dict[str, LvstoreOnDevice] = {}  # path -> lvstore (survives restarts)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: dict[str, TargetRpcError | TargetUnreachable] = {}
+        self.delay: dict[str, float] = {}
+        self.up = True
+        self._restart()
+
+    def _restart(self) -> None:
+        self.transports: list[str] = []
+        self.aio: dict[str, tuple[str, int]] = {}  # bdev name -> (path, block size)
+        self.loaded: dict[str, str] = {}  # aio bdev name -> device path with a loaded lvstore
+        self.subsystems: dict[str, dict[str, Any]] = {}
+
+    def restart(self) -> None:
+        """A new target process: nothing in memory, devices as they were."""
+        self._restart()
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == method]
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        self.calls.append((method, params))
+        await asyncio.sleep(self.delay.get(method, 0))
+        if not self.up:
+            raise TargetUnreachable(f"fake target is down: {method}")
+        failure = self.fail.get(method)
+        if failure is not None:
+            raise failure
+        handler = getattr(self, "rpc_" + method, None)
+        if handler is None:
+            raise TargetRpcError(method, -32601, "Method not found")
+        return handler(method, **params)
+
+    @staticmethod
+    def _err(method: str, code: int, message: str = "") -> TargetRpcError:
+        return TargetRpcError(method, code, message or os.strerror(-code) if code < 0 else message)
+
+    # -- misc ---------------------------------------------------------------------------
+
+    def rpc_spdk_get_version(self, method: str) -> dict[str, str]:
+        return {"version": "SPDK v24.01 (fake)"}
+
+    def rpc_nvmf_get_transports(self, method: str) -> list[dict[str, str]]:
+        return [{"trtype": t} for t in self.transports]
+
+    def rpc_nvmf_create_transport(self, method: str, trtype: str) -> bool:
+        if trtype in self.transports:
+            raise self._err(method, -errno.EEXIST)
+        self.transports.append(trtype)
+        return True
+
+    # -- bdevs ----------------------------------------------------------------------------
+
+    def rpc_bdev_aio_create(self, method: str, name: str, filename: str, block_size: int) -> str:
+        if name in self.aio or any(p == filename for p, _ in self.aio.values()):
+            raise self._err(method, -errno.EEXIST)
+        if not os.path.exists(filename):
+            raise self._err(method, -errno.ENOENT)
+        self.aio[name] = (filename, block_size)
+        if filename in self.devices:  # examine loads the lvstore on it
+            self.loaded[name] = filename
+        return name
+
+    def rpc_bdev_aio_delete(self, method: str, name: str) -> bool:
+        if name not in self.aio:
+            raise self._err(method, -errno.ENODEV)
+        del self.aio[name]
+        self.loaded.pop(name, None)
+        return True
+
+    def rpc_bdev_wait_for_examine(self, method: str) -> bool:
+        return True
+
+    def _lvstore_by_name(self, name: str) -> tuple[str, LvstoreOnDevice] | None:
+        for bdev, path in self.loaded.items():
+            if self.devices[path].name == name:
+                return bdev, self.devices[path]
+        return None
+
+    def rpc_bdev_get_bdevs(self, method: str, name: str) -> list[dict[str, Any]]:
+        if name in self.aio:
+            path, block = self.aio[name]
+            return [{"name": name, "block_size": block, "num_blocks": os.path.getsize(path) // block}]
+        lvs_name, _, lvol_name = name.partition("/")
+        found = self._lvstore_by_name(lvs_name)
+        if found is not None and lvol_name in found[1].lvols:
+            lvol = found[1].lvols[lvol_name]
+            return [
+                {
+                    "name": lvol.uuid,
+                    "aliases": [name],
+                    "uuid": lvol.uuid,
+                    "block_size": 4096,
+                    "num_blocks": lvol.size_mib * 256,
+                }
+            ]
+        raise self._err(method, -errno.ENODEV)
+
+    # -- lvstores and lvols ----------------------------------------------------------------
+
+    def rpc_bdev_lvol_get_lvstores(self, method: str) -> list[dict[str, Any]]:
+        result = []
+        for bdev, path in self.loaded.items():
+            lvs = self.devices[path]
+            used = sum(-(-lvol.size_mib * (1 << 20) // lvs.cluster_size) for lvol in lvs.lvols.values()) // 4
+            result.append(
+                {
+                    "uuid": lvs.uuid,
+                    "name": lvs.name,
+                    "base_bdev": bdev,
+                    "total_data_clusters": lvs.total_clusters,
+                    "free_clusters": max(0, lvs.total_clusters - used),
+                    "block_size": self.aio[bdev][1],
+                    "cluster_size": lvs.cluster_size,
+                }
+            )
+        return result
+
+    def rpc_bdev_lvol_create_lvstore(self, method: str, bdev_name: str, lvs_name: str, cluster_sz: int) -> str:
+        if bdev_name not in self.aio:
+            raise self._err(method, -errno.ENODEV)
+        if bdev_name in self.loaded or self._lvstore_by_name(lvs_name):
+            raise self._err(method, -errno.EEXIST)
+        path = self.aio[bdev_name][0]
+        total = os.path.getsize(path) // cluster_sz - 1
+        self.devices[path] = LvstoreOnDevice(str(uuidlib.uuid4()), lvs_name, cluster_sz, total)
+        self.loaded[bdev_name] = path
+        return self.devices[path].uuid
+
+    def rpc_bdev_lvol_rename_lvstore(self, method: str, old_name: str, new_name: str) -> bool:
+        found = self._lvstore_by_name(old_name)
+        if found is None:
+            raise self._err(method, -errno.ENOENT, f"Lvol store {old_name} not found")
+        found[1].name = new_name
+        return True
+
+    def rpc_bdev_lvol_get_lvols(self, method: str, lvs_name: str) -> list[dict[str, Any]]:
+        found = self._lvstore_by_name(lvs_name)
+        if found is None:
+            raise self._err(method, -errno.ENODEV)
+        lvs = found[1]
+        return [
+            {
+                "alias": f"{lvs.name}/{lvol.name}",
+                "uuid": lvol.uuid,
+                "name": lvol.name,
+                "lvs": {"name": lvs.name, "uuid": lvs.uuid},
+                "is_thin_provisioned": True,
+            }
+            for lvol in lvs.lvols.values()
+        ]
+
+    def rpc_bdev_lvol_create(
+        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool
+    ) -> str:
+        found = self._lvstore_by_name(lvs_name)
+        if found is None:
+            raise self._err(method, -errno.ENODEV)
+        if lvol_name in found[1].lvols:
+            raise self._err(method, -errno.EEXIST)
+        lvol = Lvol(lvol_name, str(uuidlib.uuid4()), size_in_mib)
+        found[1].lvols[lvol_name] = lvol
+        return lvol.uuid
+
+    def _lvol(self, method: str, alias: str) -> tuple[LvstoreOnDevice, Lvol]:
+        lvs_name, _, lvol_name = alias.partition("/")
+        found = self._lvstore_by_name(lvs_name)
+        if found is None or lvol_name not in found[1].lvols:
+            raise self._err(method, -errno.ENODEV)
+        return found[1], found[1].lvols[lvol_name]
+
+    def rpc_bdev_lvol_resize(self, method: str, name: str, size_in_mib: int) -> bool:
+        self._lvol(method, name)[1].size_mib = size_in_mib
+        return True
+
+    def rpc_bdev_lvol_delete(self, method: str, name: str) -> bool:
+        lvs, lvol = self._lvol(method, name)
+        if any(ns["bdev_name"] == name for s in self.subsystems.values() for ns in s["namespaces"]):
+            raise self._err(method, -errno.EBUSY)
+        del lvs.lvols[lvol.name]
+        return True
+
+    # -- NVMe-oF ------------------------------------------------------------------------------
+
+    def rpc_nvmf_get_subsystems(self, method: str) -> list[dict[str, Any]]:
+        return [{"nqn": nqn, **s} for nqn, s in self.subsystems.items()]
+
+    def _subsystem(self, method: str, nqn: str) -> dict[str, Any]:
+        if nqn not in self.subsystems:
+            raise self._err(method, -32602, "Invalid parameters")
+        return self.subsystems[nqn]
+
+    def rpc_nvmf_create_subsystem(self, method: str, nqn: str, **options: Any) -> bool:
+        if nqn in self.subsystems:
+            raise self._err(method, -32602, "Invalid parameters")
+        self.subsystems[nqn] = {"namespaces": [], "listen_addresses": []}
+        return True
+
+    def rpc_nvmf_subsystem_add_ns(self, method: str, nqn: str, namespace: dict[str, Any]) -> int:
+        subsystem = self._subsystem(method, nqn)
+        self._lvol(method, namespace["bdev_name"])
+        subsystem["namespaces"].append({"nsid": len(subsystem["namespaces"]) + 1, **namespace})
+        return len(subsystem["namespaces"])
+
+    def rpc_nvmf_subsystem_add_listener(self, method: str, nqn: str, listen_address: dict[str, str]) -> bool:
+        subsystem = self._subsystem(method, nqn)
+        taken = {(a["traddr"], a["trsvcid"]) for s in self.subsystems.values() for a in s["listen_addresses"]}
+        if (listen_address["traddr"], listen_address["trsvcid"]) in taken:
+            raise self._err(method, -errno.EADDRINUSE)
+        subsystem["listen_addresses"].append(listen_address)
+        return True
+
+    def rpc_nvmf_delete_subsystem(self, method: str, nqn: str) -> bool:
+        self._subsystem(method, nqn)
+        del self.subsystems[nqn]
+        return True
+
+
+class FakeTargetClient(SpdkTargetClient):
+    """imd's own client with the socket replaced by ``FakeSpdk``."""
+
+    def __init__(self, spdk: FakeSpdk) -> None:
+        super().__init__("/nonexistent/fake-spdk.sock")
+        self.spdk = spdk
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.spdk.call(method, params or {})
+
+    async def close(self) -> None:
+        return None

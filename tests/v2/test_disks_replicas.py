@@ -1,0 +1,343 @@
+"""V2 disks and replicas: orchestration on the node's target, its undo and
+recovery rules, against the in-memory target (tests/v2/fake_spdk.py).
+
+The same behaviour against a real nvmf_tgt is in tests/v2/test_v2_spdk.py.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from imd.edges.spdk_target import TargetRpcError
+from imd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from imd.services.disks import DISK_TYPE_BLOCK, DiskService
+from imd.services.instances import InstanceService, V2Request
+from imd.services.processes import Lifecycle, ProcessService
+from imd.supervisor.model import ProcessState
+from imd.v2 import state as v2state
+from imd.v2.model import nqn_of
+from tests.v2.fake_spdk import FakeSpdk
+from tests.v2.fakes import node
+
+pytestmark = pytest.mark.asyncio
+
+SIZE = 64 << 20
+
+
+def disk_file(tmp_path: Path, name: str = "disk.img", size: int = 256 << 20) -> str:
+    path = tmp_path / name
+    with path.open("wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+def services(v2: object) -> tuple[DiskService, InstanceService]:
+    processes = ProcessService(v2.supervisor, Lifecycle())  # type: ignore[attr-defined]
+    return DiskService(v2, ""), InstanceService(processes, v2, "")  # type: ignore[arg-type]
+
+
+def replica(name: str, disk: str = "disk-1", size: int = SIZE, **kw: object) -> V2Request:
+    return V2Request(name=name, type="replica", disk_name=disk, size=size, **kw)  # type: ignore[arg-type]
+
+
+async def started(tmp_path: Path, spdk: FakeSpdk | None = None):  # type: ignore[no-untyped-def]
+    v2, keeper, _data, store = node(tmp_path, spdk)
+    await v2.start(v2.load())
+    disks, instances = services(v2)
+    return v2, keeper, store, disks, instances
+
+
+# -- disks ----------------------------------------------------------------------------
+
+
+async def test_disk_create_makes_aio_bdev_and_lvstore_then_is_idempotent(tmp_path: Path) -> None:
+    _v2, keeper, store, disks, _ = await started(tmp_path)
+    path = disk_file(tmp_path)
+    view = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", path, 4096, "")
+    assert view.record.uuid and view.total_size > 0 and view.free_size == view.total_size
+    assert keeper.spdk.called("bdev_aio_create") == [{"name": "disk-1", "filename": path, "block_size": 4096}]
+    assert keeper.spdk.called("bdev_lvol_create_lvstore")[0]["cluster_sz"] == 1 << 20
+    again = await disks.create(DISK_TYPE_BLOCK, "disk-1", view.record.uuid, path, 4096, "aio")
+    assert again.record == view.record
+    assert len(keeper.spdk.called("bdev_aio_create")) == 1
+    saved = v2state.decode(store.snapshots[-1])
+    assert [d.name for d in saved.disks] == ["disk-1"]
+
+
+async def test_disk_create_conflicts_name_the_field(tmp_path: Path) -> None:
+    _, _, _, disks, _ = await started(tmp_path)
+    path, other = disk_file(tmp_path), disk_file(tmp_path, "other.img")
+    first = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", path, 0, "")
+    with pytest.raises(AlreadyExists, match=r"^disk_name: disk disk-1 exists with path"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "", other, 0, "")
+    with pytest.raises(AlreadyExists, match=r"^disk_path: path .* is already disk disk-1"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-2", "", path, 0, "")
+    with pytest.raises(AlreadyExists, match=r"^disk_uuid:"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "00000000-0000-0000-0000-000000000001", path, 0, "")
+    assert (await disks.get(DISK_TYPE_BLOCK, "disk-1", "")).record == first.record
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "Disk_1"}, "disk_name"),
+        ({"path": "relative.img"}, "disk_path"),
+        ({"path": "/nonexistent/disk.img"}, "disk_path"),
+        ({"path": "/"}, "disk_path"),
+        ({"block_size": 1000}, "block_size"),
+        ({"block_size": 256}, "block_size"),
+        ({"uuid": "not-a-uuid"}, "disk_uuid"),
+        ({"driver": "nvme"}, "disk_driver"),
+    ],
+)
+async def test_disk_create_bad_input_names_the_field_and_touches_nothing(
+    tmp_path: Path, kwargs: dict[str, object], field: str
+) -> None:
+    _, keeper, _, disks, _ = await started(tmp_path)
+    args: dict[str, object] = {"name": "disk-1", "uuid": "", "path": disk_file(tmp_path), "block_size": 4096}
+    args["driver"] = ""
+    args.update(kwargs)
+    with pytest.raises(InvalidArgument, match=f"^{field}:"):
+        await disks.create(DISK_TYPE_BLOCK, **args)  # type: ignore[arg-type]
+    assert keeper.spdk.called("bdev_aio_create") == []
+
+
+async def test_filesystem_disks_are_unimplemented(tmp_path: Path) -> None:
+    from imd.errors import Unimplemented
+
+    _, _, _, disks, _ = await started(tmp_path)
+    with pytest.raises(Unimplemented, match=r"^disk_type:"):
+        await disks.create(0, "disk-1", "", disk_file(tmp_path), 4096, "")
+
+
+async def test_disk_with_an_lvstore_is_loaded_renamed_and_checked_by_uuid(tmp_path: Path) -> None:
+    spdk = FakeSpdk()
+    v2, _keeper, _, disks, _ = await started(tmp_path, spdk)
+    path = disk_file(tmp_path)
+    made = await disks.create(DISK_TYPE_BLOCK, "old-name", "", path, 4096, "")
+    await disks.delete(DISK_TYPE_BLOCK, "old-name", made.record.uuid, "")
+    assert spdk.devices[path].name == "old-name"  # the data stays on the device
+    with pytest.raises(NotFound, match=r"^disk_uuid: no lvstore"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "11111111-1111-1111-1111-111111111111", path, 4096, "")
+    assert "disk-1" not in v2.disks.records and spdk.aio == {}  # undone
+    loaded = await disks.create(DISK_TYPE_BLOCK, "disk-1", made.record.uuid, path, 4096, "")
+    assert loaded.record.uuid == made.record.uuid
+    assert spdk.devices[path].name == "disk-1"
+    assert len(spdk.called("bdev_lvol_create_lvstore")) == 1
+
+
+async def test_disk_delete_refuses_while_replicas_live_and_checks_uuid(tmp_path: Path) -> None:
+    _, _, _, disks, instances = await started(tmp_path)
+    made = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1"))
+    with pytest.raises(FailedPrecondition, match=r"^disk_name: disk disk-1 still carries replica instances r1"):
+        await disks.delete(DISK_TYPE_BLOCK, "disk-1", "", "")
+    with pytest.raises(NotFound, match=r"^disk_uuid:"):
+        await disks.delete(DISK_TYPE_BLOCK, "disk-1", "22222222-2222-2222-2222-222222222222", "")
+    await instances.delete_v2("r1", "", "", cleanup=True)
+    await _settled(instances)
+    await disks.delete(DISK_TYPE_BLOCK, "disk-1", made.record.uuid, "")
+    with pytest.raises(NotFound, match=r"^disk_name:"):
+        await disks.get(DISK_TYPE_BLOCK, "disk-1", "")
+
+
+async def test_v2_not_available_is_a_failed_precondition_after_validation(tmp_path: Path) -> None:
+    v2, keeper, _, _ = node(tmp_path)
+    keeper.refuse = "/opt/spdk/bin/nvmf_tgt is not an executable file"
+    await v2.start(v2.load())
+    disks, _instances = services(v2)
+    with pytest.raises(InvalidArgument, match=r"^block_size:"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 3, "")
+    with pytest.raises(FailedPrecondition, match=r"nvmf_tgt is not an executable file"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    with pytest.raises(FailedPrecondition, match=r"nvmf_tgt is not an executable file"):
+        await disks.get(DISK_TYPE_BLOCK, "disk-1", "")
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+
+async def _settled(instances: InstanceService) -> None:
+    """Wait for background deletes to finish."""
+    import asyncio
+
+    assert instances.node is not None
+    for _ in range(200):
+        if not instances.node.replicas._tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("replica tasks did not settle")
+
+
+async def test_replica_lifecycle_exports_lvol_on_a_port_of_the_range(tmp_path: Path) -> None:
+    v2, keeper, store, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    view = await instances.create_v2(replica("r1", volume_name="vol-1"))
+    assert view.state == ProcessState.RUNNING and view.type == "replica"
+    assert 23000 <= view.port_start == view.port_end <= 23099
+    subsystem = keeper.spdk.subsystems[nqn_of("r1")]
+    assert subsystem["namespaces"][0]["bdev_name"] == "disk-1/r1"
+    assert subsystem["listen_addresses"][0]["trsvcid"] == str(view.port_start)
+    assert v2state.decode(store.snapshots[-1]).replicas[0].state == ProcessState.RUNNING
+    with pytest.raises(AlreadyExists, match=r"^spec.name:"):
+        await instances.create_v2(replica("r1"))
+    with pytest.raises(NotFound, match=r"^uuid:"):
+        await instances.delete_v2("r1", "stale-uuid", "", cleanup=True)
+    assert nqn_of("r1") in keeper.spdk.subsystems
+    gone = await instances.delete_v2("r1", view.uuid, "replica", cleanup=True)
+    assert gone.deleted
+    await _settled(instances)
+    assert keeper.spdk.subsystems == {} and keeper.spdk.called("bdev_lvol_delete")
+    assert v2.supervisor.ports.in_use == 0
+
+
+async def test_delete_without_cleanup_keeps_the_lvol_for_a_later_create(tmp_path: Path) -> None:
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1"))
+    lvol_uuid = v2.replicas.records["r1"].lvol_uuid
+    await instances.delete_v2("r1", "", "", cleanup=False)
+    await _settled(instances)
+    assert [lvol.name for lvol in await disks.replicas(DISK_TYPE_BLOCK, "disk-1", "")] == ["r1"]
+    again = await instances.create_v2(replica("r1"))
+    assert again.state == ProcessState.RUNNING
+    assert v2.replicas.records["r1"].lvol_uuid == lvol_uuid and not v2.replicas.records["r1"].lvol_created
+    assert len(keeper.spdk.called("bdev_lvol_create")) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "error", "field"),
+    [
+        ({"size": 0}, InvalidArgument, "spec.spdk_instance_spec.size"),
+        ({"size": 4097}, InvalidArgument, "spec.spdk_instance_spec.size"),
+        ({"size": 1 << 40}, ResourceExhausted, "spec.spdk_instance_spec.size"),
+        ({"disk": "no-such-disk"}, NotFound, "spec.spdk_instance_spec.disk_name"),
+        ({"disk": ""}, InvalidArgument, "spec.spdk_instance_spec.disk_name"),
+        ({"name": "R_1"}, InvalidArgument, "spec.name"),
+        ({"disk_uuid": "33333333-3333-3333-3333-333333333333"}, NotFound, "spec.spdk_instance_spec.disk_uuid"),
+    ],
+)
+async def test_replica_bad_input_names_the_field_and_leaves_nothing(
+    tmp_path: Path, request_kwargs: dict[str, object], error: type[Exception], field: str
+) -> None:
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    kwargs: dict[str, object] = {"name": "r1", "disk": "disk-1", "size": SIZE}
+    kwargs.update(request_kwargs)
+    name, disk, size = kwargs.pop("name"), kwargs.pop("disk"), kwargs.pop("size")
+    with pytest.raises(error, match=f"^{field}:"):
+        await instances.create_v2(replica(str(name), str(disk), int(size), **kwargs))  # type: ignore[call-overload]
+    assert v2.replicas.records == {} and keeper.spdk.subsystems == {}
+    assert keeper.spdk.called("bdev_lvol_create") == [] and v2.supervisor.ports.in_use == 0
+
+
+async def test_a_failed_export_undoes_the_lvol_and_the_port(tmp_path: Path) -> None:
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    keeper.spdk.fail["nvmf_subsystem_add_listener"] = TargetRpcError(
+        "nvmf_subsystem_add_listener", -errno.EADDRINUSE, "Address already in use"
+    )
+    with pytest.raises(Unavailable, match=r"cannot create replica r1.*Address already in use"):
+        await instances.create_v2(replica("r1"))
+    assert v2.replicas.records == {} and keeper.spdk.subsystems == {}
+    assert keeper.spdk.devices[str(tmp_path / "disk.img")].lvols == {}
+    assert v2.supervisor.ports.in_use == 0
+
+
+async def test_replica_create_that_cannot_be_persisted_is_undone(tmp_path: Path) -> None:
+    v2, keeper, store, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    store.failing = ResourceExhausted("state dir: no space left on device")
+    with pytest.raises(ResourceExhausted, match=r"no space left"):
+        await instances.create_v2(replica("r1"))
+    assert v2.replicas.records == {} and keeper.spdk.subsystems == {}
+    assert keeper.spdk.called("bdev_lvol_create") == []  # the intent never reached the disk
+    assert v2.supervisor.ports.in_use == 0
+
+
+# -- recovery --------------------------------------------------------------------------------
+
+
+async def test_recovery_undoes_unacknowledged_creates_and_orphan_exports(tmp_path: Path) -> None:
+    spdk = FakeSpdk()
+    _v2, _keeper, store, disks, instances = await started(tmp_path, spdk)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("kept"))
+    await instances.create_v2(replica("half"))
+    # A crash after the lvol and export of "half" were made, before its
+    # "running" reached the disk: the file says starting.
+    saved = v2state.decode(store.snapshots[-1])
+    for record in saved.replicas:
+        if record.name == "half":
+            record.state = ProcessState.STARTING
+    spdk.subsystems[nqn_of("stray")] = {"namespaces": [], "listen_addresses": []}
+    (tmp_path / "v2.json").write_bytes(v2state.encode(saved))
+    again, keeper2, _, _ = node(tmp_path / "again", spdk)
+    keeper2.fresh = False  # the target lived on
+    again.state_path = tmp_path / "v2.json"
+    report = await again.start(again.load())
+    assert report["undone"] == 1 and report["orphan_exports"] == 1
+    assert set(again.replicas.records) == {"kept"}
+    assert again.replicas.records["kept"].state == ProcessState.RUNNING
+    assert set(spdk.subsystems) == {nqn_of("kept")}
+    assert set(spdk.devices[str(tmp_path / "disk.img")].lvols) == {"kept"}
+
+
+async def test_a_fresh_target_fails_the_replicas_it_lost_and_finishes_deletes(tmp_path: Path) -> None:
+    spdk = FakeSpdk()
+    _v2, _keeper, store, disks, instances = await started(tmp_path, spdk)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1"))
+    await instances.create_v2(replica("r2"))
+    saved = v2state.decode(store.snapshots[-1])
+    saved.replicas[1].delete_requested = saved.replicas[1].cleanup_requested = True
+    (tmp_path / "v2.json").write_bytes(v2state.encode(saved))
+    spdk.restart()  # the target went down with the daemon
+    again, _, _, _ = node(tmp_path / "again", spdk)
+    again.state_path = tmp_path / "v2.json"
+    await again.start(again.load())
+    assert spdk.aio == {"disk-1": (str(tmp_path / "disk.img"), 4096)}  # the disk is loaded back
+    r1 = again.replicas.records["r1"]
+    assert r1.state == ProcessState.ERROR and "restarted" in r1.error_msg
+    for _ in range(100):
+        if "r2" not in again.replicas.records:
+            break
+        import asyncio
+
+        await asyncio.sleep(0.01)
+    assert "r2" not in again.replicas.records
+    assert set(spdk.devices[str(tmp_path / "disk.img")].lvols) == {"r1"}
+
+
+async def test_target_loss_fails_replicas_and_deletes_finish_when_it_is_back(tmp_path: Path) -> None:
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1"))
+    events = v2.watch()
+    keeper.crash()
+    assert v2.replicas.records["r1"].state == ProcessState.ERROR
+    assert "exited" in v2.replicas.records["r1"].error_msg
+    assert (await events.get()).view.state == ProcessState.ERROR
+    with pytest.raises(FailedPrecondition, match=r"exited"):
+        await instances.create_v2(replica("r2"))
+    await instances.delete_v2("r1", "", "", cleanup=True)
+    await _settled(instances)
+    assert "r1" in v2.replicas.records and "delete not finished" in v2.replicas.records["r1"].error_msg
+    await keeper.come_back()
+    await _settled(instances)
+    assert "r1" not in v2.replicas.records
+    assert keeper.spdk.aio  # disks loaded back onto the new target
+    assert keeper.spdk.devices[str(tmp_path / "disk.img")].lvols == {}
+
+
+async def test_corrupt_v2_state_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "v2.json").write_bytes(b"{not json")
+    v2, _, _, _ = node(tmp_path)
+    assert v2.load() == v2state.V2StateFile()
+    assert list(tmp_path.glob("v2.json.bad-*"))
+    with pytest.raises(msgspec.DecodeError):
+        v2state.decode(b"{not json")
