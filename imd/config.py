@@ -42,6 +42,8 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     target_rpc_socket: str = ""
     """Default: <state_dir>/spdk-target.sock."""
     target_start_timeout_s: Seconds = 30.0
+    target_args: list[str] = []
+    """Extra arguments for the target (e.g. ``--disable-cpumask-locks``)."""
     replica_address: str = "127.0.0.1"
     """Where replicas listen (engines on other nodes connect here)."""
     engine_address: str = "127.0.0.1"

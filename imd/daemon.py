@@ -120,6 +120,7 @@ class Daemon:
             no_huge=not cfg.hugepages,
             lib_dir=str(Path(prefix) / "lib") if prefix else "",
             start_timeout_s=cfg.target_start_timeout_s,
+            extra_args=tuple(cfg.target_args),
         )
         self.v2 = V2Node(
             supervisor=self.supervisor,

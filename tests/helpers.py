@@ -21,7 +21,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from imd.api.gen.imrpc import imrpc_grpc, instance_grpc
+from imd.api.gen.imrpc import disk_grpc, imrpc_grpc, instance_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 
 PY = sys.executable
@@ -45,20 +45,25 @@ TEST_CONFIG: dict[str, Any] = {
 
 
 def free_base_port() -> int:
-    """A port P with P and P + 3 both free (the daemon's two listeners)."""
+    """A port P with P to P + 3 free (the daemon's listeners)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = int(probe.getsockname()[1])
         if base > 65000:
             continue
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", base + 3))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no free port pair")
+        if all(_free(base + offset) for offset in (1, 2, 3)):
+            return base
+    raise RuntimeError("no free block of four ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as other:
+        try:
+            other.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -88,6 +93,9 @@ class RunningDaemon:
 
     def instances(self, transport: str = "tcp") -> instance_grpc.InstanceServiceStub:
         return instance_grpc.InstanceServiceStub(self.channel(transport, offset=3))
+
+    def disks(self, transport: str = "tcp") -> disk_grpc.DiskServiceStub:
+        return disk_grpc.DiskServiceStub(self.channel(transport, offset=2))
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

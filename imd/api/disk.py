@@ -69,6 +69,14 @@ class DiskServicer(Servicer, disk_grpc.DiskServiceBase):
         raise Unimplemented("DiskService.MetricsGet is not served yet")
 
     @rpc
+    async def DiskList(self, stream: Any) -> None:
+        await recv(stream)
+        reply = dpb.DiskListResponse()
+        for view in await self.disks.listing():
+            reply.disks[view.record.name].CopyFrom(convert.disk_response(view, disk_id(view.record.path)))
+        await stream.send_message(reply)
+
+    @rpc
     async def VersionGet(self, stream: Any) -> None:
         await recv(stream)
         await stream.send_message(convert.disk_version_response(self.disks.version()))

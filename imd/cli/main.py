@@ -20,6 +20,7 @@ from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.cli.client import open_channel
 from imd.cli.output import emit, process_row
+from imd.cli.v2 import add_commands as add_v2_commands
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
 
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "log":
                 p.add_argument("--follow", "-f", action="store_true")
     top.add_parser("version").set_defaults(func=version, port_offset=0)
+    add_v2_commands(top)
     return parser
 
 

@@ -37,12 +37,18 @@ def table(rows: Sequence[dict[str, str]], columns: Sequence[str] = PROCESS_COLUM
     return "\n".join(lines)
 
 
-def emit(obj: Any, *, as_json: bool, rows: Sequence[dict[str, str]] | None = None) -> None:
+def emit(
+    obj: Any,
+    *,
+    as_json: bool,
+    rows: Sequence[dict[str, str]] | None = None,
+    columns: Sequence[str] = PROCESS_COLUMNS,
+) -> None:
     if as_json:
         data = as_dict(obj) if isinstance(obj, Message) else obj
         sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
     elif rows is not None:
-        sys.stdout.write(table(rows) + "\n")
+        sys.stdout.write(table(rows, columns) + "\n")
     else:
         for key, value in (as_dict(obj) if isinstance(obj, Message) else obj).items():
             sys.stdout.write(f"{key}: {value}\n")

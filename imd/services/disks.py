@@ -127,6 +127,11 @@ class DiskService:
         await node.disks.delete(name, uuid, node.live_replica_names(name))
         await node.durable()
 
+    async def listing(self) -> list[DiskView]:
+        node = self._node()
+        node.target.require()
+        return [await node.disks.view(name) for name in sorted(node.disks.records)]
+
     async def replicas(self, disk_type: int, name: str, driver: str) -> list[ReplicaLvol]:
         check_type(disk_type)
         validate_name(name, "disk_name")

@@ -167,6 +167,7 @@ class InstanceService:
             node = self.v2("spec.data_engine")
             self.processes.lifecycle.check()
             self._not_a_process(request.name)
+            node.target.require()  # a target that is down says so before any lookup
             self._disk_uuid_matches(node, replica.disk_name, request.disk_uuid or request.lvs_uuid)
             return await node.create_replica(replica, SPDK_SPEC)
         if request.type == ENGINE:

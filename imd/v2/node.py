@@ -160,7 +160,8 @@ class V2Node:
         self.changed()
         await self.durable()
         log.info("V2 ready" if self.target.available else "V2 not available", extra=fields(**report))
-        return report
+        # Prefixed: the daemon merges this with the process registry's report.
+        return {f"v2_{key}": value for key, value in report.items()}
 
     async def _target_back(self) -> None:
         await self.disks.load_all()

@@ -41,6 +41,7 @@ log = logging.getLogger("imd.v2.target")
 # Not a valid V1 process name (no '_' there), so its log file and registry
 # entry can never collide with a process a manager creates.
 TARGET_NAME = "_spdk_tgt"
+STARTING = "the SPDK target is starting"
 
 
 class TargetSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,12 +55,13 @@ class TargetSettings(msgspec.Struct, frozen=True, kw_only=True):
     rpc_timeout_s: float = 30.0
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 30.0
+    extra_args: tuple[str, ...] = ()
 
     def argv(self) -> tuple[str, ...]:
         args = ["-m", self.core_mask, "-r", self.rpc_socket, "-s", str(self.mem_size_mb)]
         if self.no_huge:
             args.append("--no-huge")
-        return tuple(args)
+        return (*args, *self.extra_args)
 
 
 Listener = Callable[[], Awaitable[None]]
@@ -73,7 +75,7 @@ class TargetKeeper:
         self.supervisor = supervisor
         self.settings = settings
         self.client = SpdkTargetClient(settings.rpc_socket, timeout=settings.rpc_timeout_s)
-        self.reason = "the SPDK target is starting"
+        self.reason = STARTING
         self.version = ""
         self.started_fresh = False  # this daemon started the target (nothing was on it)
         self._on_lost: list[Callable[[str], None]] = []
@@ -81,6 +83,7 @@ class TargetKeeper:
         self._restart: asyncio.Task[None] | None = None
         self._closing = False
         self._backoff = settings.restart_backoff_s
+        self._serving: ManagedProcess | None = None  # the child that answered and is in use
 
     # -- who wants to know -------------------------------------------------------
 
@@ -122,10 +125,16 @@ class TargetKeeper:
                 await self._stop_quietly(adopted)
             else:
                 self.started_fresh = False
-                self.reason = ""
+                self._usable(adopted)
                 log.info("SPDK target adopted", extra=fields(uuid=adopted.uuid, pid=adopted.pid, version=self.version))
                 return True
-        return await self._spawn()
+        if await self._spawn():
+            return True
+        # Keep trying in the background: the cause (memory, a core held by
+        # another SPDK process, a binary being upgraded) may go away, and the
+        # node then recovers by itself. The reason stays what it was.
+        self._schedule_restart()
+        return False
 
     async def _spawn(self) -> bool:
         settings = self.settings
@@ -150,10 +159,14 @@ class TargetKeeper:
             await self._stop_quietly(proc)
             return self._unusable(f"cannot create the TCP transport: {exc}")
         self.started_fresh = True
-        self.reason = ""
+        self._usable(proc)
         self._backoff = settings.restart_backoff_s
         log.info("SPDK target started", extra=fields(uuid=proc.uuid, pid=proc.pid, version=self.version))
         return True
+
+    def _usable(self, proc: ManagedProcess) -> None:
+        self.reason = ""
+        self._serving = proc
 
     def _check_binary(self) -> str:
         binary = self.settings.binary
@@ -170,8 +183,12 @@ class TargetKeeper:
         return {"LD_LIBRARY_PATH": f"{self.settings.lib_dir}:{current}" if current else self.settings.lib_dir}
 
     def _unusable(self, reason: str) -> bool:
-        if reason != self.reason:
+        """Say why V2 cannot run: logged once when V2 goes from usable (or
+        starting) to not, at debug level while a retry keeps failing."""
+        if self.reason == "" or self.reason == STARTING:
             log.error("SPDK data engine not available", extra=fields(reason=reason))
+        else:
+            log.debug("SPDK target still not usable", extra=fields(reason=reason))
         self.reason = reason
         return False
 
@@ -183,13 +200,19 @@ class TargetKeeper:
     # -- loss and restart -------------------------------------------------------------
 
     def _exited(self, proc: ManagedProcess) -> None:
-        if self._closing or proc.delete_requested:
+        """The supervisor saw a target exit. Only the one in use matters here
+        (one that dies while starting is the start's failure, said there)."""
+        if self._closing or proc.delete_requested or proc is not self._serving:
             return
+        self._serving = None
         reason = f"the SPDK target (pid {proc.pid}) exited: {proc.error_msg or proc.state.value}"
         self._unusable(reason)
         for callback in self._on_lost:
             callback(reason)
-        if self._restart is None or self._restart.done():
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if not self._closing and (self._restart is None or self._restart.done()):
             self._restart = asyncio.ensure_future(self._restart_later())
 
     async def _restart_later(self) -> None:
@@ -197,6 +220,7 @@ class TargetKeeper:
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, self.settings.restart_backoff_max_s)
             if await self._spawn():
+                log.info("SPDK data engine available again")
                 for callback in self._on_ready:
                     try:
                         await callback()

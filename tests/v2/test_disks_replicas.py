@@ -280,7 +280,7 @@ async def test_recovery_undoes_unacknowledged_creates_and_orphan_exports(tmp_pat
     keeper2.fresh = False  # the target lived on
     again.state_path = tmp_path / "v2.json"
     report = await again.start(again.load())
-    assert report["undone"] == 1 and report["orphan_exports"] == 1
+    assert report["v2_undone"] == 1 and report["v2_orphan_exports"] == 1
     assert set(again.replicas.records) == {"kept"}
     assert again.replicas.records["kept"].state == ProcessState.RUNNING
     assert set(spdk.subsystems) == {nqn_of("kept")}

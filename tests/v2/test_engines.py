@@ -251,7 +251,7 @@ async def test_engines_come_back_after_a_daemon_restart(tmp_path: Path) -> None:
     again, _, _, _ = node(tmp_path / "again", data=fresh)
     again.state_path = tmp_path / "v2.json"
     report = await again.start(again.load())
-    assert report["engines_restored"] == 1
+    assert report["v2_engines_restored"] == 1
     after = again.get("e1")
     assert (after.uuid, after.port_start, after.endpoint) == (before.uuid, before.port_start, before.endpoint)
     assert [c.name for c in fresh.path.initiator.controllers()] == ["r1"]  # never the ERR replica
@@ -265,7 +265,7 @@ async def test_an_engine_that_cannot_come_back_is_listed_in_error(tmp_path: Path
     again, _, _, _ = node(tmp_path / "again", data=FakeData())  # r1 unreachable now
     again.state_path = tmp_path / "v2.json"
     report = await again.start(again.load())
-    assert report["engines_failed"] == 1
+    assert report["v2_engines_failed"] == 1
     view = again.get("e1")
     assert view.state == ProcessState.ERROR and "not restored" in view.error_msg
 

@@ -48,6 +48,10 @@ class DiskServiceBase(abc.ABC):
     async def VersionGet(self, stream: 'grpclib.server.Stream[google.protobuf.empty_pb2.Empty, imd.api.gen.imrpc.disk_pb2.DiskVersionResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def DiskList(self, stream: 'grpclib.server.Stream[google.protobuf.empty_pb2.Empty, imd.api.gen.imrpc.disk_pb2.DiskListResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/imrpc.DiskService/DiskCreate': grpclib.const.Handler(
@@ -97,6 +101,12 @@ class DiskServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 google.protobuf.empty_pb2.Empty,
                 imd.api.gen.imrpc.disk_pb2.DiskVersionResponse,
+            ),
+            '/imrpc.DiskService/DiskList': grpclib.const.Handler(
+                self.DiskList,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                google.protobuf.empty_pb2.Empty,
+                imd.api.gen.imrpc.disk_pb2.DiskListResponse,
             ),
         }
 
@@ -151,4 +161,10 @@ class DiskServiceStub:
             '/imrpc.DiskService/VersionGet',
             google.protobuf.empty_pb2.Empty,
             imd.api.gen.imrpc.disk_pb2.DiskVersionResponse,
+        )
+        self.DiskList = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imrpc.DiskService/DiskList',
+            google.protobuf.empty_pb2.Empty,
+            imd.api.gen.imrpc.disk_pb2.DiskListResponse,
         )

@@ -218,3 +218,16 @@ class DiskHealthGetResponse(_message.Message):
     warning_temperature_time_minutes: int
     critical_composite_temperature_time_minutes: int
     def __init__(self, model_number: _Optional[str] = ..., serial_number: _Optional[str] = ..., firmware_revision: _Optional[str] = ..., traddr: _Optional[str] = ..., critical_warning: _Optional[int] = ..., temperature_celsius: _Optional[float] = ..., available_spare_percentage: _Optional[int] = ..., available_spare_threshold_percentage: _Optional[int] = ..., percentage_used: _Optional[int] = ..., data_units_read: _Optional[int] = ..., data_units_written: _Optional[int] = ..., host_read_commands: _Optional[int] = ..., host_write_commands: _Optional[int] = ..., controller_busy_time: _Optional[int] = ..., power_cycles: _Optional[int] = ..., power_on_hours: _Optional[int] = ..., unsafe_shutdowns: _Optional[int] = ..., media_errors: _Optional[int] = ..., num_err_log_entries: _Optional[int] = ..., warning_temperature_time_minutes: _Optional[int] = ..., critical_composite_temperature_time_minutes: _Optional[int] = ...) -> None: ...
+
+class DiskListResponse(_message.Message):
+    __slots__ = ("disks",)
+    class DisksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Disk
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Disk, _Mapping]] = ...) -> None: ...
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    disks: _containers.MessageMap[str, Disk]
+    def __init__(self, disks: _Optional[_Mapping[str, Disk]] = ...) -> None: ...
