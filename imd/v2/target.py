@@ -185,7 +185,7 @@ class TargetKeeper:
     def _unusable(self, reason: str) -> bool:
         """Say why V2 cannot run: logged once when V2 goes from usable (or
         starting) to not, at debug level while a retry keeps failing."""
-        if self.reason == "" or self.reason == STARTING:
+        if self.reason in ("", STARTING):
             log.error("SPDK data engine not available", extra=fields(reason=reason))
         else:
             log.debug("SPDK target still not usable", extra=fields(reason=reason))

@@ -77,6 +77,7 @@ def perf(address: str, port: int, nqn: str, *, workload: str = "randwrite", seco
         text=True,
         timeout=60,
         env=spdk_env(prefix),
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
