@@ -56,6 +56,10 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     replica_reconnect_delay_s: Annotated[int, msgspec.Meta(ge=0)] = 1
     replica_fast_io_fail_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 2
     replica_attach_timeout_s: Seconds = 10.0
+    rebuild_chunk_kib: Annotated[int, msgspec.Meta(ge=4, le=65536)] = 1024
+    rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
+    """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
+    machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
 
     def spdk_prefix(self) -> str:
         return self.spdk_dir or os.environ.get("SPDK_DIR", "")

@@ -29,11 +29,15 @@ from grpclib.server import Server
 from imd.api.disk import DiskServicer
 from imd.api.instance import InstanceServicer
 from imd.api.process_manager import ProcessManagerServicer
+from imd.api.proxy import proxy_servicer
+from imd.api.replica import REPLICA_PORT_OFFSET, RemoteReplicas, ReplicaServicer
 from imd.api.status import BoundedProtoCodec, InFlight
+from imd.api.tls import TlsError, client_context, server_context
 from imd.config import Config, ConfigError
 from imd.edges.sdnotify import Notifier
 from imd.eventlog import fields
 from imd.services.disks import DiskService
+from imd.services.engines import EngineService
 from imd.services.instances import InstanceLogSettings, InstanceService
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.logs import LogStore
@@ -48,6 +52,7 @@ from spdk_ffi import ControllerOpts
 
 log = logging.getLogger("imd.daemon")
 
+PROXY_PORT_OFFSET = 1
 DISK_PORT_OFFSET = 2
 INSTANCE_PORT_OFFSET = 3
 
@@ -55,17 +60,10 @@ INSTANCE_PORT_OFFSET = 3
 def tls_context(tls_dir: str) -> ssl.SSLContext:
     """mTLS with Longhorn's file names. Any failure is fatal: a daemon told
     to use TLS must never fall back to plaintext."""
-    directory = Path(tls_dir)
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_cert_chain(directory / "tls.crt", directory / "tls.key")
-        ctx.load_verify_locations(directory / "ca.crt")
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.set_alpn_protocols(["h2"])  # grpc-go refuses servers without ALPN h2
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls.dir {tls_dir}: cannot load ca.crt/tls.crt/tls.key: {exc}") from exc
-    return ctx
+        return server_context(tls_dir)
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class Daemon:
@@ -122,9 +120,13 @@ class Daemon:
             start_timeout_s=cfg.target_start_timeout_s,
             extra_args=tuple(cfg.target_args),
         )
+        _, base = self.config.listen_host_port()
         self.v2 = V2Node(
             supervisor=self.supervisor,
             target=TargetKeeper(self.supervisor, target),
+            expander=RemoteReplicas(base, client_context(self.config.tls.dir) if self.config.tls else None),
+            rebuild_chunk_bytes=cfg.rebuild_chunk_kib * 1024,
+            rebuild_rate_bytes_per_s=cfg.rebuild_rate_mib_s * (1 << 20),
             data=data,
             data_unavailable=data_reason,
             replica_address=cfg.replica_address,
@@ -175,27 +177,37 @@ class Daemon:
         pm = ProcessManagerServicer(self.processes, self.in_flight)
         inst = InstanceServicer(instances, log_settings, self.in_flight)
         disk = DiskServicer(DiskService(self.v2, self.v2_reason), self.in_flight)
+        proxy = proxy_servicer(EngineService(instances), self.in_flight)
+        replica = ReplicaServicer(instances, self.in_flight)
         host, base = cfg.listen_host_port()
 
         pm_server = self._server(pm)
         await pm_server.start(host, base, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(pm_server)
+        proxy_server = self._server(proxy)
+        await proxy_server.start(host, base + PROXY_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
+        self._servers.append(proxy_server)
         disk_server = self._server(disk)
         await disk_server.start(host, base + DISK_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(disk_server)
         inst_server = self._server(inst)
         await inst_server.start(host, base + INSTANCE_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(inst_server)
+        replica_server = self._server(replica)
+        await replica_server.start(host, base + REPLICA_PORT_OFFSET, ssl=ssl_ctx, reuse_address=True)
+        self._servers.append(replica_server)
         self.ports = {
             "process_port": _bound_port(pm_server),
+            "proxy_port": _bound_port(proxy_server),
             "disk_port": _bound_port(disk_server),
             "instance_port": _bound_port(inst_server),
+            "replica_port": _bound_port(replica_server),
         }
         if cfg.socket:
             sock = Path(cfg.socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             sock.unlink(missing_ok=True)
-            unix_server = self._server(pm, inst, disk)
+            unix_server = self._server(pm, inst, disk, proxy, replica)
             await unix_server.start(path=str(sock))
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)

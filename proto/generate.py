@@ -30,13 +30,14 @@ PROTOS = [
     "imrpc/instance.proto",
     "imrpc/disk.proto",
     "imrpc/proxy.proto",
+    "imdrpc/replica.proto",
 ]
-PACKAGES = ("imrpc", "ptypes")
+PACKAGES = ("imrpc", "ptypes", "imdrpc")
 # ``from imrpc import x_pb2`` and every dotted ``imrpc.x_pb2`` reference,
 # including those inside the grpclib plugin's string annotations (the same
 # for ``ptypes``, Longhorn's engine types).
-_FROM_IMPORT = re.compile(r"^from (imrpc|ptypes) import ", re.M)
-_DOTTED = re.compile(r"(?<![\w.])(imrpc|ptypes)\.(\w+_pb2)")
+_FROM_IMPORT = re.compile(r"^from (imrpc|ptypes|imdrpc) import ", re.M)
+_DOTTED = re.compile(r"(?<![\w.])(imrpc|ptypes|imdrpc)\.(\w+_pb2)")
 
 
 def _plugin() -> str:

@@ -16,7 +16,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from imd.api.gen.imrpc import imrpc_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
-from imd.cli.client import client_tls
+from imd.api.tls import client_context
 from tests.certs import write_tls_dir
 from tests.helpers import PY, health_serving, health_spec, make_daemon, pid_alive, spec, wait_state, watching
 
@@ -100,7 +100,7 @@ async def test_mtls_serves_tls_clients_only(daemon_factory, tmp_path) -> None:  
     ca = write_tls_dir(tmp_path / "server-tls")
     write_tls_dir(tmp_path / "client-tls", ca)
     daemon = await daemon_factory(tls={"dir": str(tmp_path / "server-tls")})
-    secure = Channel("127.0.0.1", daemon.base_port, ssl=client_tls(str(tmp_path / "client-tls")))
+    secure = Channel("127.0.0.1", daemon.base_port, ssl=client_context(str(tmp_path / "client-tls")))
     try:
         version = await imrpc_grpc.ProcessManagerServiceStub(secure).VersionGet(Empty())
         assert version.instanceManagerAPIVersion == 7

@@ -61,6 +61,13 @@ class Mirror(Protocol):
 MirrorFactory = Callable[[str, Sequence[tuple[str, Any]], int], Awaitable[Mirror]]
 
 
+class ReplicaExpander(Protocol):
+    """Grows a replica's lvol on its node (through that node's imd), before
+    an engine grows the volume over it."""
+
+    async def expand(self, address: str, replica: str, size: int) -> None: ...
+
+
 class DataPath:
     """Controllers and mirrors for the engines of this daemon."""
 

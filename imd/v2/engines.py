@@ -34,16 +34,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import uuid as uuidlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
-from imd.errors import AlreadyExists, FailedPrecondition, ImdError, InvalidArgument, NotFound, Unavailable
+import msgspec
+
+from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, InvalidArgument, NotFound, Unavailable
 from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
-from imd.v2.datapath import DataPath, Mirror
+from imd.v2.datapath import DataPath, Mirror, RebuildProgress, ReplicaExpander
 from imd.v2.hub import Hub
 from imd.v2.model import (
     ENGINE,
@@ -60,6 +63,7 @@ from spdk_ffi import NvmeError, Path
 from spdk_ffi.errors import AlreadyExists as ControllerHeld
 
 log = logging.getLogger("imd.v2.engines")
+T = TypeVar("T")
 
 
 def replica_paths(name: str, addresses: Sequence[str]) -> list[Path]:
@@ -85,6 +89,10 @@ class Engine:
         self.op: asyncio.Task[Any] | None = None
         self.op_kind = ""
         self.teardown: asyncio.Task[None] | None = None
+        self.expand_to = 0  # the size an expansion in progress is going to
+        self.rebuild: RebuildProgress | None = None
+        self.rebuild_dst = ""
+        self.rebuild_rate = 0  # bytes/s cap for the next rebuild (0 = the default)
 
     @property
     def name(self) -> str:
@@ -103,12 +111,19 @@ class Engines:
         ports: PortAllocator,
         hub: Hub,
         address: str,
+        *,
+        expander: ReplicaExpander | None = None,
+        rebuild_chunk_bytes: int = 1 << 20,
+        rebuild_rate_bytes_per_s: int = 0,
     ) -> None:
         self.data = data
         self.unavailable = unavailable
         self.ports = ports
         self.hub = hub
         self.address = address
+        self.expander = expander
+        self.rebuild_chunk_bytes = rebuild_chunk_bytes
+        self.rebuild_rate_bytes_per_s = rebuild_rate_bytes_per_s
         self.engines: dict[str, Engine] = {}
 
     # -- queries ------------------------------------------------------------------
@@ -266,6 +281,253 @@ class Engines:
             )
         return data.initiator.handle(replica), namespace.block_size
 
+    # -- operations on a running engine (ProxyEngineService) --------------------------------
+
+    def running(self, name: str, field: str = "engine_name") -> Engine:
+        engine = self.get(name, field)
+        record = engine.record
+        if record.delete_requested or record.state != ProcessState.RUNNING or engine.mirror is None:
+            raise FailedPrecondition(f"engine {name} is {record.state.value}", field=field)
+        return engine
+
+    def _busy(self, engine: Engine) -> None:
+        if engine.op is not None:
+            what = f"an expansion to {engine.expand_to} bytes" if engine.op_kind == "expand" else engine.op_kind
+            raise Conflict(f"engine {engine.name}: {what} is in progress", field="engine_name")
+
+    async def _run(self, engine: Engine, kind: str, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` as the engine's one long operation and wait for it. A
+        caller that goes away leaves it running; a delete cancels it."""
+        op = asyncio.ensure_future(work)
+        engine.op, engine.op_kind = op, kind
+        op.add_done_callback(lambda _: self._op_done(engine, op))
+        try:
+            return await asyncio.shield(op)
+        except asyncio.CancelledError:
+            if op.cancelled():
+                raise Unavailable(f"engine {engine.name}: the {kind} was preempted", field="engine_name") from None
+            raise
+
+    @staticmethod
+    def _op_done(engine: Engine, op: asyncio.Task[Any]) -> None:
+        if engine.op is op:
+            engine.op, engine.op_kind, engine.expand_to = None, "", 0
+
+    # -- expand ---------------------------------------------------------------------------
+
+    async def expand(self, name: str, size: int) -> None:
+        """Grow the volume: every healthy replica's lvol, then the mirror, then
+        the frontend's namespace (hosts get a namespace-attribute notice).
+        One expansion at a time per engine: the same size joins the one in
+        progress, another size is ABORTED. A failure leaves the old size, the
+        reason in the engine's status, and nothing "expanding"."""
+        engine = self.running(name)
+        record = engine.record
+        assert engine.mirror is not None
+        block = engine.mirror.block_size
+        if size < record.size:
+            raise InvalidArgument(f"cannot shrink the volume from {record.size} to {size} bytes", field="expand.size")
+        if size % block:
+            raise InvalidArgument(f"{size} is not a multiple of the block size {block}", field="expand.size")
+        if engine.op is not None and engine.op_kind == "expand":
+            if engine.expand_to != size:
+                raise Conflict(
+                    f"engine {name}: an expansion to {engine.expand_to} bytes is in progress", field="expand.size"
+                )
+            await asyncio.shield(engine.op)  # join it, and share its outcome
+            return
+        if size == record.size:
+            return
+        self._busy(engine)
+        engine.expand_to = size
+        await self._run(engine, "expand", self._expand(engine, size))
+
+    async def _expand(self, engine: Engine, size: int) -> None:
+        record = engine.record
+        mirror = engine.mirror
+        assert mirror is not None
+        self.hub.publish(self.view(engine))
+        try:
+            if self.expander is None:
+                raise FailedPrecondition("this daemon cannot reach replicas' nodes to grow them")
+            for replica in sorted(n for n, mode in record.modes.items() if mode == ReplicaMode.RW):
+                await self.expander.expand(record.spec.replicas[replica][0], replica, size)
+            await mirror.resize(size // mirror.block_size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            record.last_expansion_error = f"expansion to {size} bytes failed: {exc}"
+            record.last_expansion_failed_at = _now()
+            self.hub.publish(self.view(engine))
+            await self.hub.durable()
+            log.error("expansion failed", extra=fields(name=record.name, size=size, error=str(exc)))
+            if isinstance(exc, ImdError):
+                raise
+            raise Unavailable(record.last_expansion_error, field="expand.size") from exc
+        record.size = size
+        record.last_expansion_error = ""
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
+        log.info("volume expanded", extra=fields(name=record.name, size=size))
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    def replica_of(self, engine: Engine, name: str, address: str) -> str:
+        """A replica of ``engine`` by name, or by address (``tcp://`` or not)."""
+        if name:
+            if name not in engine.record.spec.replicas:
+                raise NotFound(f"engine {engine.name} has no replica {name}", field="replica_name")
+            return name
+        bare = address.removeprefix("tcp://")
+        for replica, addresses in engine.record.spec.replicas.items():
+            if bare in addresses:
+                return replica
+        raise NotFound(f"engine {engine.name} has no replica at {address}", field="replica_address")
+
+    async def add_replica(self, name: str, replica: str, addresses: tuple[str, ...]) -> None:
+        """Attach ``replica``, put it in write-only mode (new writes reach it)
+        and copy the volume onto it in the background, in the C core, while
+        host I/O goes on; it becomes RW when the copy is done. Returns once
+        the copy has started."""
+        engine = self.running(name)
+        mode = engine.record.modes.get(replica)
+        if mode is not None and mode != ReplicaMode.ERR:
+            raise AlreadyExists(f"replica {replica} is already in engine {name} ({mode})", field="replica_name")
+        self._busy(engine)
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        op = asyncio.ensure_future(self._rebuild(engine, replica, addresses, started))
+        engine.op, engine.op_kind = op, "rebuild"
+        op.add_done_callback(lambda _: self._op_done(engine, op))
+
+        def ended(_: object) -> None:
+            if not started.done():
+                started.set_exception(_why_not_started(op, replica))
+
+        op.add_done_callback(ended)
+        await asyncio.shield(started)
+
+    async def _rebuild(
+        self, engine: Engine, replica: str, addresses: tuple[str, ...], started: asyncio.Future[None]
+    ) -> None:
+        data = self.require()
+        record = engine.record
+        mirror = engine.mirror
+        assert mirror is not None
+        if replica in record.modes:  # an ERR replica being added again: out with the old leg first
+            await self._drop_replica(engine, replica)
+        record.spec = msgspec.structs.replace(record.spec, replicas={**record.spec.replicas, replica: addresses})
+        record.modes[replica] = ReplicaMode.WO
+        try:
+            handle, _ = await self._attach(data, engine, replica)
+            await mirror.add_leg(replica, handle, ReplicaMode.WO)
+        except BaseException:
+            await self._drop_replica(engine, replica)
+            self.hub.publish(self.view(engine))
+            raise
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
+        rate = engine.rebuild_rate or self.rebuild_rate_bytes_per_s
+        rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes, rate_bytes_per_s=rate)
+        engine.rebuild, engine.rebuild_dst = rebuild, replica
+        started.set_result(None)
+        log.info("rebuild started", extra=fields(name=record.name, replica=replica))
+        try:
+            status = await asyncio.shield(rebuild.done)
+        except asyncio.CancelledError:
+            # Preempted (engine delete, ReplicaRemove, shutdown): stop the copy
+            # within a chunk, and leave the rest to whoever preempted us.
+            await rebuild.cancel()
+            raise
+        finally:
+            engine.rebuild = None
+        if str(status.state) == "complete":
+            await mirror.set_mode(replica, ReplicaMode.RW)
+            record.modes[replica] = ReplicaMode.RW
+            engine.errors.pop(replica, None)
+            log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
+        else:
+            record.modes[replica] = ReplicaMode.ERR
+            engine.errors[replica] = f"rebuild {status.state}: {status.error}"
+            log.error("rebuild failed", extra=fields(name=record.name, replica=replica, error=status.error))
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
+
+    async def remove_replica(self, name: str, replica: str, address: str) -> None:
+        """Take a replica out of the engine: a rebuild that copies to or from
+        it is preempted at once (the copy stops within one chunk)."""
+        engine = self.get(name, "engine_name")
+        if engine.record.delete_requested:
+            raise FailedPrecondition(f"engine {name} is being deleted", field="engine_name")
+        replica = self.replica_of(engine, replica, address)
+        record = engine.record
+        if record.modes.get(replica) == ReplicaMode.RW and not any(
+            mode == ReplicaMode.RW for other, mode in record.modes.items() if other != replica
+        ):
+            raise FailedPrecondition(f"replica {replica} is engine {name}'s last healthy one", field="replica_name")
+        op = engine.op
+        if op is not None:
+            if engine.op_kind != "rebuild":
+                self._busy(engine)
+            op.cancel()
+            with contextlib.suppress(BaseException):
+                await op
+        await self._drop_replica(engine, replica)
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
+        log.info("replica removed", extra=fields(name=name, replica=replica))
+
+    async def _drop_replica(self, engine: Engine, replica: str) -> None:
+        record = engine.record
+        if engine.mirror is not None and replica in {leg for leg, _ in _leg_modes(engine.mirror)}:
+            await engine.mirror.remove_leg(replica)
+        if replica in engine.attached and self.data is not None:
+            await self.data.initiator.detach(replica)
+            engine.attached.discard(replica)
+        record.modes.pop(replica, None)
+        engine.errors.pop(replica, None)
+        if replica in record.spec.replicas:
+            rest = {n: a for n, a in record.spec.replicas.items() if n != replica}
+            record.spec = msgspec.structs.replace(record.spec, replicas=rest)
+
+    async def set_replica_mode(self, name: str, address: str, mode: ReplicaMode) -> None:
+        """ReplicaModeUpdate: a healthy replica may be failed by hand (RW to
+        ERR); coming back needs a rebuild (ReplicaAdd), never a mode change."""
+        engine = self.running(name)
+        replica = self.replica_of(engine, "", address)
+        current = engine.record.modes.get(replica)
+        if current == mode:
+            return
+        if mode != ReplicaMode.ERR:
+            raise FailedPrecondition(
+                f"replica {replica} is {current}; it can become {mode} only through a rebuild (ReplicaAdd)",
+                field="mode",
+            )
+        if engine.rebuild is not None and engine.rebuild_dst == replica and engine.op is not None:
+            engine.op.cancel()
+            with contextlib.suppress(BaseException):
+                await engine.op
+        assert engine.mirror is not None
+        await engine.mirror.set_mode(replica, ReplicaMode.ERR)
+        self._leg_failed(engine, replica, "set to ERR by ReplicaModeUpdate")
+        await self.hub.durable()
+
+    def set_rebuild_rate(self, name: str, mbps: int) -> None:
+        if mbps < 0:
+            raise InvalidArgument(f"must be >= 0, got {mbps}", field="qos_limit_mbps")
+        self.get(name, "engine_name").rebuild_rate = mbps * (1 << 20)
+
+    def rebuild_statuses(self, name: str) -> dict[str, Any]:
+        """The copy in progress, by destination replica (Longhorn reports only
+        replicas in WO mode)."""
+        engine = self.get(name, "engine_name")
+        if engine.rebuild is None:
+            return {}
+        return {engine.rebuild_dst: engine.rebuild.status()}
+
+    def leg_statuses(self, name: str) -> list[Any]:
+        engine = self.get(name, "engine_name")
+        return engine.mirror.legs() if engine.mirror is not None else []
+
     # -- replica failure ---------------------------------------------------------------
 
     def _leg_failed(self, engine: Engine, leg: str, why: str) -> None:
@@ -383,7 +645,15 @@ class Engines:
     async def _restore(self, engine: Engine) -> None:
         """Re-attach the replicas that were healthy (never one that was ERR
         or still rebuilding: its data may be stale), rebuild the mirror and
-        export it on the same port and NQN."""
+        export it on the same port and NQN.
+
+        Mirror consistency: writes in flight when the daemon died may have
+        reached some replicas and not others. After a clean stop there were
+        none. After anything else, the mirror starts with one replica RW (the
+        first by name that attached) and every other healthy replica WO, and
+        each is copied from it before it serves a read again: reads never
+        differ by replica. (A dirty-region log would bound the copy to the
+        regions written just before the crash; see README.)"""
         data = self.require()
         record = engine.record
         try:
@@ -405,9 +675,15 @@ class Engines:
             if not legs:
                 raise Unavailable("no healthy replica could be attached")
             block_size = legs[0][2]
-            mirror = await data.make_mirror(record.name, [(n, h) for n, h, _ in legs], record.size // block_size)
+            resync = [] if record.clean_stop else [name for name, _, _ in legs[1:]]
+            first = [(n, h) for n, h, _ in legs if n not in resync]
+            mirror = await data.make_mirror(record.name, first, record.size // block_size)
             engine.mirror = mirror
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
+            for name, handle, _ in legs:
+                if name in resync:
+                    await mirror.add_leg(name, handle, ReplicaMode.WO)
+                    record.modes[name] = ReplicaMode.WO
             if record.spec.frontend and record.port:
                 await mirror.export(nqn_of(record.name), record.address, record.port, nguid_of(record.name))
         except BaseException:
@@ -415,8 +691,44 @@ class Engines:
             raise
         finally:
             engine.op = None
+        record.clean_stop = False
         self.hub.publish(self.view(engine))
-        log.info("engine restored", extra=fields(name=record.name, uuid=record.uuid, port=record.port))
+        log.info(
+            "engine restored", extra=fields(name=record.name, uuid=record.uuid, port=record.port, resync=len(resync))
+        )
+        if resync:
+            engine.op = asyncio.ensure_future(self._resync(engine, resync))
+            engine.op_kind = "rebuild"
+            op = engine.op
+            op.add_done_callback(lambda _: self._op_done(engine, op))
+
+    async def _resync(self, engine: Engine, replicas: list[str]) -> None:
+        """Copy the volume onto each replica that may differ, one at a time
+        (one rebuild per mirror), then let it serve reads again."""
+        record = engine.record
+        mirror = engine.mirror
+        assert mirror is not None
+        for replica in replicas:
+            if record.modes.get(replica) != ReplicaMode.WO:
+                continue
+            rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes)
+            engine.rebuild, engine.rebuild_dst = rebuild, replica
+            try:
+                status = await asyncio.shield(rebuild.done)
+            except asyncio.CancelledError:
+                await rebuild.cancel()
+                raise
+            finally:
+                engine.rebuild = None
+            if str(status.state) == "complete":
+                await mirror.set_mode(replica, ReplicaMode.RW)
+                record.modes[replica] = ReplicaMode.RW
+            else:
+                record.modes[replica] = ReplicaMode.ERR
+                engine.errors[replica] = f"resync after an unclean stop {status.state}: {status.error}"
+            self.hub.publish(self.view(engine))
+            await self.hub.durable()
+        log.info("engine resynced", extra=fields(name=record.name, replicas=",".join(replicas)))
 
     def _fail(self, engine: Engine, why: str) -> None:
         record = engine.record
@@ -441,4 +753,31 @@ class Engines:
             if engine.teardown is not None:
                 with contextlib.suppress(BaseException):
                     await engine.teardown
+            clean = engine.mirror is not None
             await self._dismantle(engine)
+            # The frontend went first and the mirror drained its writes: every
+            # replica left RW holds the same bytes.
+            engine.record.clean_stop = clean and engine.record.state == ProcessState.RUNNING
+        self.hub.changed()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _leg_modes(mirror: Mirror) -> list[tuple[str, str]]:
+    """(name, mode) of each leg the mirror has, whatever shape it reports."""
+    legs = []
+    for leg in mirror.legs():
+        if isinstance(leg, tuple):
+            legs.append((str(leg[0]), str(leg[1])))
+        else:
+            legs.append((str(leg.name), str(leg.mode)))
+    return legs
+
+
+def _why_not_started(op: asyncio.Task[Any], replica: str) -> BaseException:
+    if op.cancelled():
+        return Unavailable(f"adding replica {replica} was preempted", field="replica_name")
+    exc = op.exception()
+    return exc if exc is not None else Unavailable(f"replica {replica}: the rebuild did not start")

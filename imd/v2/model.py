@@ -156,6 +156,10 @@ class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delete_requested: bool = False
     last_expansion_error: str = ""
     last_expansion_failed_at: str = ""
+    clean_stop: bool = False
+    """Set when the daemon took the engine down cleanly (no write in flight),
+    so its replicas hold the same bytes; a restore after anything else
+    resyncs them from one replica first."""
 
 
 # -- what clients see ----------------------------------------------------------------

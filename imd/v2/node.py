@@ -38,7 +38,7 @@ from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
-from imd.v2.datapath import DataPath
+from imd.v2.datapath import DataPath, ReplicaExpander
 from imd.v2.disks import Disks
 from imd.v2.engines import Engines
 from imd.v2.logs import InstanceLogHandler, instance_lines
@@ -85,12 +85,24 @@ class V2Node:
         engine_address: str,
         state_dir: Path,
         watch_queue_limit: int,
+        expander: ReplicaExpander | None = None,
+        rebuild_chunk_bytes: int = 1 << 20,
+        rebuild_rate_bytes_per_s: int = 0,
     ) -> None:
         self.supervisor = supervisor
         self.target = target
         self.disks = Disks(self.target, self.changed)
         self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
-        self.engines = Engines(data, data_unavailable, supervisor.ports, self, engine_address)
+        self.engines = Engines(
+            data,
+            data_unavailable,
+            supervisor.ports,
+            self,
+            engine_address,
+            expander=expander,
+            rebuild_chunk_bytes=rebuild_chunk_bytes,
+            rebuild_rate_bytes_per_s=rebuild_rate_bytes_per_s,
+        )
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE

@@ -32,6 +32,8 @@ import logging
 import uuid as uuidlib
 from collections.abc import Awaitable
 
+import msgspec
+
 from imd.edges.spdk_target import SpdkTargetClient, TargetRpcError, TargetUnreachable
 from imd.errors import (
     AlreadyExists,
@@ -177,6 +179,37 @@ class Replicas:
         self._forget(record)
         with contextlib.suppress(ImdError):
             await self.hub.durable()
+
+    # -- expand ------------------------------------------------------------------------
+
+    async def expand(self, name: str, size: int) -> int:
+        """Grow replica ``name``'s lvol to hold ``size`` bytes (an engine is
+        about to grow the volume). Growing to a size it already has is a
+        success: an engine retrying a failed expansion asks again."""
+        record = self.get(name)
+        if record.state != ProcessState.RUNNING or record.delete_requested:
+            raise FailedPrecondition(f"replica {name} is {record.state.value}", field="name")
+        disk = self.disks.record(record.spec.disk_name)
+        if size < record.spec.size:
+            raise InvalidArgument(f"cannot shrink replica {name} from {record.spec.size} to {size}", field="size")
+        if size % disk.block_size:
+            raise InvalidArgument(f"{size} is not a multiple of the block size {disk.block_size}", field="size")
+        if size == record.spec.size:
+            return size
+        client = self.target.require()
+        try:
+            await client.lvol_resize(f"{record.spec.disk_name}/{name}", lvol_mib(size))
+        except TargetRpcError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ResourceExhausted(f"disk {disk.name} has no room to grow {name}: {exc}", field="size") from exc
+            raise target_failure(f"cannot grow replica {name}", exc) from exc
+        except TargetUnreachable as exc:
+            raise target_failure(f"cannot grow replica {name}", exc) from exc
+        record.spec = msgspec.structs.replace(record.spec, size=size)
+        self.hub.publish(self.view(record))
+        await self.hub.durable()
+        log.info("replica grown", extra=fields(name=name, size=size))
+        return size
 
     # -- delete --------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""Engine operations (Longhorn's imrpc.ProxyEngineService), for the V2
+engines this daemon hosts.
+
+A request names its engine (``engine_name``) and data engine. A V1 engine
+is a process with a proxy of its own, so it answers FAILED_PRECONDITION
+naming the engine; an unknown data engine is UNIMPLEMENTED, as on every
+other API. Everything the caller can get wrong is checked before the
+engine is touched, and each error names the field as ``proxy.proto``
+spells it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from imd import __version__
+from imd.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from imd.services.instances import DataEngine, InstanceService, parse_addresses, route
+from imd.services.validation import validate_name
+from imd.v2.engines import Engine, Engines
+from imd.v2.model import ReplicaMode
+
+
+class VolumeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    size: int
+    replica_count: int
+    endpoint: str
+    frontend: str
+    frontend_state: str
+    is_expanding: bool
+    last_expansion_error: str
+    last_expansion_failed_at: str
+
+
+class ReplicaInfo(msgspec.Struct, frozen=True):
+    name: str
+    address: str
+    mode: ReplicaMode
+
+
+class RebuildInfo(msgspec.Struct, frozen=True, kw_only=True):
+    replica: str
+    address: str
+    is_rebuilding: bool
+    progress: int
+    state: str
+    error: str
+    from_address: str
+
+
+def tcp(address: str) -> str:
+    """Longhorn reports replica addresses with a ``tcp://`` prefix."""
+    return address if address.startswith("tcp://") else f"tcp://{address}"
+
+
+class EngineService:
+    def __init__(self, instances: InstanceService) -> None:
+        self.instances = instances
+
+    def engines(self, engine_name: str, data_engine: int) -> Engines:
+        validate_name(engine_name, "engine_name")
+        if route(data_engine) is DataEngine.V1 or self.instances.processes.exists(engine_name):
+            raise FailedPrecondition(
+                f"engine {engine_name} is a data engine V1 process, with a proxy of its own; "
+                "this service operates the V2 engines imd hosts",
+                field="engine_name",
+            )
+        node = self.instances.v2()
+        if engine_name in node.replicas.records:
+            raise NotFound(f"{engine_name} is a V2 replica, not an engine", field="engine_name")
+        return node.engines
+
+    def _engine(self, engine_name: str, data_engine: int) -> tuple[Engines, Engine]:
+        engines = self.engines(engine_name, data_engine)
+        return engines, engines.get(engine_name, "engine_name")
+
+    def version(self) -> dict[str, Any]:
+        return {"version": __version__, "dataFormatVersion": 1, "dataFormatMinVersion": 1}
+
+    def volume(self, engine_name: str, data_engine: int) -> VolumeInfo:
+        engines, engine = self._engine(engine_name, data_engine)
+        record = engine.record
+        view = engines.view(engine)
+        return VolumeInfo(
+            name=record.spec.volume_name,
+            size=record.size,
+            replica_count=len(record.spec.replicas),
+            endpoint=view.endpoint,
+            frontend=record.spec.frontend,
+            frontend_state="up" if view.endpoint else "down",
+            is_expanding=engine.op_kind == "expand",
+            last_expansion_error=record.last_expansion_error,
+            last_expansion_failed_at=record.last_expansion_failed_at,
+        )
+
+    async def expand(self, engine_name: str, data_engine: int, size: int) -> None:
+        if size <= 0:
+            raise InvalidArgument(f"must be positive, got {size}", field="expand.size")
+        engines = self.engines(engine_name, data_engine)
+        self.instances.processes.lifecycle.check()
+        await engines.expand(engine_name, size)
+
+    def replicas(self, engine_name: str, data_engine: int) -> list[ReplicaInfo]:
+        _, engine = self._engine(engine_name, data_engine)
+        record = engine.record
+        return [
+            ReplicaInfo(name, tcp(record.spec.replicas[name][0]), record.modes.get(name, ReplicaMode.ERR))
+            for name in sorted(record.spec.replicas)
+        ]
+
+    async def add_replica(
+        self, engine_name: str, data_engine: int, replica: str, address: str, *, restore: bool, linked: bool
+    ) -> None:
+        validate_name(replica, "replica_name")
+        if not address:
+            raise InvalidArgument("must not be empty", field="replica_address")
+        addresses = parse_addresses(replica, address.removeprefix("tcp://"))
+        if restore:
+            raise Unimplemented("adding a replica to restore a backup is not supported", field="restore")
+        if linked:
+            raise Unimplemented("linked clones are not supported", field="linked_clone_src_replica_name")
+        engines = self.engines(engine_name, data_engine)
+        self.instances.processes.lifecycle.check()
+        await engines.add_replica(engine_name, replica, addresses)
+
+    async def remove_replica(self, engine_name: str, data_engine: int, replica: str, address: str) -> None:
+        if not replica and not address:
+            raise InvalidArgument("name the replica (replica_name or replica_address)", field="replica_name")
+        if replica:
+            validate_name(replica, "replica_name")
+        await self.engines(engine_name, data_engine).remove_replica(engine_name, replica, address)
+
+    def rebuilds(self, engine_name: str, data_engine: int) -> list[RebuildInfo]:
+        engines, engine = self._engine(engine_name, data_engine)
+        record = engine.record
+        infos = []
+        for replica, status in engines.rebuild_statuses(engine_name).items():
+            total = max(int(status.bytes_total), 1)
+            src = record.spec.replicas.get(str(status.src), ("",))[0]
+            infos.append(
+                RebuildInfo(
+                    replica=replica,
+                    address=tcp(record.spec.replicas[replica][0]),
+                    is_rebuilding=str(status.state) == "in_progress",
+                    progress=min(100, int(status.bytes_done) * 100 // total),
+                    state=str(status.state),
+                    error=str(status.error),
+                    from_address=tcp(src) if src else "",
+                )
+            )
+        return infos
+
+    async def set_mode(self, engine_name: str, data_engine: int, address: str, mode: int) -> None:
+        wire = {0: ReplicaMode.WO, 1: ReplicaMode.RW, 2: ReplicaMode.ERR}
+        if mode not in wire:
+            raise InvalidArgument(f"unknown replica mode {mode}", field="mode")
+        if not address:
+            raise InvalidArgument("must not be empty", field="replica_address")
+        engines = self.engines(engine_name, data_engine)
+        await engines.set_replica_mode(engine_name, address, wire[mode])
+
+    def set_rebuild_rate(self, engine_name: str, data_engine: int, mbps: int) -> None:
+        self.engines(engine_name, data_engine).set_rebuild_rate(engine_name, mbps)
