@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,57 @@ class FakeKeeper(TargetKeeper):
             await callback()
 
 
+@dataclass(frozen=True)
+class FakeRebuildStatus:
+    """spdk_ffi.mirror.RebuildStatus's fields."""
+
+    dst: str
+    src: str
+    state: str
+    bytes_done: int
+    bytes_total: int
+    error: str
+
+
+class FakeRebuild:
+    """A copy the test finishes (``finish``) or that a cancel stops."""
+
+    def __init__(self, dst: str, src: str, total: int, rate: int) -> None:
+        self.dst, self.src, self.total, self.rate = dst, src, total, rate
+        self.done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.bytes_done = 0
+        self.cancelled = False
+
+    def status(self) -> FakeRebuildStatus:
+        if self.done.done():
+            return self.done.result()  # type: ignore[no-any-return]
+        return FakeRebuildStatus(self.dst, self.src, "in_progress", self.bytes_done, self.total, "")
+
+    def finish(self, state: str = "complete", error: str = "") -> None:
+        self.bytes_done = self.total if state == "complete" else self.bytes_done
+        self.done.set_result(FakeRebuildStatus(self.dst, self.src, state, self.bytes_done, self.total, error))
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+        if not self.done.done():
+            self.finish("cancelled", "cancelled")
+
+
+class FakeExpander:
+    """Replicas' nodes, as an engine's expansion reaches them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.fail: dict[str, Exception] = {}
+        self.delay = 0.0
+
+    async def expand(self, address: str, replica: str, size: int) -> None:
+        self.calls.append((address, replica, size))
+        await asyncio.sleep(self.delay)
+        if replica in self.fail:
+            raise self.fail[replica]
+
+
 class FakeMirror:
     def __init__(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int) -> None:
         self.name = name
@@ -72,6 +124,8 @@ class FakeMirror:
         self.destroyed = False
         self.on_leg_failed: Any = None
         self.calls: list[str] = []
+        self.rebuilds: list[FakeRebuild] = []
+        self.resize_error: Exception | None = None
 
     async def destroy(self) -> None:
         self.calls.append("destroy")
@@ -95,12 +149,18 @@ class FakeMirror:
         self.modes[name] = str(mode)
 
     async def resize(self, num_blocks: int) -> None:
+        self.calls.append(f"resize {num_blocks}")
+        if self.resize_error is not None:
+            raise self.resize_error
         self.num_blocks = num_blocks
 
     def start_rebuild(
         self, dst: str, src: str | None = None, *, chunk_bytes: int = 0, rate_bytes_per_s: int = 0
-    ) -> Any:
-        raise NotImplementedError
+    ) -> FakeRebuild:
+        assert self.modes[dst] == "WO", f"rebuild onto a {self.modes[dst]} leg"
+        source = src or next(n for n, m in sorted(self.modes.items()) if m == "RW")
+        self.rebuilds.append(FakeRebuild(dst, source, self.num_blocks * self.block_size, rate_bytes_per_s))
+        return self.rebuilds[-1]
 
     async def export(self, nqn: str, address: str, port: int, nguid: str) -> Any:
         self.calls.append("export")
@@ -122,6 +182,7 @@ class FakeData:
 
     def __init__(self) -> None:
         self.backend = FakeBackend()
+        self.expander = FakeExpander()
         self.mirrors: list[FakeMirror] = []
         self.mirror_delay = 0.0
         self.path = DataPath(Initiator(self.backend), self.make_mirror, ControllerOpts(attach_timeout_sec=0.5))
@@ -181,6 +242,7 @@ def node(
         engine_address="127.0.0.1",
         state_dir=root,
         watch_queue_limit=1000,
+        expander=data.expander,
     )
     store = FakeStore(v2)
     v2.store = store
