@@ -51,7 +51,7 @@ async def setup(tmp_path: Path, replicas: int = 2):  # type: ignore[no-untyped-d
 
 
 async def test_expand_grows_each_replica_then_the_mirror(tmp_path: Path) -> None:
-    v2, data, store, _, engines = await setup(tmp_path)
+    _v2, data, store, _, engines = await setup(tmp_path)
     await engines.expand("e1", V2, 2 * SIZE)
     assert data.expander.calls == [("127.0.0.1:4421", "r1", 2 * SIZE), ("127.0.0.1:4422", "r2", 2 * SIZE)]
     assert data.mirrors[0].calls[-1] == f"resize {2 * SIZE // 4096}"
@@ -76,7 +76,7 @@ async def test_one_expansion_at_a_time_same_size_joins_other_size_is_aborted(tmp
     first = asyncio.ensure_future(engines.expand("e1", V2, 2 * SIZE))
     await asyncio.sleep(0.05)
     assert engines.volume("e1", V2).is_expanding
-    with pytest.raises(Conflict, match="an expansion to 134217728 bytes is in progress"):
+    with pytest.raises(Conflict, match=r"an expansion to 134217728 bytes is in progress"):
         await engines.expand("e1", V2, 3 * SIZE)
     await engines.expand("e1", V2, 2 * SIZE)  # joins the first
     await first
@@ -87,7 +87,7 @@ async def test_one_expansion_at_a_time_same_size_joins_other_size_is_aborted(tmp
 async def test_a_failure_part_way_keeps_the_old_size_and_a_retry_works(tmp_path: Path) -> None:
     v2, data, _, _, engines = await setup(tmp_path)
     data.expander.fail["r2"] = ResourceExhausted("replica r2 at 127.0.0.1: size: disk d1 has no room to grow r2")
-    with pytest.raises(ResourceExhausted, match="no room"):
+    with pytest.raises(ResourceExhausted, match=r"no room"):
         await engines.expand("e1", V2, 2 * SIZE)
     volume = engines.volume("e1", V2)
     assert volume.size == SIZE and not volume.is_expanding
@@ -95,7 +95,7 @@ async def test_a_failure_part_way_keeps_the_old_size_and_a_retry_works(tmp_path:
     assert data.mirrors[0].num_blocks == SIZE // 4096
     data.mirrors[0].resize_error = Unavailable("leg r1 still shows the old size")
     del data.expander.fail["r2"]
-    with pytest.raises(Unavailable, match="old size"):
+    with pytest.raises(Unavailable, match=r"old size"):
         await engines.expand("e1", V2, 2 * SIZE)
     assert engines.volume("e1", V2).size == SIZE
     data.mirrors[0].resize_error = None
@@ -113,7 +113,7 @@ async def test_a_delete_preempts_an_expansion(tmp_path: Path) -> None:
     began = time.monotonic()
     await instances.delete_v2("e1", "", "", cleanup=False)
     assert time.monotonic() - began < 1
-    with pytest.raises(Unavailable, match="preempted"):
+    with pytest.raises(Unavailable, match=r"preempted"):
         await expanding
     await _gone(v2, "e1")
     assert data.backend.driver == {}
@@ -164,7 +164,7 @@ async def test_replica_add_rebuilds_then_turns_rw(tmp_path: Path) -> None:
     await _settled(v2, "e1")
     assert mirror.modes["r3"] == "RW" and engines.rebuilds("e1", V2) == []
     assert v2state.decode(store.snapshots[-1]).engines[0].modes["r3"] == ReplicaMode.RW
-    with pytest.raises(AlreadyExists, match="^replica_name:"):
+    with pytest.raises(AlreadyExists, match=r"^replica_name:"):
         await engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
 
 
@@ -206,17 +206,17 @@ async def test_an_engine_delete_preempts_the_rebuild(tmp_path: Path) -> None:
 async def test_long_operations_are_serialized_on_one_engine(tmp_path: Path) -> None:
     _, data, _, _, engines = await setup(tmp_path)
     await engines.add_replica("e1", V2, "r3", data.replica_target("r3", 4433), restore=False, linked=False)
-    with pytest.raises(Conflict, match="rebuild is in progress"):
+    with pytest.raises(Conflict, match=r"rebuild is in progress"):
         await engines.expand("e1", V2, 2 * SIZE)
-    with pytest.raises(Conflict, match="rebuild is in progress"):
+    with pytest.raises(Conflict, match=r"rebuild is in progress"):
         await engines.add_replica("e1", V2, "r4", data.replica_target("r4", 4434), restore=False, linked=False)
 
 
 async def test_the_last_healthy_replica_is_not_removed(tmp_path: Path) -> None:
     _, _, _, _, engines = await setup(tmp_path, replicas=1)
-    with pytest.raises(FailedPrecondition, match="last healthy"):
+    with pytest.raises(FailedPrecondition, match=r"last healthy"):
         await engines.remove_replica("e1", V2, "r1", "")
-    with pytest.raises(NotFound, match="^replica_name:"):
+    with pytest.raises(NotFound, match=r"^replica_name:"):
         await engines.remove_replica("e1", V2, "r7", "")
 
 
@@ -225,9 +225,9 @@ async def test_mode_update_fails_a_replica_but_never_revives_one(tmp_path: Path)
     await engines.set_mode("e1", V2, "tcp://127.0.0.1:4422", 2)
     assert data.mirrors[0].modes["r2"] == "ERR"
     assert {r.name: r.mode for r in engines.replicas("e1", V2)}["r2"] == ReplicaMode.ERR
-    with pytest.raises(FailedPrecondition, match="^mode: .*only through a rebuild"):
+    with pytest.raises(FailedPrecondition, match=r"^mode: .*only through a rebuild"):
         await engines.set_mode("e1", V2, "tcp://127.0.0.1:4422", 1)
-    with pytest.raises(InvalidArgument, match="^mode:"):
+    with pytest.raises(InvalidArgument, match=r"^mode:"):
         await engines.set_mode("e1", V2, "tcp://127.0.0.1:4422", 9)
     assert v2.get("e1").state == ProcessState.RUNNING
 
@@ -236,15 +236,15 @@ async def test_v1_and_unknown_engines_are_refused_naming_the_engine(tmp_path: Pa
     v2, _, _, instances, engines = await setup(tmp_path)
     v2.supervisor.create(ProcessSpec(name="v1-engine", binary="/bin/sleep", args=("100",)))
     try:
-        with pytest.raises(FailedPrecondition, match="^engine_name: engine v1-engine is a data engine V1"):
+        with pytest.raises(FailedPrecondition, match=r"^engine_name: engine v1-engine is a data engine V1"):
             engines.volume("v1-engine", V2)
-        with pytest.raises(FailedPrecondition, match="^engine_name: engine e1 is a data engine V1"):
+        with pytest.raises(FailedPrecondition, match=r"^engine_name: engine e1 is a data engine V1"):
             engines.volume("e1", 0)
-        with pytest.raises(Unimplemented, match="unknown data engine 5"):
+        with pytest.raises(Unimplemented, match=r"unknown data engine 5"):
             engines.volume("e1", 5)
-        with pytest.raises(NotFound, match="^engine_name:"):
+        with pytest.raises(NotFound, match=r"^engine_name:"):
             engines.volume("nope", V2)
-        with pytest.raises(Unimplemented, match="^restore:"):
+        with pytest.raises(Unimplemented, match=r"^restore:"):
             await engines.add_replica("e1", V2, "r3", "127.0.0.1:4433", restore=True, linked=False)
     finally:
         v2.supervisor.delete("v1-engine")
@@ -255,7 +255,7 @@ async def test_v1_and_unknown_engines_are_refused_naming_the_engine(tmp_path: Pa
 
 
 async def test_after_an_unclean_stop_one_replica_serves_and_the_others_resync(tmp_path: Path) -> None:
-    v2, _, store, _, _ = await setup(tmp_path)
+    _v2, _, store, _, _ = await setup(tmp_path)
     (tmp_path / "v2.json").write_bytes(store.snapshots[-1])  # a kill -9: no clean stop recorded
     fresh = FakeData()
     fresh.replica_target("r1", 4421, size=1 << 30)
