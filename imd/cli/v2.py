@@ -16,13 +16,16 @@ from google.protobuf.empty_pb2 import Empty
 from grpclib.client import Channel
 
 from imd.api.gen.imrpc import common_pb2 as common
-from imd.api.gen.imrpc import disk_grpc, instance_grpc
+from imd.api.gen.imrpc import disk_grpc, instance_grpc, proxy_grpc
 from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.api.gen.imrpc import instance_pb2 as inst
+from imd.api.gen.imrpc import proxy_pb2 as ppb
+from imd.api.gen.ptypes import controller_pb2 as ctl
 from imd.cli.output import as_dict, emit
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
 
+PROXY_OFFSET = 1
 DISK_OFFSET = 2
 INSTANCE_OFFSET = 3
 DISK_COLUMNS = ("name", "uuid", "path", "total", "free", "block", "state")
@@ -217,6 +220,104 @@ def _logger(kind: str) -> Command:
     return log
 
 
+# -- engine operations (ProxyEngineService) ----------------------------------------------
+
+
+def _proxy(ch: Channel) -> proxy_grpc.ProxyEngineServiceStub:
+    return proxy_grpc.ProxyEngineServiceStub(ch)
+
+
+def _target(a: argparse.Namespace) -> ppb.ProxyEngineRequest:
+    return ppb.ProxyEngineRequest(engine_name=a.engine, data_engine=common.DATA_ENGINE_V2)
+
+
+async def engine_expand(a: argparse.Namespace, ch: Channel) -> None:
+    size = parse_size(a.size)
+    request = ppb.EngineVolumeExpandRequest(proxy_engine_request=_target(a), expand=ctl.VolumeExpandRequest(size=size))
+    await _proxy(ch).VolumeExpand(request)
+    volume = (await _proxy(ch).VolumeGet(_target(a))).volume
+    emit(volume, as_json=a.json, rows=[{"volume": volume.name, "size": _size(volume.size)}], columns=("volume", "size"))
+
+
+async def engine_volume(a: argparse.Namespace, ch: Channel) -> None:
+    v = (await _proxy(ch).VolumeGet(_target(a))).volume
+    row = {
+        "volume": v.name,
+        "size": _size(v.size),
+        "replicas": str(v.replicaCount),
+        "frontend": v.frontendState,
+        "endpoint": v.endpoint or "-",
+        "expanding": "yes" if v.isExpanding else "no",
+        "last_expansion_error": v.last_expansion_error,
+    }
+    emit(v, as_json=a.json, rows=[row], columns=tuple(row))
+
+
+async def engine_replica_add(a: argparse.Namespace, ch: Channel) -> None:
+    request = ppb.EngineReplicaAddRequest(
+        proxy_engine_request=_target(a), replica_name=a.replica, replica_address=a.address
+    )
+    await _proxy(ch).ReplicaAdd(request)
+    await engine_replica_list(a, ch)
+
+
+async def engine_replica_list(a: argparse.Namespace, ch: Channel) -> None:
+    reply = await _proxy(ch).ReplicaList(_target(a))
+    rows = [
+        {"replica": r.address.instanceName, "address": r.address.address, "mode": ctl.ReplicaMode.Name(r.mode)}
+        for r in reply.replica_list.replicas
+    ]
+    emit(reply, as_json=a.json, rows=rows, columns=("replica", "address", "mode"))
+
+
+async def engine_replica_remove(a: argparse.Namespace, ch: Channel) -> None:
+    request = ppb.EngineReplicaRemoveRequest(proxy_engine_request=_target(a), replica_name=a.replica)
+    await _proxy(ch).ReplicaRemove(request)
+    await engine_replica_list(a, ch)
+
+
+async def engine_rebuild_status(a: argparse.Namespace, ch: Channel) -> None:
+    reply = await _proxy(ch).ReplicaRebuildingStatus(_target(a))
+    rows = [
+        {
+            "replica": address,
+            "state": s.state,
+            "progress": f"{s.progress}%",
+            "from": s.from_replica_address,
+            "error": s.error,
+        }
+        for address, s in sorted(reply.status.items())
+    ]
+    emit(reply, as_json=a.json, rows=rows, columns=("replica", "state", "progress", "from", "error"))
+
+
+def _add_engine_operations(commands: Any) -> None:
+    p = commands.add_parser("expand", help="grow the volume")
+    p.add_argument("engine")
+    p.add_argument("size", help="the new size: bytes, or with K/M/G/T (binary)")
+    p.set_defaults(func=engine_expand, port_offset=PROXY_OFFSET)
+    p = commands.add_parser("volume", help="the volume as the engine sees it")
+    p.add_argument("engine")
+    p.set_defaults(func=engine_volume, port_offset=PROXY_OFFSET)
+    replica = commands.add_parser("replica", help="the engine's replicas").add_subparsers(dest="action", required=True)
+    p = replica.add_parser("add", help="attach a replica and rebuild it from a healthy one")
+    p.add_argument("engine")
+    p.add_argument("replica")
+    p.add_argument("address", help="IP:PORT[,IP:PORT] of the replica's export")
+    p.set_defaults(func=engine_replica_add, port_offset=PROXY_OFFSET)
+    p = replica.add_parser("list")
+    p.add_argument("engine")
+    p.set_defaults(func=engine_replica_list, port_offset=PROXY_OFFSET)
+    p = replica.add_parser("remove")
+    p.add_argument("engine")
+    p.add_argument("replica")
+    p.set_defaults(func=engine_replica_remove, port_offset=PROXY_OFFSET)
+    rebuild = commands.add_parser("rebuild", help="replica rebuilds").add_subparsers(dest="action", required=True)
+    p = rebuild.add_parser("status")
+    p.add_argument("engine")
+    p.set_defaults(func=engine_rebuild_status, port_offset=PROXY_OFFSET)
+
+
 def add_commands(top: Any) -> None:
     disk = top.add_parser("disk", help="V2 disks (AIO bdev + lvstore on the node's SPDK target)")
     disks = disk.add_subparsers(dest="command", required=True)
@@ -266,3 +367,5 @@ def add_commands(top: Any) -> None:
         commands.add_parser("list").set_defaults(func=_lister(kind))
         for sub in commands.choices.values():
             sub.set_defaults(port_offset=INSTANCE_OFFSET)
+        if kind == "engine":
+            _add_engine_operations(commands)
