@@ -46,3 +46,11 @@ def test_example_config_loads_with_leave_running() -> None:
     config = load(str(SYSTEMD / "imd.toml"), {})
     assert config.stop_children_on_exit is False
     assert config.state_dir == "/var/lib/imd" and config.socket == "/run/imd/imd.sock"
+
+
+def test_example_config_describes_a_v2_node() -> None:
+    config = load(str(SYSTEMD / "imd.toml"), {})
+    v2 = config.v2
+    assert v2.enabled and v2.spdk_dir and v2.target_path() == f"{v2.spdk_dir}/bin/nvmf_tgt"
+    assert v2.target_core_mask != v2.engine_core_mask  # the two pollers on their own cores
+    assert v2.replica_address == "0.0.0.0" and v2.engine_address == "0.0.0.0"
