@@ -45,6 +45,14 @@ def pids_by_name(daemon: RunningDaemon) -> dict[str, int]:
     return {entry["name"]: entry["pid"] for entry in state["processes"]}
 
 
+def kill_all(pids: dict[str, int], daemon: RunningDaemon) -> None:
+    """Children left running by a leave-running daemon: those of the first
+    run and any created after re-adoption (still in the state file)."""
+    for pid in {*pids.values(), *pids_by_name(daemon).values()}:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def check_readopted(daemon: RunningDaemon, before: dict[str, pm.ProcessResponse]) -> None:
     stub = daemon.pm()
     after = (await stub.ProcessList(pm.ProcessListRequest())).processes
@@ -86,9 +94,7 @@ async def test_kill_9_and_restart_readopts_all_children(daemon_factory) -> None:
         assert '"adopted":50' in daemon.stderr().replace(" ", "")
     finally:
         await daemon.stop()  # stop_children_on_exit=False: clean up by hand
-        for pid in pids.values():
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_all(pids, daemon)
 
 
 async def test_clean_restart_in_leave_running_mode(daemon_factory) -> None:  # type: ignore[no-untyped-def]
@@ -102,9 +108,7 @@ async def test_clean_restart_in_leave_running_mode(daemon_factory) -> None:  # t
         await check_readopted(daemon, before)
     finally:
         await daemon.stop()
-        for pid in pids.values():
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_all(pids, daemon)
 
 
 async def test_children_that_died_or_whose_pid_was_recycled(daemon_factory) -> None:  # type: ignore[no-untyped-def]
