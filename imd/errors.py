@@ -29,7 +29,22 @@ class AlreadyExists(ImdError):
     """Create with a name the registry already holds."""
 
 
-class PortsExhausted(ImdError):
+class ResourceExhausted(ImdError):
+    """Something the node has a finite amount of ran out: file descriptors,
+    memory, processes, ports, space in the state directory.
+
+    Not the caller's fault, so no request field is blamed: the message
+    starts with the resource instead (``"file descriptors: ..."``,
+    ``"state dir: no space left on device ..."``) and a manager can retry
+    once the resource is back.
+    """
+
+    def __init__(self, message: str, *, resource: str) -> None:
+        super().__init__(f"{resource}: {message}")
+        self.resource = resource
+
+
+class PortsExhausted(ResourceExhausted):
     """The port range has no contiguous free block of the requested size."""
 
 
@@ -50,4 +65,6 @@ class StartFailed(ImdError):
 
 
 class Unavailable(ImdError):
-    """The daemon is shutting down, or a subsystem (e.g. SPDK) is not available."""
+    """The daemon is shutting down, a subsystem (e.g. SPDK) is not available,
+    or the state cannot be written for a reason other than exhaustion (a
+    read-only or failing disk): retrying later may succeed."""
