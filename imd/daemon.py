@@ -30,6 +30,7 @@ from imd.services.instances import InstanceLogSettings
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
+from imd.supervisor.resources import DescriptorGuard
 from imd.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("imd.daemon")
@@ -65,11 +66,13 @@ class Daemon:
             keep=config.log_keep,
             retention_s=config.deleted_log_retention_s,
         )
+        self.descriptors = DescriptorGuard(config.fd_reserve)
         self.supervisor = Supervisor(
             ports=PortAllocator(low, high),
             logs=self.logs,
             settings=config.supervision(),
             watch_queue_limit=config.watch_queue,
+            descriptors=self.descriptors,
         )
         self.processes = ProcessService(self.supervisor, self.lifecycle)
         self.store = self.supervisor.attach_store(Path(config.state_dir))
@@ -176,6 +179,7 @@ class Daemon:
         for server in self._servers:
             await server.wait_closed()
         await self.supervisor.shutdown(stop_children=cfg.stop_children_on_exit, timeout=cfg.stop_grace_s + 5)
+        self.descriptors.close()
         if cfg.socket:
             Path(cfg.socket).unlink(missing_ok=True)
         log.info("stopped")

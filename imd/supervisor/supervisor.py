@@ -26,7 +26,7 @@ import uuid as uuidlib
 from pathlib import Path
 
 from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
-from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, StartFailed
+from imd.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound, StartFailed
 from imd.eventlog import fields
 from imd.supervisor.broadcast import Broadcaster
 from imd.supervisor.logs import LogStore
@@ -40,6 +40,7 @@ from imd.supervisor.model import (
 )
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import ManagedProcess, SupervisionSettings
+from imd.supervisor.resources import DescriptorGuard, is_descriptor_limit, spawn_error
 from imd.supervisor.state import PersistedProcess, Role, StateStore
 
 log = logging.getLogger("imd.supervisor")
@@ -54,8 +55,10 @@ class Supervisor:
         settings: SupervisionSettings,
         watch_queue_limit: int = 1024,
         env: dict[str, str] | None = None,
+        descriptors: DescriptorGuard | None = None,
     ) -> None:
         self.ports = ports
+        self.descriptors = descriptors if descriptors is not None else DescriptorGuard(0)
         self.logs = logs
         self.settings = settings
         self.events: Broadcaster[ProcessEvent] = Broadcaster(watch_queue_limit)
@@ -228,6 +231,11 @@ class Supervisor:
         return proc.view()
 
     def _start(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
+        """Spawn a child for ``spec``. Refused before anything is allocated
+        while descriptors are short; spawn failures are told apart (see
+        imd.supervisor.resources): the caller's mistake, exhaustion, or the
+        node being unable to."""
+        self.descriptors.admit()
         block = self.ports.allocate(spec.port_count) if spec.port_count > 0 else None
         proc = ManagedProcess(
             name=spec.name,
@@ -243,7 +251,9 @@ class Supervisor:
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
-            raise InvalidArgument(f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary") from exc
+            if is_descriptor_limit(exc):
+                self.descriptors.limit_hit(exc)
+            raise spawn_error(exc, spec.binary) from exc
         return proc
 
     # -- delete ----------------------------------------------------------------
