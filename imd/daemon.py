@@ -9,6 +9,7 @@ control). Each listener also serves grpc.health.v1.Health and reflection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,12 +26,15 @@ from imd.api.process_manager import ProcessManagerServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.config import Config, ConfigError
 from imd.edges.sdnotify import Notifier
+from imd.errors import ImdError
 from imd.eventlog import fields
 from imd.services.instances import InstanceLogSettings
 from imd.services.processes import Lifecycle, ProcessService
+from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.resources import DescriptorGuard
+from imd.supervisor.state import decode_registry
 from imd.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("imd.daemon")
@@ -66,6 +70,8 @@ class Daemon:
             keep=config.log_keep,
             retention_s=config.deleted_log_retention_s,
         )
+        # Every state store reports here; health and STATUS= follow it.
+        self.durability = Durability()
         self.descriptors = DescriptorGuard(config.fd_reserve)
         self.supervisor = Supervisor(
             ports=PortAllocator(low, high),
@@ -74,8 +80,8 @@ class Daemon:
             watch_queue_limit=config.watch_queue,
             descriptors=self.descriptors,
         )
-        self.processes = ProcessService(self.supervisor, self.lifecycle)
-        self.store = self.supervisor.attach_store(Path(config.state_dir))
+        self.processes = ProcessService(self.supervisor, self.lifecycle, self.durability)
+        self.store = self.supervisor.attach_store(Path(config.state_dir), self.durability)
         self.notifier = notifier if notifier is not None else Notifier()
         self.health_status = ServiceStatus()
         self._servers: list[Server] = []
@@ -95,8 +101,10 @@ class Daemon:
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
         # Recovery before listening: the port allocator must know every
         # adopted child's ports before the first create can arrive.
-        self.recovery = self.supervisor.recover(self.store.load())
-        await self.supervisor.durable()
+        self.recovery = self.supervisor.recover(self.store.load(decode_registry) or [])
+        with contextlib.suppress(ImdError):
+            # Degraded from the start: Durability logged it; health says so.
+            await self.supervisor.durable()
         log_settings = InstanceLogSettings(logging.getLogger("imd"))
         pm = ProcessManagerServicer(self.processes, self.in_flight)
         inst = InstanceServicer(self.processes, log_settings, self.in_flight)
@@ -117,7 +125,8 @@ class Daemon:
             await unix_server.start(path=str(sock))
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)
-        self.health_status.set(True)
+        self.durability.on_change(self._durability_changed)
+        self.health_status.set(not self.durability.degraded)
         self._tasks.append(asyncio.ensure_future(self._log_upkeep()))
         self._tasks.append(asyncio.ensure_future(self._report_status()))
         if self.notifier.watchdog_usec:
@@ -132,7 +141,20 @@ class Daemon:
     def status_line(self) -> str:
         counts = self.supervisor.counts()
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no processes"
-        return f"{states}; {self.supervisor.events.watcher_count} watchers"
+        line = f"{states}; {self.supervisor.events.watcher_count} watchers"
+        if self.descriptors.short:
+            line = f"file descriptors exhausted, refusing new processes; {line}"
+        if self.durability.degraded:
+            line = f"degraded, refusing changes: {self.durability.reason}; {line}"
+        return line
+
+    def _durability_changed(self) -> None:
+        """Degraded mode in and out: health NOT_SERVING while any state
+        store cannot write (unless draining, which already said so), and
+        STATUS= says why at once rather than at the next status tick."""
+        if self.lifecycle.accepting:
+            self.health_status.set(not self.durability.degraded)
+        self.notifier.status(self.status_line())
 
     async def _report_status(self) -> None:
         last = ""
@@ -179,6 +201,8 @@ class Daemon:
         for server in self._servers:
             await server.wait_closed()
         await self.supervisor.shutdown(stop_children=cfg.stop_children_on_exit, timeout=cfg.stop_grace_s + 5)
+        if not await self.store.close(timeout=cfg.drain_timeout_s):
+            log.error("state not written at shutdown", extra=fields(path=str(self.store.path)))
         self.descriptors.close()
         if cfg.socket:
             Path(cfg.socket).unlink(missing_ok=True)

@@ -68,7 +68,12 @@ class ManagedProcess:
         self.error_msg = ""
         self.pid = 0
         self.start_time = 0
+        # The registry's bookkeeping, written into the state file:
+        # delete_requested once a delete is durable, delete_pending while it
+        # is being committed, promoting while a replacement's takeover is.
         self.delete_requested = False
+        self.delete_pending = False
+        self.promoting = False
         self._pidfd = -1
         self._observer = observer
         self._settings = settings
