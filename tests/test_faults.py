@@ -301,6 +301,30 @@ async def test_read_only_state_dir_is_unavailable_until_writable_again(tmp_path:
         assert events_logged(daemon, "state writable again; accepting changes") == 1
 
 
+async def test_a_daemon_started_on_a_read_only_state_dir_comes_up_degraded(tmp_path: Path) -> None:
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    daemon = make_daemon(tmp_path / "d")
+    try:
+        with tmpfs(daemon.state_dir, "64k"):
+            remount(daemon.state_dir, "ro")
+            await daemon.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}, serving=False)
+            try:
+                assert await health(daemon) == HealthCheckResponse.NOT_SERVING
+                ready = [m for _, m in listener.with_key("READY=1")]
+                assert ready and "STATUS=degraded, refusing changes: " + READ_ONLY in ready[0]
+                err = await refused(daemon.pm().ProcessCreate(pm.ProcessCreateRequest(spec=spec("a"))))
+                assert err.status == Status.UNAVAILABLE and (err.message or "").startswith(READ_ONLY)
+                assert children_of(daemon.pid) == set()
+                remount(daemon.state_dir, "rw")
+                await wait_health(daemon, HealthCheckResponse.SERVING)
+                await daemon.pm().ProcessCreate(pm.ProcessCreateRequest(spec=spec("a")))
+                assert set(registry(daemon)) == {"a"}
+            finally:
+                await daemon.stop()
+    finally:
+        listener.close()
+
+
 # -- descriptors ---------------------------------------------------------------------
 
 

@@ -96,9 +96,11 @@ async def test_a_child_that_cannot_be_watched_is_killed_and_its_ports_freed(
     # The reserve was spent; with descriptors to spare it is refilled and
     # the next create (needing all four ports: they were freed) goes through.
     assert local.daemon.descriptors.short
+    assert local.daemon.status_line().startswith("file descriptors exhausted, refusing new processes; ")
     again = await local.create(spec("w", port_count=4))
     assert (again.status.port_start, again.status.port_end) == (23100, 23103)
     assert not local.daemon.descriptors.short and local.daemon.descriptors.reserve_held == 16
+    assert local.daemon.status_line() == "1 starting; 0 watchers"
 
 
 @pytest.mark.parametrize(
