@@ -110,6 +110,21 @@ async def test_a_burst_of_commits_is_one_write(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_changes_nobody_waits_for_share_the_next_commits_write(tmp_path: Path) -> None:
+    disk, state, durability = Disk(), Counter(), Durability()
+    store = StateStore(tmp_path / "c.json", state.encode, durability, write=disk, linger_s=30)
+    state.value = 1
+    store.mark_dirty()  # say, a child exited: nobody waits for this one
+    await asyncio.sleep(0.05)  # the writer runs, and lingers
+    assert disk.attempts == 0 and store.pending
+    state.value = 2
+    store.mark_dirty()
+    await store.commit()  # does not wait out the linger, and takes the change along
+    assert disk.attempts == 1 and on_disk(store) == 2 and not store.pending
+    await store.close()
+
+
+@pytest.mark.asyncio
 async def test_failed_write_fails_every_waiter_then_recovers_by_itself(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="imd")
     disk, state, durability = Disk(), Counter(), Durability()

@@ -17,6 +17,9 @@ will be another, in their own file, under the same rules:
 * **Group commit.** One writer task per store. ``commit()`` returns once a
   write that began after every change marked so far has reached the disk,
   so a burst of a hundred changes costs a handful of fsyncs, not a hundred.
+  Changes nobody waits for (a child exited, a signal was sent after a
+  commit) wait up to ``linger_s`` for a commit to share their write, rather
+  than occupying the writer just as the next RPC's change arrives.
 * **Commit or fail.** If that write fails, ``commit()`` raises the store's
   domain error, and so does every other commit waiting on the store at that
   moment: ENOSPC, EDQUOT, EMFILE, ENFILE and ENOMEM are ResourceExhausted
@@ -100,6 +103,7 @@ class StateStore:
         write: Callable[[Path, bytes], None] | None = None,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 2.0,
+        linger_s: float = 0.05,
     ) -> None:
         self.path = path
         self.name = path.name
@@ -109,6 +113,8 @@ class StateStore:
         self._write = write or write_atomically
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._linger_s = linger_s
+        self._waiter_arrived = asyncio.Event()
         self._changed = 0  # generation of the newest change
         self._written = 0  # newest generation known to be on disk
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -173,6 +179,7 @@ class StateStore:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, waiter))
+        self._waiter_arrived.set()
         self._kick()
         await waiter
 
@@ -184,6 +191,10 @@ class StateStore:
         delay = self._retry_initial_s
         relieved = False
         while self._written < self._changed:
+            if not self._waiters and self._failure is None and self._linger_s > 0:
+                self._waiter_arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._waiter_arrived.wait(), self._linger_s)
             generation = self._changed
             try:
                 data = self._encode()
