@@ -90,6 +90,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_check_s: Seconds = 10.0
     deleted_log_retention_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     log_level: str = "info"
+    fd_reserve: Annotated[int, msgspec.Meta(ge=0)] = 16
+    """Descriptors held back for connections, health checks and the state
+    file, spent when the limit is hit (see imd/supervisor/resources.py)."""
     tls: TlsConfig | None = None
     v2: V2Config = msgspec.field(default_factory=V2Config)
 

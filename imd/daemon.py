@@ -15,6 +15,7 @@ start leaves a reason that V2 calls answer with; V1 is never held up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,14 +36,17 @@ from imd.api.status import BoundedProtoCodec, InFlight
 from imd.api.tls import TlsError, client_context, server_context
 from imd.config import Config, ConfigError
 from imd.edges.sdnotify import Notifier
+from imd.errors import ImdError
 from imd.eventlog import fields
 from imd.services.disks import DiskService
 from imd.services.engines import EngineService
 from imd.services.instances import InstanceLogSettings, InstanceService
 from imd.services.processes import Lifecycle, ProcessService
+from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
-from imd.supervisor.state import StateStore
+from imd.supervisor.resources import DescriptorGuard
+from imd.supervisor.state import StateStore, decode_registry
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
 from imd.v2.datapath import DataPath, native_data_path
@@ -78,14 +82,18 @@ class Daemon:
             keep=config.log_keep,
             retention_s=config.deleted_log_retention_s,
         )
+        # Every state store reports here; health and STATUS= follow it.
+        self.durability = Durability()
+        self.descriptors = DescriptorGuard(config.fd_reserve)
         self.supervisor = Supervisor(
             ports=PortAllocator(low, high),
             logs=self.logs,
             settings=config.supervision(),
             watch_queue_limit=config.watch_queue,
+            descriptors=self.descriptors,
         )
-        self.processes = ProcessService(self.supervisor, self.lifecycle)
-        self.store = self.supervisor.attach_store(Path(config.state_dir))
+        self.processes = ProcessService(self.supervisor, self.lifecycle, self.durability)
+        self.store = self.supervisor.attach_store(Path(config.state_dir), self.durability)
         self.notifier = notifier if notifier is not None else Notifier()
         self.health_status = ServiceStatus()
         self._servers: list[Server] = []
@@ -134,7 +142,12 @@ class Daemon:
             state_dir=state_dir,
             watch_queue_limit=self.config.watch_queue,
         )
-        self.v2.store = StateStore(state_dir, filename=v2state.V2_STATE_FILE, encode=self.v2.snapshot)
+        self.v2.store = StateStore(
+            state_dir / v2state.V2_STATE_FILE,
+            self.v2.snapshot,
+            self.durability,
+            relieve=self.supervisor.descriptors.limit_hit,
+        )
         report = await self.v2.start(self.v2.load())
         self.v2_reason = self.v2.target.reason
         return report
@@ -168,15 +181,17 @@ class Daemon:
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
         # Recovery before listening: the port allocator must know every
         # adopted child's ports before the first create can arrive.
-        self.recovery = self.supervisor.recover(self.store.load())
-        await self.supervisor.durable()
+        self.recovery = self.supervisor.recover(self.store.load(decode_registry) or [])
+        with contextlib.suppress(ImdError):
+            # Degraded from the start: Durability logged it; health says so.
+            await self.supervisor.durable()
         if cfg.v2.enabled:
             self.recovery.update(await self._start_v2())
         log_settings = InstanceLogSettings(logging.getLogger("imd"))
         instances = InstanceService(self.processes, self.v2, self.v2_reason)
         pm = ProcessManagerServicer(self.processes, self.in_flight)
         inst = InstanceServicer(instances, log_settings, self.in_flight)
-        disk = DiskServicer(DiskService(self.v2, self.v2_reason), self.in_flight)
+        disk = DiskServicer(DiskService(self.v2, self.v2_reason, self.durability), self.in_flight)
         proxy = proxy_servicer(EngineService(instances), self.in_flight)
         replica = ReplicaServicer(instances, self.in_flight)
         host, base = cfg.listen_host_port()
@@ -211,7 +226,8 @@ class Daemon:
             await unix_server.start(path=str(sock))
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)
-        self.health_status.set(True)
+        self.durability.on_change(self._durability_changed)
+        self.health_status.set(not self.durability.degraded)
         self._tasks.append(asyncio.ensure_future(self._log_upkeep()))
         self._tasks.append(asyncio.ensure_future(self._report_status()))
         if self.notifier.watchdog_usec:
@@ -228,7 +244,20 @@ class Daemon:
         if self.v2 is not None:
             counts.update(self.v2.counts())
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no processes"
-        return f"{states}; {self.supervisor.events.watcher_count} watchers"
+        line = f"{states}; {self.supervisor.events.watcher_count} watchers"
+        if self.descriptors.short:
+            line = f"file descriptors exhausted, refusing new processes; {line}"
+        if self.durability.degraded:
+            line = f"degraded, refusing changes: {self.durability.reason}; {line}"
+        return line
+
+    def _durability_changed(self) -> None:
+        """Degraded mode in and out: health NOT_SERVING while any state
+        store cannot write (unless draining, which already said so), and
+        STATUS= says why at once rather than at the next status tick."""
+        if self.lifecycle.accepting:
+            self.health_status.set(not self.durability.degraded)
+        self.notifier.status(self.status_line())
 
     async def _report_status(self) -> None:
         last = ""
@@ -281,6 +310,9 @@ class Daemon:
             # the next daemon brings them back); the target is a child like any.
             await self.v2.close()
         await self.supervisor.shutdown(stop_children=cfg.stop_children_on_exit, timeout=cfg.stop_grace_s + 5)
+        if not await self.store.close(timeout=cfg.drain_timeout_s):
+            log.error("state not written at shutdown", extra=fields(path=str(self.store.path)))
+        self.descriptors.close()
         if cfg.socket:
             Path(cfg.socket).unlink(missing_ok=True)
         log.info("stopped")

@@ -30,8 +30,19 @@ class AlreadyExists(ImdError):
 
 
 class ResourceExhausted(ImdError):
-    """A resource of the node ran out (ports, space, descriptors, memory);
-    the message names it. Not the caller's fault, and worth a retry later."""
+    """Something the node has a finite amount of ran out: file descriptors,
+    memory, processes, ports, space in the state directory or on a disk.
+
+    Not the caller's fault: the message starts with the resource
+    (``"file descriptors: ..."``, ``"state dir: no space left on device
+    ..."``), or with the request field whose value does not fit (a replica
+    ``size`` too big for its disk), and a manager can retry once the
+    resource is back.
+    """
+
+    def __init__(self, message: str, *, resource: str = "", field: str | None = None) -> None:
+        super().__init__(f"{resource}: {message}" if resource and field is None else message, field=field)
+        self.resource = resource or (field or "")
 
 
 class PortsExhausted(ResourceExhausted):
@@ -55,4 +66,6 @@ class StartFailed(ImdError):
 
 
 class Unavailable(ImdError):
-    """The daemon is shutting down, or a subsystem (e.g. SPDK) is not available."""
+    """The daemon is shutting down, a subsystem (e.g. SPDK) is not available,
+    or the state cannot be written for a reason other than exhaustion (a
+    read-only or failing disk): retrying later may succeed."""

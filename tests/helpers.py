@@ -108,7 +108,9 @@ class RunningDaemon:
             ch.close()
         self.channels.clear()
 
-    async def start(self, env: dict[str, str] | None = None) -> None:
+    async def start(self, env: dict[str, str] | None = None, *, serving: bool = True) -> None:
+        """Start the daemon and wait until health says SERVING (or, with
+        ``serving=False``, until health answers at all: a degraded daemon)."""
         err = self.stderr_path.open("ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "imd", "serve", "--config", str(self.config_path)],
@@ -122,7 +124,7 @@ class RunningDaemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.stderr()}")
-            if await health_serving(self.socket):
+            if await health_serving(self.socket) if serving else await health_answers(self.socket):
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError(f"daemon not ready:\n{self.stderr()}")
@@ -149,6 +151,19 @@ async def health_serving(sock: Path) -> bool:
     try:
         reply = await HealthStub(ch).Check(HealthCheckRequest(service=""), timeout=1)
         return bool(reply.status == HealthCheckResponse.SERVING)
+    except Exception:
+        return False
+    finally:
+        ch.close()
+
+
+async def health_answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    ch = Channel(path=str(sock))
+    try:
+        await HealthStub(ch).Check(HealthCheckRequest(service=""), timeout=1)
+        return True
     except Exception:
         return False
     finally:

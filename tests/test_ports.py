@@ -28,7 +28,9 @@ def test_exhaustion_and_oversized_requests() -> None:
     ports.allocate(3)
     with pytest.raises(PortsExhausted) as exc:
         ports.allocate(2)
-    assert exc.value.field == "spec.port_count"
+    # The range ran out; the caller's port_count is not at fault.
+    assert exc.value.field is None and exc.value.resource == "port range 1-4"
+    assert str(exc.value) == "port range 1-4: no 2 contiguous free ports (3 of 4 in use)"
     with pytest.raises(InvalidArgument):
         ports.allocate(5)
     assert ports.allocate(1) == PortBlock(4, 4)

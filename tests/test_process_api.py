@@ -137,7 +137,7 @@ async def test_port_exhaustion_is_resource_exhausted(daemon_factory) -> None:  #
     with pytest.raises(GRPCError) as err:
         await create(stub, spec("toobig", port_count=3))
     assert err.value.status == Status.RESOURCE_EXHAUSTED
-    assert "spec.port_count" in (err.value.message or "")
+    assert (err.value.message or "").startswith("port range 22000-22009: no 3 contiguous free ports")
     with pytest.raises(GRPCError) as err:
         await create(stub, spec("huge", port_count=11))
     assert err.value.status == Status.INVALID_ARGUMENT

@@ -27,7 +27,7 @@ STATUS_OF: dict[type[errors.ImdError], Status] = {
     errors.InvalidArgument: Status.INVALID_ARGUMENT,
     errors.NotFound: Status.NOT_FOUND,
     errors.AlreadyExists: Status.ALREADY_EXISTS,
-    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,  # PortsExhausted too
     errors.Conflict: Status.ABORTED,
     errors.FailedPrecondition: Status.FAILED_PRECONDITION,
     errors.Unimplemented: Status.UNIMPLEMENTED,

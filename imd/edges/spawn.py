@@ -120,6 +120,50 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
     return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
 
 
+class Spawned(msgspec.Struct, frozen=True):
+    """A started child: its pid, a pidfd on it, and its start time."""
+
+    pid: int
+    pidfd: int
+    start_time: int
+
+
+def spawn_watched(argv: list[str], log_path: Path, env: dict[str, str]) -> Spawned:
+    """``spawn``, then open the child's pidfd and read its start time.
+
+    Both need a descriptor, so both can fail at the daemon's descriptor
+    limit (EMFILE) after the child already runs. Such a child could neither
+    be watched nor recognised after a restart (its recorded start time
+    would be wrong), so it is killed and reaped before the error is raised:
+    the caller sees an OSError and nothing left running, exactly as if
+    ``spawn`` itself had failed.
+    """
+    pid = spawn(argv, log_path, env)
+    try:
+        pidfd = open_pidfd(pid)
+    except BaseException:
+        _kill_and_reap(pid)
+        raise
+    try:
+        start_time = process_start_time(pid)
+    except BaseException:
+        os.close(pidfd)
+        _kill_and_reap(pid)
+        raise
+    return Spawned(pid, pidfd, start_time)
+
+
+def _kill_and_reap(pid: int) -> None:
+    """SIGKILL a child we just spawned, with its group, and reap it. It is
+    our unreaped child, so neither its pid nor its group id can have been
+    reused; the wait is short (SIGKILL cannot be caught)."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def open_pidfd(pid: int) -> int:
     """A pidfd for ``pid`` (close-on-exec). Raises ProcessLookupError if gone."""
     return os.pidfd_open(pid)

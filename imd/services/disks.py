@@ -17,6 +17,7 @@ import msgspec
 from imd import __version__
 from imd.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from imd.services.validation import validate_name
+from imd.supervisor.durability import Durability
 from imd.v2.model import DiskView, ReplicaLvol
 from imd.v2.node import V2Node
 
@@ -91,9 +92,13 @@ def block_size_of(value: int) -> int:
 
 
 class DiskService:
-    def __init__(self, node: V2Node | None, unavailable: str) -> None:
+    """Mutations return once their change is on disk, or fail and are undone
+    (see imd.v2.disks); while the state cannot be written they fail at once."""
+
+    def __init__(self, node: V2Node | None, unavailable: str, durability: Durability | None = None) -> None:
         self.node = node
         self.unavailable = unavailable
+        self.durability = durability if durability is not None else Durability()
 
     def _node(self) -> V2Node:
         if self.node is None:
@@ -108,9 +113,8 @@ class DiskService:
         size = block_size_of(block_size)
         check_driver(driver)
         node = self._node()
-        view = await node.disks.create(name, uuid, path, size)
-        await node.durable()
-        return view
+        self.durability.check()
+        return await node.disks.create(name, uuid, path, size)
 
     async def get(self, disk_type: int, name: str, driver: str) -> DiskView:
         check_type(disk_type)
@@ -124,8 +128,8 @@ class DiskService:
         check_uuid(uuid)
         check_driver(driver)
         node = self._node()
+        self.durability.check()
         await node.disks.delete(name, uuid, node.live_replica_names(name))
-        await node.durable()
 
     async def listing(self) -> list[DiskView]:
         node = self._node()
@@ -145,6 +149,7 @@ class DiskService:
         validate_name(replica, "replcia_instance_name")
         check_driver(driver)
         node = self._node()
+        self.durability.check()
         await node.disks.delete_lvol(name, uuid, replica, node.live_replica_names(name))
 
     def version(self) -> DiskVersion:

@@ -77,6 +77,12 @@ class EngineService:
         engines = self.engines(engine_name, data_engine)
         return engines, engines.get(engine_name, "engine_name")
 
+    def _may_change(self) -> None:
+        """New long work is refused while draining or while the state cannot
+        be written (a delete or a ReplicaRemove still goes through drain)."""
+        self.instances.processes.lifecycle.check()
+        self.instances.processes.durability.check()
+
     def version(self) -> dict[str, Any]:
         return {"version": __version__, "dataFormatVersion": 1, "dataFormatMinVersion": 1}
 
@@ -100,7 +106,7 @@ class EngineService:
         if size <= 0:
             raise InvalidArgument(f"must be positive, got {size}", field="expand.size")
         engines = self.engines(engine_name, data_engine)
-        self.instances.processes.lifecycle.check()
+        self._may_change()
         await engines.expand(engine_name, size)
 
     def replicas(self, engine_name: str, data_engine: int) -> list[ReplicaInfo]:
@@ -123,7 +129,7 @@ class EngineService:
         if linked:
             raise Unimplemented("linked clones are not supported", field="linked_clone_src_replica_name")
         engines = self.engines(engine_name, data_engine)
-        self.instances.processes.lifecycle.check()
+        self._may_change()
         await engines.add_replica(engine_name, replica, addresses)
 
     async def remove_replica(self, engine_name: str, data_engine: int, replica: str, address: str) -> None:
@@ -131,7 +137,9 @@ class EngineService:
             raise InvalidArgument("name the replica (replica_name or replica_address)", field="replica_name")
         if replica:
             validate_name(replica, "replica_name")
-        await self.engines(engine_name, data_engine).remove_replica(engine_name, replica, address)
+        engines = self.engines(engine_name, data_engine)
+        self.instances.processes.durability.check()
+        await engines.remove_replica(engine_name, replica, address)
 
     def rebuilds(self, engine_name: str, data_engine: int) -> list[RebuildInfo]:
         engines, engine = self._engine(engine_name, data_engine)
@@ -160,6 +168,7 @@ class EngineService:
         if not address:
             raise InvalidArgument("must not be empty", field="replica_address")
         engines = self.engines(engine_name, data_engine)
+        self.instances.processes.durability.check()
         await engines.set_replica_mode(engine_name, address, wire[mode])
 
     def set_rebuild_rate(self, engine_name: str, data_engine: int, mbps: int) -> None:

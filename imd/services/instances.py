@@ -166,6 +166,7 @@ class InstanceService:
             replica = replica_spec(request)
             node = self.v2("spec.data_engine")
             self.processes.lifecycle.check()
+            self.processes.durability.check()
             self._not_a_process(request.name)
             node.target.require()  # a target that is down says so before any lookup
             self._disk_uuid_matches(node, replica.disk_name, request.disk_uuid or request.lvs_uuid)
@@ -174,6 +175,7 @@ class InstanceService:
             engine = engine_spec(request)
             node = self.v2("spec.data_engine")
             self.processes.lifecycle.check()
+            self.processes.durability.check()
             self._not_a_process(request.name)
             return await node.create_engine(engine)
         raise InvalidArgument(
@@ -195,9 +197,8 @@ class InstanceService:
         validate_name(name, "name")
         node = self.v2()
         self._kind_matches(node, name, kind)
-        view = await node.delete(name, uuid, cleanup=cleanup)
-        await node.durable()
-        return view
+        self.processes.durability.check()
+        return await node.delete(name, uuid, cleanup=cleanup)
 
     def get_v2(self, name: str, kind: str) -> V2InstanceView:
         validate_name(name, "name")

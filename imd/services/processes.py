@@ -18,6 +18,7 @@ from imd.services.validation import (
     validate_spec,
 )
 from imd.supervisor.broadcast import Subscription
+from imd.supervisor.durability import Durability
 from imd.supervisor.model import NO_INSTANCE, InstanceInfo, ProcessEvent, ProcessSpec, ProcessView
 from imd.supervisor.supervisor import Supervisor
 
@@ -64,9 +65,16 @@ class Lifecycle:
 
 
 class ProcessService:
-    def __init__(self, supervisor: Supervisor, lifecycle: Lifecycle) -> None:
+    """Mutating calls return only once their change is on disk (the
+    supervisor commits it, or undoes it and raises). While the state cannot
+    be written at all (``durability`` degraded) they fail at once with the
+    store's error, before anything is spawned or signalled; reads, watches
+    and log streams go on."""
+
+    def __init__(self, supervisor: Supervisor, lifecycle: Lifecycle, durability: Durability | None = None) -> None:
         self.supervisor = supervisor
         self.lifecycle = lifecycle
+        self.durability = durability if durability is not None else Durability()
         # Whether a name is taken by an instance that is not a process (a V2
         # replica or engine): instance names are one namespace.
         self.taken_elsewhere: Callable[[str], bool] = lambda name: False
@@ -88,15 +96,13 @@ class ProcessService:
         validate_spec(spec, fields)
         if self.taken_elsewhere(spec.name):
             raise AlreadyExists(f"instance {spec.name} already exists (data engine V2)", field=fields.name)
-        view = self.supervisor.create(spec, instance)
-        await self.supervisor.durable()
-        return view
+        self.durability.check()
+        return await self.supervisor.create(spec, instance)
 
     async def delete(self, name: str, uuid: str = "", name_field: str = "name") -> ProcessView:
         validate_name(name, name_field)
-        view = self.supervisor.delete(name, uuid)
-        await self.supervisor.durable()
-        return view
+        self.durability.check()
+        return await self.supervisor.delete(name, uuid)
 
     def get(self, name: str, name_field: str = "name") -> ProcessView:
         validate_name(name, name_field)
@@ -115,9 +121,8 @@ class ProcessService:
         self.lifecycle.check()
         validate_spec(spec, fields)
         sig: signal.Signals = parse_terminate_signal(terminate_signal)
-        view = await self.supervisor.replace(spec, sig, instance)
-        await self.supervisor.durable()
-        return view
+        self.durability.check()
+        return await self.supervisor.replace(spec, sig, instance)
 
     def log_lines(self, name: str, *, follow: bool, name_field: str = "name") -> AsyncIterator[str]:
         """Lines of ``name``'s log. Following stops when the process is

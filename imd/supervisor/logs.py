@@ -12,6 +12,7 @@ file copy long and the price of never interrupting a child.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import time
@@ -22,7 +23,8 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from imd.errors import NotFound
+from imd.errors import NotFound, ResourceExhausted
+from imd.supervisor.resources import DESCRIPTORS
 
 _CHUNK = 256 * 1024
 
@@ -72,7 +74,15 @@ class LogStore:
         file grows (and start over if rotation truncated it) until one of
         ``until`` completes; then flush what is left and stop.
         """
-        async with aiofiles.open(path, "rb") as log:
+        try:
+            log = await aiofiles.open(path, "rb")
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise ResourceExhausted(
+                    f"cannot open the log of {path.stem}: {exc.strerror}", resource=DESCRIPTORS
+                ) from exc
+            raise
+        try:
             pending = b""
             offset = 0
             while True:
@@ -93,6 +103,8 @@ class LogStore:
                     pending = b""
             if pending:
                 yield pending.decode("utf-8", "replace")
+        finally:
+            await log.close()
 
     def rotate_if_needed(self, name: str) -> bool:
         """Copy-truncate ``name``'s log if it outgrew ``max_bytes``. Blocking:

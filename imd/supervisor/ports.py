@@ -59,8 +59,8 @@ class PortAllocator:
             if start >= size:
                 start = 0
         raise PortsExhausted(
-            f"no {count} contiguous free ports in {self.low}-{self.high} ({self._in_use} of {size} in use)",
-            field="spec.port_count",
+            f"no {count} contiguous free ports ({self._in_use} of {size} in use)",
+            resource=f"port range {self.low}-{self.high}",
         )
 
     def reserve(self, block: PortBlock) -> None:

@@ -68,7 +68,12 @@ class ManagedProcess:
         self.error_msg = ""
         self.pid = 0
         self.start_time = 0
+        # The registry's bookkeeping, written into the state file:
+        # delete_requested once a delete is durable, delete_pending while it
+        # is being committed, promoting while a replacement's takeover is.
         self.delete_requested = False
+        self.delete_pending = False
+        self.promoting = False
         self._pidfd = -1
         self._observer = observer
         self._settings = settings
@@ -106,14 +111,13 @@ class ManagedProcess:
     # -- start ---------------------------------------------------------------
 
     def launch(self, log_path: os.PathLike[str] | str, env: dict[str, str]) -> None:
-        """Spawn the child. Raises OSError if exec fails; then nothing was
-        started and the caller still owns the ports."""
+        """Spawn the child. Raises OSError if exec fails or the child could
+        not be put under watch; then nothing is left running and the caller
+        still owns the ports."""
         argv = [self.spec.binary, *self.args]
-        pid = os_spawn.spawn(argv, Path(log_path), env)
-        # Our unreaped child: its pid cannot be reused before we wait for it.
-        pidfd = os_spawn.open_pidfd(pid)
-        self.start_time = _start_time_or_zero(pid)
-        self._watch(pid, pidfd)
+        child = os_spawn.spawn_watched(argv, Path(log_path), env)
+        self.start_time = child.start_time
+        self._watch(child.pid, child.pidfd)
         if self.spec.port_count == 0:
             self._set_state(ProcessState.RUNNING, notify=False)
         else:
@@ -255,10 +259,3 @@ class ManagedProcess:
             self.started.set_result(False)
         if notify:
             self._observer.process_changed(self)
-
-
-def _start_time_or_zero(pid: int) -> int:
-    try:
-        return os_spawn.process_start_time(pid)
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -20,11 +20,32 @@ needed, and none is ever held across a wait on a child or the network. The
 only long wait here, a replace waiting for its new process to become
 ready, holds no lock either: it holds a slot in ``_replacing``, which a
 concurrent replace sees (and is refused) and a delete cancels.
+
+Durability: a create, delete or replace returns only once its change is in
+the state file (``StateStore.commit``); if that write fails, the change is
+undone and the RPC fails with the store's error. What can be undone
+decides the order of each operation:
+
+* create spawns first (the entry records the pid), then commits; if the
+  commit fails, the child is stopped and its ports freed once it exited;
+* delete commits the intent first (``delete_pending``) and signals only
+  after; a failed commit leaves the process untouched, and a crash after
+  the commit is finished by recovery (``delete_requested``);
+* replace commits the takeover first (``promoting``: the file says the new
+  process is current and the old one retiring) and signals the old process
+  only after; a failed commit stops the new process and leaves the old one
+  as it was.
+
+While a commit on a name is in flight the name is *settling*: a delete or
+replace of it waits for the outcome (one write, or an immediate failure)
+and then looks again, so no change is made on top of one that may still
+be undone. This is a wait on the disk, bounded, never on a client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import uuid as uuidlib
@@ -32,9 +53,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
-from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, StartFailed
+from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, NotFound, StartFailed
 from imd.eventlog import fields
 from imd.supervisor.broadcast import Broadcaster
+from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
 from imd.supervisor.model import (
     NO_INSTANCE,
@@ -46,7 +68,8 @@ from imd.supervisor.model import (
 )
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import ManagedProcess, SupervisionSettings
-from imd.supervisor.state import PersistedProcess, Role, StateStore
+from imd.supervisor.resources import DescriptorGuard, is_descriptor_limit, spawn_error
+from imd.supervisor.state import REGISTRY_FILE, PersistedProcess, Role, StateStore, encode_registry
 
 log = logging.getLogger("imd.supervisor")
 
@@ -60,8 +83,10 @@ class Supervisor:
         settings: SupervisionSettings,
         watch_queue_limit: int = 1024,
         env: dict[str, str] | None = None,
+        descriptors: DescriptorGuard | None = None,
     ) -> None:
         self.ports = ports
+        self.descriptors = descriptors if descriptors is not None else DescriptorGuard(0)
         self.logs = logs
         self.settings = settings
         self.events: Broadcaster[ProcessEvent] = Broadcaster(watch_queue_limit)
@@ -75,14 +100,21 @@ class Supervisor:
         # Futures resolved when a name's current process leaves the
         # registry: log followers of that name stop on it.
         self._removed: dict[str, asyncio.Future[None]] = {}
+        # Names with a commit in flight, resolved when it succeeded or was undone.
+        self._settling: dict[str, asyncio.Future[None]] = {}
         self._seq = 0
         self.store: StateStore | None = None
         self._owner = ""
 
     # -- persistence -----------------------------------------------------------
 
-    def attach_store(self, state_dir: Path) -> StateStore:
-        self.store = StateStore(state_dir, self.snapshot)
+    def attach_store(self, state_dir: Path, durability: Durability) -> StateStore:
+        self.store = StateStore(
+            state_dir / REGISTRY_FILE,
+            lambda: encode_registry(self.snapshot()),
+            durability,
+            relieve=self.descriptors.limit_hit,
+        )
         self._owner = str(state_dir.absolute())
         return self.store
 
@@ -92,35 +124,43 @@ class Supervisor:
         return {**self._env, TAG_UUID: uuid, TAG_OWNER: self._owner}
 
     async def durable(self) -> None:
-        """Wait until every change so far is on disk (see StateStore.sync)."""
+        """Wait until every change so far is on disk; raises the store's
+        error if it cannot be written (see StateStore.commit)."""
         if self.store is not None:
-            await self.store.sync()
+            await self.store.commit()
 
     def snapshot(self) -> list[PersistedProcess]:
+        """The registry as the state file must say it. Changes being
+        committed are written as if done (a pending delete as requested, a
+        promoting replacement as current and its predecessor as retiring):
+        the file is what a crash leaves, and recovery finishes them."""
+        promoting = {name for name, proc in self._replacing.items() if proc.promoting}
         entries = []
-        for role, procs in (
-            (Role.CURRENT, self._current.values()),
-            (Role.REPLACING, self._replacing.values()),
-            (Role.RETIRING, self._retiring),
-            (Role.INTERNAL, self._internal.values()),
-        ):
-            for proc in procs:
-                entries.append(
-                    PersistedProcess(
-                        name=proc.name,
-                        uuid=proc.uuid,
-                        spec=proc.spec,
-                        instance=proc.instance,
-                        pid=proc.pid,
-                        start_time=proc.start_time,
-                        ports=proc.ports,
-                        state=proc.state,
-                        error_msg=proc.error_msg,
-                        role=role,
-                        delete_requested=proc.delete_requested,
-                    )
-                )
+        for proc in self._current.values():
+            entries.append(self._persisted(proc, Role.RETIRING if proc.name in promoting else Role.CURRENT))
+        for proc in self._replacing.values():
+            entries.append(self._persisted(proc, Role.CURRENT if proc.promoting else Role.REPLACING))
+        for proc in self._retiring:
+            entries.append(self._persisted(proc, Role.RETIRING))
+        for proc in self._internal.values():
+            entries.append(self._persisted(proc, Role.INTERNAL))
         return entries
+
+    @staticmethod
+    def _persisted(proc: ManagedProcess, role: Role) -> PersistedProcess:
+        return PersistedProcess(
+            name=proc.name,
+            uuid=proc.uuid,
+            spec=proc.spec,
+            instance=proc.instance,
+            pid=proc.pid,
+            start_time=proc.start_time,
+            ports=proc.ports,
+            state=proc.state,
+            error_msg=proc.error_msg,
+            role=role,
+            delete_requested=proc.delete_requested or proc.delete_pending,
+        )
 
     def recover(self, entries: list[PersistedProcess]) -> dict[str, int]:
         """Rebuild the registry from disk before any request is served.
@@ -244,18 +284,39 @@ class Supervisor:
 
     # -- create ----------------------------------------------------------------
 
-    def create(self, spec: ProcessSpec, instance: InstanceInfo = NO_INSTANCE) -> ProcessView:
+    async def create(self, spec: ProcessSpec, instance: InstanceInfo = NO_INSTANCE) -> ProcessView:
+        """Spawn ``spec`` and return once its entry is on disk. If it cannot
+        be written, the child is stopped (its ports freed when it exited)
+        and the store's error raised: nothing was created."""
         if spec.name in self._current:
             raise AlreadyExists(f"process {spec.name} already exists", field="spec.name")
         proc = self._start(spec, instance)
         self._current[spec.name] = proc
         self._emit(proc)
         log.info("created", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
-        return proc.view()
+        # The reply describes the process as created; what happens to it
+        # while the entry is written (it may already have exited) is news
+        # for the watchers, as before.
+        created = proc.view()
+        return await self._commit(spec.name, lambda: created, functools.partial(self._undo_create, proc))
+
+    def _undo_create(self, proc: ManagedProcess) -> None:
+        log.warning("create undone: its entry could not be written", extra=fields(name=proc.name, uuid=proc.uuid))
+        if self._current.get(proc.name) is proc:
+            del self._current[proc.name]
+            self.logs.mark_deleted(proc.name)
+            self._resolve_removal(proc.name)
+        proc.delete_requested = True
+        self._retire(proc)
 
     def _start(
         self, spec: ProcessSpec, instance: InstanceInfo, extra_env: dict[str, str] | None = None
     ) -> ManagedProcess:
+        """Spawn a child for ``spec``. Refused before anything is allocated
+        while descriptors are short; spawn failures are told apart (see
+        imd.supervisor.resources): the caller's mistake, exhaustion, or the
+        node being unable to."""
+        self.descriptors.admit()
         block = self.ports.allocate(spec.port_count) if spec.port_count > 0 else None
         proc = ManagedProcess(
             name=spec.name,
@@ -272,7 +333,9 @@ class Supervisor:
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
-            raise InvalidArgument(f"cannot execute {spec.binary}: {exc.strerror or exc}", field="spec.binary") from exc
+            if is_descriptor_limit(exc):
+                self.descriptors.limit_hit(exc)
+            raise spawn_error(exc, spec.binary) from exc
         return proc
 
     # -- internal children ----------------------------------------------------------
@@ -319,32 +382,49 @@ class Supervisor:
 
     # -- delete ----------------------------------------------------------------
 
-    def delete(self, name: str, uuid: str = "") -> ProcessView:
-        """Ask ``name`` to stop; return at once with ``deleted=true``.
+    async def delete(self, name: str, uuid: str = "") -> ProcessView:
+        """Ask ``name`` to stop; return with ``deleted=true`` once the
+        request is on disk, without waiting for the child to exit.
 
         With a UUID, only the process of that UUID is touched: a manager
         holding a stale UUID (the name was re-created since) gets NOT_FOUND
-        and the new process lives on. The entry leaves the registry when the
-        child has exited, with one final event carrying ``deleted=true``.
+        and the new process lives on. The intent is committed before the
+        child is signalled, so a failed write leaves it untouched. The entry
+        leaves the registry when the child has exited, with one final event
+        carrying ``deleted=true``.
         """
+        await self._settled(name)
         proc = self._current.get(name)
         if proc is None or (uuid and proc.uuid != uuid):
             retiring = next((p for p in self._retiring if p.name == name and p.uuid == uuid), None)
             if uuid and retiring is not None:
                 return retiring.view(deleted=True)  # already on its way out
             raise NotFound(f"cannot find process {name} with UUID {uuid or '(any)'}", field="uuid" if proc else "name")
-        replacement = self._replacing.pop(name, None)
-        if replacement is not None:
-            self._retiring.add(replacement)
-            replacement.delete_requested = True
-            replacement.stop(signal.SIGINT)
+        if proc.delete_requested:
+            return proc.view(deleted=True)  # already on disk and under way
+        proc.delete_pending = True
+        return await self._commit(
+            name, functools.partial(self._delete_committed, proc), functools.partial(self._undo_delete, proc)
+        )
+
+    def _delete_committed(self, proc: ManagedProcess) -> ProcessView:
+        proc.delete_pending = False
         proc.delete_requested = True
-        log.info("delete requested", extra=fields(name=name, uuid=proc.uuid))
+        log.info("delete requested", extra=fields(name=proc.name, uuid=proc.uuid))
+        replacement = self._replacing.pop(proc.name, None)
+        if replacement is not None:
+            replacement.delete_requested = True
+            self._retire(replacement)
         if proc.state.terminal:
             self._remove(proc)
-            return proc.view(deleted=True)
-        proc.stop(signal.SIGINT)
+        else:
+            proc.stop(signal.SIGINT)
         return proc.view(deleted=True)
+
+    def _undo_delete(self, proc: ManagedProcess) -> None:
+        log.warning("delete undone: it could not be written", extra=fields(name=proc.name, uuid=proc.uuid))
+        proc.delete_pending = False
+        self._changed()
 
     # -- replace ---------------------------------------------------------------
 
@@ -352,38 +432,55 @@ class Supervisor:
         """Start ``spec`` under a new UUID and ports; once it runs, make it
         the current process and send ``sig`` to the old one.
 
-        The old process is untouched until the new one is ready, and its
-        ports are kept until it has exited. If the new process fails, or the
-        replace is cancelled (client gone, delete of the name), the new
-        process is stopped and the old one carries on as if nothing happened.
+        The old process is untouched until the new one is ready and the
+        takeover is on disk, and its ports are kept until it has exited. If
+        the new process fails, the replace is cancelled while it starts
+        (client gone, delete of the name), or the takeover cannot be
+        written, the new process is stopped and the old one carries on as
+        if nothing happened.
         """
-        old = self._current.get(spec.name)
+        name = spec.name
+        await self._settled(name)
+        old = self._current.get(name)
         if old is None:
-            raise NotFound(f"cannot find process {spec.name}", field="spec.name")
-        if spec.name in self._replacing:
-            raise Conflict(f"a replace of {spec.name} is already in progress", field="spec.name")
-        if old.state == ProcessState.STOPPING:
-            raise FailedPrecondition(f"process {spec.name} is stopping", field="spec.name")
+            raise NotFound(f"cannot find process {name}", field="spec.name")
+        if name in self._replacing:
+            raise Conflict(f"a replace of {name} is already in progress", field="spec.name")
+        if old.state == ProcessState.STOPPING or old.delete_requested:
+            raise FailedPrecondition(f"process {name} is stopping", field="spec.name")
         new = self._start(spec, instance)
-        self._replacing[spec.name] = new
+        self._replacing[name] = new
         self._emit(new)
         log.info("replace started", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
         try:
             ready = await asyncio.shield(new.started)
+            if ready:
+                # A delete of the name being committed decides first.
+                await self._settled(name)
         except BaseException:
             self._abandon(new)
             raise
-        if self._replacing.get(spec.name) is not new:
+        if self._replacing.get(name) is not new:
             # A delete of the name took the replacement away while we waited.
-            raise Conflict(f"replace of {spec.name} aborted: the process was deleted", field="spec.name")
+            raise Conflict(f"replace of {name} aborted: the process was deleted", field="spec.name")
         if not ready:
             self._abandon(new)
             raise StartFailed(
-                f"replacement for {spec.name} did not start: {new.error_msg or new.state}",
+                f"replacement for {name} did not start: {new.error_msg or new.state}",
                 field="spec",
             )
-        del self._replacing[spec.name]
-        self._current[spec.name] = new
+        new.promoting = True
+        return await self._commit(
+            name, functools.partial(self._promote, new, sig), functools.partial(self._undo_promotion, new)
+        )
+
+    def _promote(self, new: ManagedProcess, sig: int) -> ProcessView:
+        """The takeover is on disk: make it so in memory, and only now
+        signal the old process."""
+        new.promoting = False
+        old = self._current[new.name]
+        del self._replacing[new.name]
+        self._current[new.name] = new
         self._retiring.add(old)
         if old.state.terminal:
             self._finish_retired(old)
@@ -393,14 +490,64 @@ class Supervisor:
         log.info("replaced", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
         return new.view()
 
+    def _undo_promotion(self, new: ManagedProcess) -> None:
+        log.warning("replace undone: the takeover could not be written", extra=fields(name=new.name, uuid=new.uuid))
+        new.promoting = False
+        self._abandon(new)
+
     def _abandon(self, new: ManagedProcess) -> None:
         if self._replacing.get(new.name) is new:
             del self._replacing[new.name]
-        if new.state.terminal:
-            self._finish_retired(new)
+        self._retire(new)
+
+    def _retire(self, proc: ManagedProcess) -> None:
+        """Stop ``proc``, which is no longer in the registry's current or
+        replacing slots; its ports go once it has exited."""
+        if proc.state.terminal:
+            self._finish_retired(proc)
         else:
-            self._retiring.add(new)
-            new.stop(signal.SIGINT)
+            self._retiring.add(proc)
+            proc.stop(signal.SIGINT)
+
+    # -- commits -----------------------------------------------------------------
+
+    async def _commit(self, name: str, apply: Callable[[], ProcessView], undo: Callable[[], None]) -> ProcessView:
+        """Make the change just made to ``name`` durable, then ``apply`` what
+        may only follow a durable change (signals, the in-memory swap); if
+        the write fails, ``undo`` the change and raise the store's error.
+
+        It runs as a task of its own, shielded from the RPC: a client that
+        hangs up cannot leave the change half done; it is completed or
+        undone all the same. Meanwhile ``name`` is settling (see the module
+        docstring)."""
+        self._changed()
+        store = self.store
+        if store is None:
+            return apply()
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling[name] = settled
+
+        async def settle() -> ProcessView:
+            try:
+                try:
+                    await store.commit()
+                except ImdError:
+                    undo()
+                    raise
+                return apply()
+            finally:
+                if self._settling.get(name) is settled:
+                    del self._settling[name]
+                settled.set_result(None)
+
+        task = asyncio.ensure_future(settle())
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _settled(self, name: str) -> None:
+        """Wait until no commit on ``name`` is in flight."""
+        while (settling := self._settling.get(name)) is not None:
+            await asyncio.wait({settling})
 
     # -- observer callbacks (from ManagedProcess) -------------------------------
 
@@ -451,10 +598,13 @@ class Supervisor:
         self._release_ports(proc)
         self.logs.mark_deleted(proc.name)
         self._emit(proc, deleted=True)
-        removed = self._removed.pop(proc.name, None)
+        self._resolve_removal(proc.name)
+        log.info("removed", extra=fields(name=proc.name, uuid=proc.uuid))
+
+    def _resolve_removal(self, name: str) -> None:
+        removed = self._removed.pop(name, None)
         if removed is not None and not removed.done():
             removed.set_result(None)
-        log.info("removed", extra=fields(name=proc.name, uuid=proc.uuid))
 
     def _finish_retired(self, proc: ManagedProcess) -> None:
         self._retiring.discard(proc)
@@ -486,3 +636,10 @@ class Supervisor:
         waiting = [proc.exited for proc in procs if not proc.exited.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
+
+
+def _retrieve(task: asyncio.Task[ProcessView]) -> None:
+    """A commit whose RPC went away still ends with its error: mark it seen,
+    so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

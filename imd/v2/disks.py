@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from imd.edges.spdk_target import Lvstore, SpdkTargetClient, TargetRpcError, TargetUnreachable
-from imd.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from imd.errors import AlreadyExists, FailedPrecondition, ImdError, NotFound, Unavailable
 from imd.eventlog import fields
 from imd.v2.model import DiskRecord, DiskView, ReplicaLvol
 from imd.v2.target import TargetKeeper
@@ -43,9 +43,12 @@ def target_failure(what: str, exc: Exception) -> Unavailable:
 
 
 class Disks:
-    def __init__(self, target: TargetKeeper, changed: Callable[[], None]) -> None:
+    def __init__(
+        self, target: TargetKeeper, changed: Callable[[], None], durable: Callable[[], Awaitable[None]]
+    ) -> None:
         self.target = target
         self._changed = changed
+        self._durable = durable
         self.records: dict[str, DiskRecord] = {}
         self._busy: dict[str, asyncio.Task[DiskRecord | None]] = {}
 
@@ -142,6 +145,15 @@ class Disks:
         )
         self.records[name] = record
         self._changed()
+        try:
+            await self._durable()
+        except ImdError:
+            # Not acknowledged, so not made: the bdev goes (the lvstore, new
+            # or loaded, stays on the device, where a retry finds it).
+            del self.records[name]
+            self._changed()
+            await _undo(client.aio_delete(name), f"delete bdev {name}")
+            raise
         log.info("disk ready", extra=fields(disk=name, uuid=lvs.uuid, path=path, loaded=bool(uuid)))
         return record
 
@@ -185,15 +197,23 @@ class Disks:
                 f"disk {name} still carries replica instances {', '.join(sorted(users))}", field="disk_name"
             )
         client = self.target.require()
-        try:
-            await client.aio_delete(name)
-        except TargetRpcError as exc:
-            if not exc.not_found:
-                raise target_failure(f"cannot delete disk {name}", exc) from exc
-        except TargetUnreachable as exc:
-            raise target_failure(f"cannot delete disk {name}", exc) from exc
+        # Forgotten on disk first: if that cannot be written nothing was done;
+        # if the bdev then cannot be removed, the record comes back.
         del self.records[name]
         self._changed()
+        try:
+            await self._durable()
+        except ImdError:
+            self.records[name] = record
+            self._changed()
+            raise
+        try:
+            await client.aio_delete(name)
+        except (TargetRpcError, TargetUnreachable) as exc:
+            if not (isinstance(exc, TargetRpcError) and exc.not_found):
+                self.records[name] = record
+                self._changed()
+                raise target_failure(f"cannot delete disk {name}", exc) from exc
         log.info("disk deleted", extra=fields(disk=name, uuid=record.uuid))
 
     async def delete_lvol(self, name: str, uuid: str, lvol: str, users: list[str]) -> None:

@@ -551,14 +551,21 @@ class Engines:
         record = engine.record
         if record.delete_requested:
             return self.view(engine, deleted=True)
+        before = record.state
         record.delete_requested = True
         if not record.state.terminal:
             record.state = ProcessState.STOPPING
         self.hub.publish(self.view(engine))
+        try:
+            await self.hub.durable()  # the intent first: a crash after it is finished at restart
+        except ImdError:
+            record.delete_requested = False
+            record.state = before
+            self.hub.publish(self.view(engine))
+            raise
         if engine.op is not None:
             engine.op.cancel()  # preempt a create, expansion or rebuild at once
         engine.teardown = asyncio.ensure_future(self._teardown(engine))
-        await self.hub.durable()
         return self.view(engine, deleted=True)
 
     async def _teardown(self, engine: Engine) -> None:

@@ -22,17 +22,14 @@ which the instance service checks): InstanceList is one map by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import msgspec
-
 from imd.edges.spdk_target import TargetRpcError, TargetUnreachable
-from imd.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from imd.errors import AlreadyExists, ImdError, InvalidArgument, NotFound, Unavailable
 from imd.eventlog import fields
 from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
@@ -66,11 +63,15 @@ _FROM_SPDK_LEVEL = {"ERROR": "error", "WARNING": "warn", "NOTICE": "info", "INFO
 
 
 class Store(Protocol):
-    """Persistence as the V2 registry uses it (the daemon's state store)."""
+    """Persistence as the V2 registry uses it (the daemon's StateStore):
+    ``commit`` returns once every change marked so far is on disk, or
+    raises the store's error (the change is then undone by its owner)."""
 
     def mark_dirty(self) -> None: ...
 
-    async def sync(self) -> None: ...
+    async def commit(self) -> None: ...
+
+    def load(self, decode: Callable[[bytes], T]) -> T | None: ...
 
 
 class V2Node:
@@ -91,7 +92,7 @@ class V2Node:
     ) -> None:
         self.supervisor = supervisor
         self.target = target
-        self.disks = Disks(self.target, self.changed)
+        self.disks = Disks(self.target, self.changed, self.durable)
         self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
         self.engines = Engines(
             data,
@@ -128,7 +129,7 @@ class V2Node:
 
     async def durable(self) -> None:
         if self.store is not None:
-            await self.store.sync()
+            await self.store.commit()
 
     def snapshot(self) -> bytes:
         return v2state.encode(
@@ -143,18 +144,10 @@ class V2Node:
 
     def load(self) -> v2state.V2StateFile:
         """The persisted V2 state; empty if there is none. A corrupt file is
-        set aside (renamed, never deleted) and V2 starts empty."""
-        try:
-            data = self.state_path.read_bytes()
-        except FileNotFoundError:
+        set aside by the store (renamed, never deleted) and V2 starts empty."""
+        if self.store is None:
             return v2state.V2StateFile()
-        try:
-            return v2state.decode(data)
-        except msgspec.MsgspecError as exc:
-            aside = self.state_path.with_name(f"{self.state_path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
-            os.replace(self.state_path, aside)
-            log.error("V2 state file set aside; V2 starts empty", extra=fields(reason=str(exc), moved_to=str(aside)))
-            return v2state.V2StateFile()
+        return self.store.load(v2state.decode) or v2state.V2StateFile()
 
     async def start(self, persisted: v2state.V2StateFile) -> dict[str, int]:
         for disk in persisted.disks:
@@ -170,7 +163,10 @@ class V2Node:
             report["replicas_unserved"] = len(persisted.replicas)
         report.update(await self.engines.recover(persisted.engines))
         self.changed()
-        await self.durable()
+        with contextlib.suppress(ImdError):
+            # A state dir that cannot be written leaves the daemon degraded
+            # (health says so); recovery itself is done in memory.
+            await self.durable()
         log.info("V2 ready" if self.target.available else "V2 not available", extra=fields(**report))
         # Prefixed: the daemon merges this with the process registry's report.
         return {f"v2_{key}": value for key, value in report.items()}
@@ -284,6 +280,7 @@ class V2Node:
         self.events.close_all()
         await self.engines.close()
         await self.replicas.close()
-        await self.durable()
+        with contextlib.suppress(ImdError):
+            await self.durable()
         await self.target.close()
         logging.getLogger("imd.v2").removeHandler(self.logs)

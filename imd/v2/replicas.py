@@ -228,12 +228,21 @@ class Replicas:
             with contextlib.suppress(BaseException):
                 await building
             return self.view(record, deleted=True)
+        before = (record.state, record.cleanup_requested)
         record.delete_requested = True
         record.cleanup_requested = cleanup
         if not record.state.terminal:
             record.state = ProcessState.STOPPING
         self.hub.publish(self.view(record))
-        await self.hub.durable()
+        try:
+            # The intent reaches the disk before the export goes: a crash
+            # after this point is finished by the next daemon.
+            await self.hub.durable()
+        except ImdError:
+            record.delete_requested = False
+            record.state, record.cleanup_requested = before
+            self.hub.publish(self.view(record))
+            raise
         self._tasks[name] = asyncio.ensure_future(self._teardown(record))
         return self.view(record, deleted=True)
 

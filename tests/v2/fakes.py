@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
@@ -29,6 +31,7 @@ from tests.spdk.fake_backend import FakeBackend
 from tests.v2.fake_spdk import FakeSpdk, FakeTargetClient
 
 PORTS = (23000, 23099)
+T = TypeVar("T")
 
 
 class FakeKeeper(TargetKeeper):
@@ -212,11 +215,21 @@ class FakeStore:
     def mark_dirty(self) -> None:
         return None
 
-    async def sync(self) -> None:
+    async def commit(self) -> None:
         await asyncio.sleep(0)
         if self.failing is not None:
             raise self.failing
         self.snapshots.append(self.node.snapshot())
+
+    def load(self, decode: Callable[[bytes], T]) -> T | None:
+        path = self.node.state_path
+        if not path.exists():
+            return None
+        try:
+            return decode(path.read_bytes())
+        except msgspec.MsgspecError:
+            path.replace(path.with_name(path.name + ".bad-test"))
+            return None
 
 
 def supervisor(root: Path) -> Supervisor:

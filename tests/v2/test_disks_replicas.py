@@ -341,3 +341,32 @@ async def test_corrupt_v2_state_is_set_aside(tmp_path: Path) -> None:
     assert list(tmp_path.glob("v2.json.bad-*"))
     with pytest.raises(msgspec.DecodeError):
         v2state.decode(b"{not json")
+
+
+# -- acknowledged means durable (issue 12, V2 side) ------------------------------------------
+
+
+async def test_v2_changes_that_cannot_be_written_are_refused_and_undone(tmp_path: Path) -> None:
+    v2, keeper, store, disks, instances = await started(tmp_path)
+    full = ResourceExhausted("no space left on device", resource="state dir")
+    path = disk_file(tmp_path)
+    store.failing = full
+    with pytest.raises(ResourceExhausted, match="state dir"):
+        await disks.create(DISK_TYPE_BLOCK, "disk-1", "", path, 4096, "")
+    assert v2.disks.records == {} and keeper.spdk.aio == {}  # the bdev it made is gone
+    store.failing = None
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", path, 4096, "")
+    await instances.create_v2(replica("r1"))
+    store.failing = full
+    with pytest.raises(ResourceExhausted, match="state dir"):
+        await instances.delete_v2("r1", "", "", cleanup=True)
+    record = v2.replicas.records["r1"]
+    assert (record.state, record.delete_requested) == (ProcessState.RUNNING, False)
+    assert nqn_of("r1") in keeper.spdk.subsystems  # never touched
+    store.failing = None
+    await instances.delete_v2("r1", "", "", cleanup=True)
+    await _settled(instances)
+    store.failing = full
+    with pytest.raises(ResourceExhausted, match="state dir"):
+        await disks.delete(DISK_TYPE_BLOCK, "disk-1", "", "")
+    assert "disk-1" in v2.disks.records and "disk-1" in keeper.spdk.aio

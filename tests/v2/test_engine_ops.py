@@ -234,7 +234,7 @@ async def test_mode_update_fails_a_replica_but_never_revives_one(tmp_path: Path)
 
 async def test_v1_and_unknown_engines_are_refused_naming_the_engine(tmp_path: Path) -> None:
     v2, _, _, instances, engines = await setup(tmp_path)
-    v2.supervisor.create(ProcessSpec(name="v1-engine", binary="/bin/sleep", args=("100",)))
+    await v2.supervisor.create(ProcessSpec(name="v1-engine", binary="/bin/sleep", args=("100",)))
     try:
         with pytest.raises(FailedPrecondition, match=r"^engine_name: engine v1-engine is a data engine V1"):
             engines.volume("v1-engine", V2)
@@ -247,7 +247,7 @@ async def test_v1_and_unknown_engines_are_refused_naming_the_engine(tmp_path: Pa
         with pytest.raises(Unimplemented, match=r"^restore:"):
             await engines.add_replica("e1", V2, "r3", "127.0.0.1:4433", restore=True, linked=False)
     finally:
-        v2.supervisor.delete("v1-engine")
+        await v2.supervisor.delete("v1-engine")
     assert instances.node is v2
 
 

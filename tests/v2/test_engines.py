@@ -218,14 +218,14 @@ async def test_names_are_one_namespace_across_engines_replicas_and_processes(tmp
     await instances.create_v2(engine("e1", {"r1": data.replica_target("r1", 4420)}))
     with pytest.raises(AlreadyExists, match=r"^spec.name:"):
         await instances.create_v2(engine("e1", {"r1": data.replica_target("r1", 4420)}))
-    v2.supervisor.create(ProcessSpec(name="p1", binary="/bin/sleep", args=("100",)))
+    await v2.supervisor.create(ProcessSpec(name="p1", binary="/bin/sleep", args=("100",)))
     try:
         with pytest.raises(AlreadyExists, match=r"data engine V1"):
             await instances.create_v2(engine("p1", {"r1": data.replica_target("r1", 4420)}))
         with pytest.raises(AlreadyExists, match=r"data engine V2"):
             await instances.processes.create(ProcessSpec(name="e1", binary="/bin/sleep", args=("100",)))
     finally:
-        v2.supervisor.delete("p1")
+        await v2.supervisor.delete("p1")
 
 
 async def test_delete_by_a_stale_uuid_touches_nothing(tmp_path: Path) -> None:
@@ -326,3 +326,16 @@ async def test_concurrent_creates_and_deletes_keep_every_invariant(tmp_path: Pat
     for mirror in data.mirrors:
         if mirror.name not in v2.engines.engines or v2.engines.engines[mirror.name].mirror is not mirror:
             assert mirror.destroyed
+
+
+async def test_an_engine_delete_that_cannot_be_written_leaves_the_engine_running(tmp_path: Path) -> None:
+    from imd.errors import ResourceExhausted
+
+    v2, data, store, instances = await started(tmp_path)
+    await instances.create_v2(engine("e1", {"r1": data.replica_target("r1", 4420)}))
+    store.failing = ResourceExhausted("no space left on device", resource="state dir")
+    with pytest.raises(ResourceExhausted, match="state dir"):
+        await instances.delete_v2("e1", "", "", cleanup=False)
+    record = v2.engines.engines["e1"].record
+    assert (record.state, record.delete_requested) == (ProcessState.RUNNING, False)
+    assert data.mirrors[0].exported is not None and len(data.backend.driver) == 1
