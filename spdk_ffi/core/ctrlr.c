@@ -72,6 +72,10 @@ static struct imdn_ctrlr *adopt_ctrlr(struct spdk_nvme_ctrlr *ctrlr, struct imdn
 		qopts.io_queue_requests = req->io_queue_requests;
 	}
 	qopts.create_only = true; /* join the poll group before connecting */
+	/* Connect without waiting for the fabrics CONNECT reply: the target may
+	 * be this very poller (an exported mirror), which must keep running to
+	 * send it. I/O submitted meanwhile is queued by the driver. */
+	qopts.async_mode = true;
 	struct spdk_nvme_qpair *qpair = spdk_nvme_ctrlr_alloc_io_qpair(ctrlr, &qopts, sizeof(qopts));
 	if (qpair == NULL) {
 		return NULL;
@@ -129,11 +133,23 @@ void start_attach(struct imdn_req *req)
 	g_attaches = ctx;
 }
 
+struct raw_detach {
+	struct spdk_nvme_detach_ctx *dctx;
+	struct raw_detach *next;
+};
+static struct raw_detach *g_raw_detaches;
+
+/* Detach a controller nobody adopted (an abandoned or failed attach). Never
+ * with the blocking spdk_nvme_detach_poll: the target may be this very
+ * poller (an exported mirror), which must keep running to answer. */
 static void detach_raw(struct spdk_nvme_ctrlr *ctrlr)
 {
 	struct spdk_nvme_detach_ctx *dctx = NULL;
 	if (spdk_nvme_detach_async(ctrlr, &dctx) == 0 && dctx != NULL) {
-		spdk_nvme_detach_poll(dctx);
+		struct raw_detach *d = calloc(1, sizeof(*d));
+		d->dctx = dctx;
+		d->next = g_raw_detaches;
+		g_raw_detaches = d;
 	}
 }
 
@@ -176,7 +192,7 @@ void poll_attaches(uint64_t now)
 
 bool ctrlr_work_pending(void)
 {
-	return g_attaches != NULL || g_detaches != NULL;
+	return g_attaches != NULL || g_detaches != NULL || g_raw_detaches != NULL;
 }
 
 /* -- detach ---------------------------------------------------------------- */
@@ -211,6 +227,15 @@ void start_detach(struct imdn_req *req)
 
 void poll_detaches(uint64_t now)
 {
+	for (struct raw_detach **link = &g_raw_detaches; *link;) {
+		struct raw_detach *d = *link;
+		if (spdk_nvme_detach_poll_async(d->dctx) == -EAGAIN) {
+			link = &d->next;
+			continue;
+		}
+		*link = d->next;
+		free(d);
+	}
 	struct detach_ctx **link = &g_detaches;
 	while (*link) {
 		struct detach_ctx *d = *link;

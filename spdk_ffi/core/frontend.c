@@ -532,7 +532,7 @@ static void export_started(struct spdk_nvmf_subsystem *subsystem, void *arg, int
 	(void)subsystem;
 	struct mirror_frontend *fe = arg;
 	if (status != 0) {
-		export_fail(fe, status < 0 ? status : -EIO, "cannot start subsystem %s", fe->trid.subnqn);
+		export_fail(fe, status < 0 ? status : -EIO, "cannot start subsystem of %s", fe->m->name);
 		return;
 	}
 	fe->started = true;
@@ -554,7 +554,7 @@ static void export_listener_added(void *arg, int status)
 	fe->listener_added = true;
 	int rc = spdk_nvmf_subsystem_start(fe->subsystem, export_started, fe);
 	if (rc != 0) {
-		export_fail(fe, rc, "cannot start subsystem %s", fe->trid.subnqn);
+		export_fail(fe, rc, "cannot start subsystem of %s", fe->m->name);
 	}
 }
 
@@ -667,7 +667,8 @@ static void export_start(struct fe_op *op)
 	fe->trid.adrfam = strchr(req->traddr, ':') != NULL ? SPDK_NVMF_ADRFAM_IPV6 : SPDK_NVMF_ADRFAM_IPV4;
 	snprintf(fe->trid.traddr, sizeof(fe->trid.traddr), "%s", req->traddr);
 	snprintf(fe->trid.trsvcid, sizeof(fe->trid.trsvcid), "%s", req->trsvcid);
-	snprintf(fe->trid.subnqn, sizeof(fe->trid.subnqn), "%s", req->nqn);
+	/* No subnqn: the target matches a connection's listen address against
+	 * this trid, and that address carries none. */
 	if (g_transport != NULL) {
 		export_with_transport(op);
 		return;

@@ -151,7 +151,8 @@ static void mirror_finish(struct mirror_io *mio, int status, uint16_t sct, uint1
 	if (status != 0) {
 		CTR_ADD(m->errors, 1);
 	}
-	CTR_ADD(m->lat_hist[lat_bucket(spdk_get_ticks() - mio->start)], 1);
+	uint32_t bucket = lat_bucket(spdk_get_ticks() - mio->start); /* CTR_ADD evaluates its field twice */
+	CTR_ADD(m->lat_hist[bucket], 1);
 	m->inflight--;
 	mio->done(mio, status, sct, sc); /* mio may be gone after this */
 	if (m->destroy_req != NULL) {

@@ -10,7 +10,9 @@ same host).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,18 @@ class Writer:
             spans.append((batch[-1], lba, size))
         return batch, spans
 
+    async def zero(self) -> None:
+        """Start from zeroes on every leg (replicas keep earlier tests' data)."""
+        from spdk_ffi.native import Io, IoKind
+
+        step = 2048
+        await self.mirror.io(
+            [
+                Io(IoKind.WRITE_ZEROES, 0, lba=lba, nblocks=min(step, self.blocks - lba))
+                for lba in range(0, self.blocks, step)
+            ]
+        )
+
     async def step(self) -> None:
         batch, _ = self._batch(write=True)
         await self.mirror.io(batch)
@@ -223,6 +237,7 @@ async def test_writes_reach_every_leg_byte_for_byte(env: Env) -> None:
     m = await env.mirror("m-data", [("a", "r1"), ("b", "r2")])
     assert (m.block_size, m.num_blocks) == (BLOCK, BLOCKS)
     w = Writer(env, m, seed=1)
+    await w.zero()
     for _ in range(40):
         await w.step()
     # write zeroes and flush go to every leg as well
@@ -253,3 +268,195 @@ async def test_out_of_range_io_is_refused_without_touching_legs(env: Env) -> Non
         await m.io([Io(IoKind.READ, 0, lba=1024, nblocks=1, buf=b)])
     assert (exc.value.sct, exc.value.sc) == (0, 0x80)
     assert all(leg.mode == "RW" and leg.errors == 0 for leg in m.legs())
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+async def test_leg_failing_under_load_goes_err_without_host_errors(env: Env) -> None:
+    m = await env.mirror("m-fail", [("a", "r1"), ("b", "r2")])
+    failed: list[tuple[str, str]] = []
+    m.on_leg_failed = lambda leg, reason: failed.append((leg, reason))
+    w = Writer(env, m, seed=2)
+    await w.zero()
+    runner = asyncio.ensure_future(w.run())
+    try:
+        await asyncio.sleep(0.5)
+        before = w.ios
+        env.cut("r2")  # replica b's only path goes away while writes run
+        async with asyncio.timeout(20):
+            while not failed:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert w.ios > before
+    finally:
+        w.stop.set()
+        await asyncio.wait_for(runner, 30)  # raises if any host I/O failed
+    await w.verify()
+    legs = {leg.name: leg for leg in m.legs()}
+    assert legs["b"].mode == "ERR" and legs["b"].error and legs["a"].mode == "RW"
+    assert [leg for leg, _ in failed] == ["b"], failed  # called once
+    assert m.counters()["errors"] == 0
+    env.restore()
+    assert await env.read_replica("r1") == bytes(w.shadow)
+
+
+async def test_multipath_leg_keeps_working_when_one_path_goes(env: Env) -> None:
+    opts: dict[str, Any] = {"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 20}
+    from spdk_ffi.mirror import NativeMirror
+
+    a = await env.attach("a", "r1", ports=[4431, 4432], **opts)
+    b = await env.attach("b", "r2", **opts)
+    m = await NativeMirror.create(env.ini._backend, "m-mp", [("a", a), ("b", b)], BLOCKS)  # type: ignore[arg-type]
+    env.mirrors.append(m)
+    failed: list[str] = []
+    m.on_leg_failed = lambda leg, reason: failed.append(leg)
+    w = Writer(env, m, seed=3)
+    await w.zero()
+    runner = asyncio.ensure_future(w.run())
+    try:
+        await asyncio.sleep(0.5)
+        before = w.ios
+        env.cut("r1", 4431)  # the active path of leg a
+        await asyncio.sleep(2.0)
+        assert w.ios > before
+    finally:
+        w.stop.set()
+        await asyncio.wait_for(runner, 30)
+    await w.verify()
+    assert failed == []
+    assert all(leg.mode == "RW" and leg.errors == 0 for leg in m.legs())
+    paths = {p.path.trsvcid: p.connected for p in env.ini.controllers()[0].paths}
+    assert paths == {"4431": False, "4432": True}
+    env.restore()
+    assert await env.read_replica("r1") == bytes(w.shadow)
+    assert await env.read_replica("r2") == bytes(w.shadow)
+
+
+async def test_io_waits_for_a_path_until_fast_io_fail_then_the_leg_fails(env: Env) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    opts: dict[str, Any] = {"ctrlr_loss_timeout_sec": 10, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 2}
+    m = await env.mirror("m-ff", [("a", "r1"), ("b", "r2")], **opts)
+    failed: list[str] = []
+    m.on_leg_failed = lambda leg, reason: failed.append(reason)
+    b = env.buf(BLOCK)
+    env.cut("r2")
+    await asyncio.sleep(0.3)  # the qpair notices
+    t0 = time.monotonic()
+    await m.io([Io(IoKind.WRITE, 0, lba=7, nblocks=1, buf=b)])  # no error: leg a took it
+    waited = time.monotonic() - t0
+    assert len(failed) == 1 and "ETIMEDOUT" in failed[0], failed
+    print(f"write waited {waited:.2f}s for leg b's path before it failed (fast_io_fail_timeout_sec=2)")
+    assert {leg.name: leg.mode for leg in m.legs()} == {"a": "RW", "b": "ERR"}
+
+
+# -- frontend ---------------------------------------------------------------------------
+
+EXPORT_PORT = 4440
+HOST2_NQN = "nqn.2014-08.org.nvmexpress:uuid:imd-tests-host2"
+NGUID = "6b1d3a6e0c2f4e7e9a51c0de00000001"
+
+
+def export_trid(subnqn: str, port: int = EXPORT_PORT) -> str:
+    return f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{subnqn}"
+
+
+async def run_host_helper(spec: dict[str, Any]) -> dict[str, Any]:
+    """tests/spdk/host_helper.py in its own process (its own SPDK, core 0)."""
+    import json
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.spdk.host_helper",
+        json.dumps(spec),
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, f"host helper failed ({proc.returncode}):\n{err.decode()[-3000:]}"
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def test_export_serves_another_process_and_the_data_lands_on_every_replica(env: Env) -> None:
+    from tests.spdk.host_helper import pattern
+
+    m = await env.mirror("m-exp", [("a", "r1"), ("b", "r2")])
+    await Writer(env, m, seed=4).zero()
+    subnqn = nqn("vol-exp")
+    info = await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+    assert (info.nqn, info.port, info.nguid) == (subnqn, EXPORT_PORT, NGUID)
+    lbas = [i * 97 % (BLOCKS - 16) for i in range(24)]
+    lbas = sorted(set(lba - lba % 16 for lba in lbas))
+    t0 = time.monotonic()
+    report = await run_host_helper(
+        {"path": path(subnqn, EXPORT_PORT), "hostnqn": HOST2_NQN, "seed": 4, "lbas": lbas, "nblocks": 16}
+    )
+    print(f"separate host: {len(lbas)} x 64 KiB written and read back in {time.monotonic() - t0:.2f}s")
+    assert report == {"size_bytes": BLOCKS * BLOCK, "block_size": BLOCK, "written": len(lbas), "mismatches": 0}
+    expected = bytearray(BLOCKS * BLOCK)
+    for lba in lbas:
+        expected[lba * BLOCK : (lba + 16) * BLOCK] = pattern(4, lba, 16)
+    for replica in ("r1", "r2"):
+        assert await env.read_replica(replica) == bytes(expected), f"replica {replica} differs"
+    assert all(leg.errors == 0 for leg in m.legs())
+
+
+async def test_spdk_nvme_perf_against_the_export(env: Env) -> None:
+    import re
+
+    from tests.spdk.target import spdk_env, spdk_prefix
+
+    prefix = spdk_prefix()
+    assert prefix is not None
+    perf = prefix / "bin" / "spdk_nvme_perf"
+    if not perf.exists():
+        pytest.skip(f"no spdk_nvme_perf under {prefix}/bin")
+    m = await env.mirror("m-perf", [("a", "r1"), ("b", "r2")])
+    subnqn = nqn("vol-perf")
+    await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+    proc = await asyncio.create_subprocess_exec(
+        str(perf), "-c", "0x1", "--no-huge", "-s", "512", "-q", "8", "-o", "4096", "-w", "randrw", "-M", "50",
+        "-t", "2", "-r", export_trid(subnqn),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=spdk_env(prefix),
+    )  # fmt: skip
+    out = (await asyncio.wait_for(proc.communicate(), 120))[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    total = re.search(r"^Total\s*:\s*([\d.]+)", out, re.M)
+    assert total is not None and float(total.group(1)) > 0, out[-3000:]
+    print(f"spdk_nvme_perf 4k randrw qd8 through the export: {float(total.group(1)):.0f} IOPS (3 pollers, 2 cores)")
+    counters = m.counters()
+    assert counters["errors"] == 0 and counters["reads"] > 0 and counters["writes"] > 0
+    assert all(leg.errors == 0 and leg.mode == "RW" for leg in m.legs())
+
+
+async def test_unexport_fails_the_host_and_the_port_can_be_exported_again(env: Env) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    m = await env.mirror("m-unexp", [("a", "r1"), ("b", "r2")])
+    subnqn = nqn("vol-unexp")
+    await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+    # A host in this very process: the initiator and the target share the poller.
+    await env.ini.attach("host", [path(subnqn, EXPORT_PORT)], HOST2_NQN)
+    b = env.buf(BLOCK)
+    b.view[:] = os.urandom(BLOCK)
+    await env.ini.io("host", [Io(IoKind.WRITE, 1, lba=3, nblocks=1, buf=b)])
+    await m.unexport()
+    assert m.exported is None
+    async with asyncio.timeout(15):
+        while not next(c for c in env.ini.controllers() if c.name == "host").failed:
+            await asyncio.sleep(0.1)
+    await env.ini.detach("host")
+    # The port is free again: a second export on it works.
+    await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+    result = await env.ini.attach("host", [path(subnqn, EXPORT_PORT)], HOST2_NQN)
+    assert result.info.namespaces[0].size_bytes == BLOCKS * BLOCK
+    back = env.buf(BLOCK)
+    await env.ini.io("host", [Io(IoKind.READ, 1, lba=3, nblocks=1, buf=back)])
+    assert bytes(back.view) == bytes(b.view)
+    await env.ini.detach("host")
+    await m.unexport()
+    await m.unexport()  # idempotent
