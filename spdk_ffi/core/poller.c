@@ -259,6 +259,7 @@ static void idle_sleep(uint64_t now, uint64_t next_timer)
 static void *poller_main(void *arg)
 {
 	(void)arg;
+	pthread_setname_np(pthread_self(), "imdn-poller"); /* visible in top -H, /proc/<pid>/task/<tid>/comm */
 	struct spdk_env_opts opts;
 	spdk_env_opts_init(&opts);
 	opts.name = g_name;

@@ -3,6 +3,10 @@ spdk_ffi (its own SPDK environment, another core mask, no hugepages), writes
 deterministic patterns, reads them back, and prints a JSON report.
 
     python -m tests.spdk.host_helper '{"path": ..., "hostnqn": ..., "seed": 1, "lbas": [...], "nblocks": 16}'
+    python -m tests.spdk.host_helper '{"path": ..., "hostnqn": ..., "watch_blocks": N}'
+
+The second form prints "attached", then waits until the namespace grows to
+N blocks while connected (the namespace-attribute-changed notice).
 
 Its poller never spins while idle (idle_spin_us=0): with the replica target
 and the engine busy-polling the machine's two cores, a third spinning poller
@@ -25,6 +29,26 @@ def pattern(seed: int, lba: int, nblocks: int) -> bytes:
     return b"".join(random.Random(seed * 1_000_003 + lba + i).randbytes(BLOCK) for i in range(nblocks))
 
 
+async def watch_size(ini: Any, blocks: int, timeout: float) -> int:
+    """Wait until the attached namespace has ``blocks`` blocks without
+    reconnecting: only the target's namespace-changed notice tells the
+    driver. (A mirror over the controller checks the driver's live size.)"""
+    from spdk_ffi.errors import NvmeError
+    from spdk_ffi.mirror import NativeMirror
+
+    print("attached", flush=True)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            probe = await NativeMirror.create(ini._backend, "probe", [("export", ini.handle("export"))], blocks)
+        except NvmeError:
+            await asyncio.sleep(0.05)
+            continue
+        await probe.destroy()
+        return blocks
+    return 0
+
+
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     from spdk_ffi import Initiator
     from spdk_ffi.native import DmaBuffer, Io, IoKind, NativeBackend, NativeCore
@@ -33,6 +57,12 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     ini = Initiator(NativeBackend(core))
     result = await ini.attach("export", [spec["path"]], spec["hostnqn"])
     (ns,) = result.info.namespaces
+    if "watch_blocks" in spec:
+        try:
+            seen = await watch_size(ini, spec["watch_blocks"], spec.get("timeout", 20.0))
+        finally:
+            await ini.detach("export")
+        return {"size_bytes": ns.size_bytes, "grown_to_blocks": seen}
     seed, nblocks, lbas = spec["seed"], spec["nblocks"], spec["lbas"]
     bufs = [DmaBuffer(nblocks * BLOCK) for _ in range(8)]
     mismatches = 0

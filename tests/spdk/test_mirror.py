@@ -23,6 +23,7 @@ import pytest_asyncio
 
 import spdk_ffi
 from spdk_ffi import ControllerOpts, Initiator
+from spdk_ffi.errors import NvmeError
 from tests.spdk.target import HOST_NQN, Layout, Target, path, skip_reason
 
 pytestmark = pytest.mark.asyncio
@@ -80,6 +81,10 @@ class Env:
     removed: list[tuple[str, int]] = field(default_factory=list)
     bufs: list[Any] = field(default_factory=list)
 
+    @property
+    def backend(self) -> Any:  # the NativeBackend
+        return self.ini._backend
+
     async def attach(self, name: str, replica: str, *, ports: list[int] | None = None, **opts: Any) -> Any:
         paths = [path(nqn(replica), p) for p in (ports or [PORT[replica]])]
         await self.ini.attach(name, paths, HOST_NQN, ControllerOpts(**opts), owner="test")
@@ -89,7 +94,7 @@ class Env:
         from spdk_ffi.mirror import NativeMirror
 
         handles = [(leg, await self.attach(leg, replica, **opts)) for leg, replica in legs]
-        m = await NativeMirror.create(self.ini._backend, name, handles, blocks)  # type: ignore[arg-type]
+        m = await NativeMirror.create(self.backend, name, handles, blocks)
         self.mirrors.append(m)
         return m
 
@@ -307,7 +312,7 @@ async def test_multipath_leg_keeps_working_when_one_path_goes(env: Env) -> None:
 
     a = await env.attach("a", "r1", ports=[4431, 4432], **opts)
     b = await env.attach("b", "r2", **opts)
-    m = await NativeMirror.create(env.ini._backend, "m-mp", [("a", a), ("b", b)], BLOCKS)  # type: ignore[arg-type]
+    m = await NativeMirror.create(env.backend, "m-mp", [("a", a), ("b", b)], BLOCKS)
     env.mirrors.append(m)
     failed: list[str] = []
     m.on_leg_failed = lambda leg, reason: failed.append(leg)
@@ -439,7 +444,8 @@ async def test_unexport_fails_the_host_and_the_port_can_be_exported_again(env: E
     m = await env.mirror("m-unexp", [("a", "r1"), ("b", "r2")])
     subnqn = nqn("vol-unexp")
     await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
-    # A host in this very process: the initiator and the target share the poller.
+    # A host in this very process: the initiator and the target share the
+    # poller (fine while the namespace does not change, see the resize test).
     await env.ini.attach("host", [path(subnqn, EXPORT_PORT)], HOST2_NQN)
     b = env.buf(BLOCK)
     b.view[:] = os.urandom(BLOCK)
@@ -460,3 +466,261 @@ async def test_unexport_fails_the_host_and_the_port_can_be_exported_again(env: E
     await env.ini.detach("host")
     await m.unexport()
     await m.unexport()  # idempotent
+
+
+# -- rebuild -----------------------------------------------------------------------------
+
+
+async def wait_done(rebuild: Any, timeout: float = 60) -> Any:
+    return await asyncio.wait_for(asyncio.shield(rebuild.done), timeout)
+
+
+async def test_rebuild_under_host_writes_leaves_every_leg_identical(env: Env) -> None:
+    from spdk_ffi.mirror import LegMode, RebuildState
+
+    m = await env.mirror("m-rb", [("a", "r1"), ("b", "r2")])
+    w = Writer(env, m, seed=5)
+    await w.zero()
+    for _ in range(10):
+        await w.step()
+    runner = asyncio.ensure_future(w.run())
+    try:
+        c = await env.attach("c", "r3")  # holds an earlier test's data: everything must be copied
+        await m.add_leg("c", c)
+        assert {leg.name: leg.mode for leg in m.legs()}["c"] == LegMode.WO
+        t0 = time.monotonic()
+        rebuild = m.start_rebuild("c", chunk_bytes=256 << 10)
+        status = await wait_done(rebuild)
+        took = time.monotonic() - t0
+        ios_during = w.ios
+    finally:
+        w.stop.set()
+        await asyncio.wait_for(runner, 30)
+    assert status.state == RebuildState.COMPLETE, status
+    assert status.bytes_done == status.bytes_total == BLOCKS * BLOCK and status.dst == "c" and status.error == ""
+    counters = m.counters()
+    print(
+        f"rebuild of {BLOCKS * BLOCK >> 20} MiB under writes: {took:.2f}s, {ios_during} host I/Os meanwhile, "
+        f"{counters['held_writes']} writes held by the range lock, {counters['rebuild_chunks_zero']} zero chunks"
+    )
+    assert {leg.name: leg.mode for leg in m.legs()}["c"] == LegMode.WO  # the caller flips it
+    await m.set_mode("c", LegMode.RW)
+    await w.verify()
+    expected = bytes(w.shadow)
+    for replica in ("r1", "r2", "r3"):
+        assert await env.read_replica(replica) == expected, f"replica {replica} differs"
+    assert all(leg.errors == 0 for leg in m.legs())
+
+
+async def test_rebuild_cancel_stops_within_a_chunk_and_releases_writes(env: Env) -> None:
+    from spdk_ffi.mirror import LegMode, RebuildState
+
+    m = await env.mirror("m-cancel", [("a", "r1"), ("b", "r2")])
+    w = Writer(env, m, seed=6)
+    await w.zero()
+    await m.add_leg("c", await env.attach("c", "r3"))
+    runner = asyncio.ensure_future(w.run())
+    try:
+        rebuild = m.start_rebuild("c", chunk_bytes=1 << 20, rate_bytes_per_s=4 << 20)
+        await asyncio.sleep(0.6)
+        assert rebuild.status().state == RebuildState.IN_PROGRESS
+        t0 = time.monotonic()
+        await rebuild.cancel()
+        took = time.monotonic() - t0
+        status = await wait_done(rebuild, 5)
+        before = w.ios
+        await asyncio.sleep(0.3)
+        assert w.ios > before  # host writes go on: nothing stays held
+    finally:
+        w.stop.set()
+        await asyncio.wait_for(runner, 30)
+    print(
+        f"rebuild cancel returned after {took * 1000:.1f} ms (chunk 1 MiB, 4 MiB/s), {status.bytes_done} bytes copied"
+    )
+    assert status.state == RebuildState.CANCELLED and 0 < status.bytes_done < BLOCKS * BLOCK
+    assert {leg.name: leg.mode for leg in m.legs()}["c"] == LegMode.WO
+    # A new rebuild may start after a cancel, and completes.
+    again = await wait_done(m.start_rebuild("c", chunk_bytes=1 << 20))
+    assert again.state == RebuildState.COMPLETE
+    await w.verify()
+
+
+async def test_rebuild_throttle(env: Env) -> None:
+    from spdk_ffi.mirror import RebuildState
+
+    m = await env.mirror("m-throttle", [("a", "r1")])
+    await m.add_leg("c", await env.attach("c", "r3"))
+    rate, chunk = 4 << 20, 256 << 10
+    rebuild = m.start_rebuild("c", chunk_bytes=chunk, rate_bytes_per_s=rate)
+    t0 = time.monotonic()
+    await asyncio.sleep(1.5)
+    done, elapsed = rebuild.status().bytes_done, time.monotonic() - t0
+    print(
+        f"throttled rebuild: {done >> 10} KiB in {elapsed:.2f}s at a cap of {rate >> 20} MiB/s "
+        f"(cap allows {int(rate * elapsed + chunk) >> 10} KiB)"
+    )
+    assert rebuild.status().state == RebuildState.IN_PROGRESS and 0 < done < BLOCKS * BLOCK
+    await rebuild.cancel()
+    assert (await wait_done(rebuild)).state == RebuildState.CANCELLED
+
+
+async def test_rebuild_source_failing_mid_copy_switches_to_another_source(env: Env) -> None:
+    from spdk_ffi.mirror import LegMode, RebuildState
+
+    m = await env.mirror("m-srcfail", [("a", "r1"), ("b", "r2")])
+    w = Writer(env, m, seed=7)
+    await w.zero()
+    for _ in range(20):
+        await w.step()
+    failed: list[str] = []
+    m.on_leg_failed = lambda leg, reason: failed.append(leg)
+    await m.add_leg("c", await env.attach("c", "r3"))
+    rebuild = m.start_rebuild("c", src="a", chunk_bytes=512 << 10, rate_bytes_per_s=32 << 20)
+    await asyncio.sleep(0.4)
+    assert rebuild.status().src == "a"
+    env.cut("r1")
+    status = await wait_done(rebuild)
+    assert status.state == RebuildState.COMPLETE, status
+    assert status.src == "b" and failed == ["a"]
+    modes = {leg.name: leg.mode for leg in m.legs()}
+    assert modes == {"a": LegMode.ERR, "b": LegMode.RW, "c": LegMode.WO}
+    await m.set_mode("c", LegMode.RW)
+    await m.remove_leg("a")
+    await w.verify()
+    for replica in ("r2", "r3"):
+        assert await env.read_replica(replica) == bytes(w.shadow), f"replica {replica} differs"
+
+
+async def test_rebuild_without_a_source_left_fails_visibly(env: Env) -> None:
+    from spdk_ffi.mirror import RebuildState
+
+    m = await env.mirror("m-nosrc", [("a", "r1")])
+    await m.add_leg("c", await env.attach("c", "r3"))
+    rebuild = m.start_rebuild("c", chunk_bytes=512 << 10, rate_bytes_per_s=16 << 20)
+    await asyncio.sleep(0.3)
+    env.cut("r1")
+    status = await wait_done(rebuild)
+    assert status.state == RebuildState.ERROR and "source" in status.error, status
+
+
+async def test_remove_leg_preempts_its_rebuild(env: Env) -> None:
+    from spdk_ffi.mirror import RebuildState
+
+    m = await env.mirror("m-rmleg", [("a", "r1")])
+    await m.add_leg("c", await env.attach("c", "r3"))
+    rebuild = m.start_rebuild("c", chunk_bytes=1 << 20, rate_bytes_per_s=4 << 20)
+    await asyncio.sleep(0.3)
+    await m.remove_leg("c")
+    assert (await wait_done(rebuild, 5)).state == RebuildState.CANCELLED
+    assert [leg.name for leg in m.legs()] == ["a"]
+
+
+async def test_rebuild_refuses_bad_requests(env: Env) -> None:
+    from spdk_ffi.errors import InvalidOptions
+
+    m = await env.mirror("m-bad", [("a", "r1"), ("b", "r2")])
+    with pytest.raises(NvmeError, match="must be WO"):
+        await m.start_rebuild("b").done
+    with pytest.raises(InvalidOptions, match="no leg"):
+        m.start_rebuild("zz")
+    await m.add_leg("c", await env.attach("c", "r3"))
+    rebuild = m.start_rebuild("c", rate_bytes_per_s=1 << 20)
+    with pytest.raises(NvmeError, match="in progress"):
+        m.start_rebuild("c")
+    with pytest.raises(NvmeError, match="destination of a rebuild"):
+        await m.set_mode("c", "RW")
+    await m.destroy()  # cancels the rebuild
+    assert (await wait_done(rebuild, 5)).state == "cancelled"
+    env.mirrors.remove(m)
+
+
+# -- resize -------------------------------------------------------------------------------
+
+
+async def test_resize_grows_the_mirror_and_the_export(env: Env) -> None:
+    import json
+    import sys
+
+    from spdk_ffi.native import Io, IoKind
+
+    m = await env.mirror("m-grow", [("a", "lv1"), ("b", "lv2")])
+    subnqn = nqn("vol-grow")
+    port = EXPORT_PORT + 1
+    await m.export(subnqn, "127.0.0.1", port, NGUID)
+    with pytest.raises(NvmeError, match="only grows"):
+        await m.resize(BLOCKS - 1)
+    with pytest.raises(NvmeError, match="fewer than"):
+        await m.resize(2 * BLOCKS, wait_s=0.2)  # the replicas are still small
+    # A host stays connected in another process. (Not in this one: the
+    # driver handles the namespace-changed notice with blocking waits, and
+    # the target answering them would be this very poller.)
+    spec = {"path": path(subnqn, port), "hostnqn": HOST2_NQN, "watch_blocks": 2 * BLOCKS}
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.spdk.host_helper", json.dumps(spec),
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert watcher.stdout is not None
+    line = await asyncio.wait_for(watcher.stdout.readline(), 60)
+    assert line.strip() == b"attached"
+    env.target.resize_lvol("lv1", 2 * BLOCKS)
+    env.target.resize_lvol("lv2", 2 * BLOCKS)
+    await m.resize(2 * BLOCKS)
+    assert m.num_blocks == 2 * BLOCKS
+    out, err = await asyncio.wait_for(watcher.communicate(), 60)
+    assert watcher.returncode == 0, err.decode()[-3000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report == {"size_bytes": BLOCKS * BLOCK, "grown_to_blocks": 2 * BLOCKS}, report  # the notice arrived
+    b = env.buf(BLOCK)
+    b.view[:] = os.urandom(BLOCK)
+    await m.io([Io(IoKind.WRITE, 0, lba=2 * BLOCKS - 1, nblocks=1, buf=b)])
+    # A host that connects now sees the new size and the new blocks.
+    result = await env.ini.attach("host", [path(subnqn, port)], HOST2_NQN)
+    assert result.info.namespaces[0].size_bytes == 2 * BLOCKS * BLOCK
+    back = env.buf(BLOCK)
+    await env.ini.io("host", [Io(IoKind.READ, 1, lba=2 * BLOCKS - 1, nblocks=1, buf=back)])
+    assert bytes(back.view) == bytes(b.view)
+    await env.ini.detach("host")
+
+
+# -- the poller's idle policy and the C tier --------------------------------------------------
+
+
+def poller_cpu_ticks() -> int:
+    """utime + stime of this process's poller thread, in clock ticks."""
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "imdn-poller":
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+    raise AssertionError("no imdn-poller thread")
+
+
+async def test_poller_sleeps_when_idle_with_and_without_an_export(env: Env) -> None:
+    core = env.backend.core
+    hz = os.sysconf("SC_CLK_TCK")
+
+    async def idle_window() -> tuple[int, float]:
+        await asyncio.sleep(0.1)  # past the idle spin
+        s0, c0, t0 = core.poller_stats(), poller_cpu_ticks(), time.monotonic()
+        await asyncio.sleep(1.0)
+        s1, c1, t1 = core.poller_stats(), poller_cpu_ticks(), time.monotonic()
+        return s1["sleeps"] - s0["sleeps"], (c1 - c0) / hz / (t1 - t0)
+
+    sleeps, cpu = await idle_window()
+    print(f"idle, nothing exported: {sleeps} sleeps/s, poller CPU {cpu:.1%}")
+    assert sleeps > 20 and cpu < 0.5
+    m = await env.mirror("m-idle", [("a", "r1")])
+    await m.export(nqn("vol-idle"), "127.0.0.1", EXPORT_PORT, NGUID)
+    sleeps_exported, cpu = await idle_window()
+    print(f"idle, one export: {sleeps_exported} sleeps/s, poller CPU {cpu:.1%}")
+    assert sleeps_exported > sleeps and cpu < 0.5  # shorter sleeps, still sleeping
+
+
+async def test_c_tier_bench_through_the_mirror(env: Env) -> None:
+    m = await env.mirror("m-bench", [("a", "r1"), ("b", "r2")])
+    for write in (False, True):
+        result = await m.bench(qd=8, write=write, duration_s=0.3, warmup_s=0.1)
+        assert result.iops > 0 and result.seconds >= 0.3
+        assert sum(n for _, n in result.histogram_100ns) == round(result.iops * result.seconds)
+    legs = {leg.name: leg for leg in m.legs()}
+    assert legs["a"].writes == legs["b"].writes > 0 and legs["a"].reads > 0 and legs["b"].reads > 0
