@@ -290,16 +290,19 @@ class NativeMirror:
         if self._ptr is None or self._destroying:
             return
         self._destroying = True
-        req = self._new(lib.IMDN_MIRROR_DESTROY)
+
+        def destroyed() -> None:
+            self._ptr = None
+            self._export = None
+            self._core.unlisten(self._cookie)
+            if self._rebuild is not None and not self._rebuild.done.done():
+                self._rebuild._finished(RebuildState.CANCELLED, 0, 0)
+
         try:
-            await self._call(req, f"cannot destroy mirror {self.name}")
-        finally:
-            if req.status == 0:
-                self._ptr = None
-                self._export = None
-                self._core.unlisten(self._cookie)
-                if self._rebuild is not None and not self._rebuild.done.done():
-                    self._rebuild._finished(RebuildState.CANCELLED, 0, 0)
+            await self._call(self._new(lib.IMDN_MIRROR_DESTROY), f"cannot destroy mirror {self.name}", on_ok=destroyed)
+        except NvmeError:
+            self._destroying = False
+            raise
 
     # -- queries (no request) ---------------------------------------------------------
 
@@ -378,18 +381,24 @@ class NativeMirror:
         req.legs[0].mpath = self._mpath_of(name, controller)
         req.legs[0].nsid = self.settings.nsid
         req.legs[0].mode = _MODE_TO_C[LegMode(mode)]
-        await self._call(req, f"mirror {self.name}: cannot add leg {name}")
-        self._slots[name] = req.leg
-        self._controllers[name] = controller
+
+        def added() -> None:
+            self._slots[name] = req.leg
+            self._controllers[name] = controller
+
+        await self._call(req, f"mirror {self.name}: cannot add leg {name}", on_ok=added)
 
     async def remove_leg(self, name: str) -> None:
         """Remove a leg; a rebuild involving it is cancelled, and its
         in-flight I/O finishes (or fails over, or times out) first."""
         req = self._new(lib.IMDN_MIRROR_REMOVE_LEG)
         req.leg = self._slot(name)
-        await self._call(req, f"mirror {self.name}: cannot remove leg {name}")
-        del self._slots[name]
-        del self._controllers[name]
+
+        def removed() -> None:
+            self._slots.pop(name, None)
+            self._controllers.pop(name, None)
+
+        await self._call(req, f"mirror {self.name}: cannot remove leg {name}", on_ok=removed)
 
     async def set_mode(self, name: str, mode: LegMode) -> None:
         req = self._new(lib.IMDN_MIRROR_SET_MODE)
@@ -483,8 +492,11 @@ class NativeMirror:
     async def unexport(self) -> None:
         """Stop serving: hosts' connections close, the listener goes with
         its last subsystem, the bdev is unregistered. Idempotent."""
-        await self._call(self._new(lib.IMDN_UNEXPORT), f"cannot unexport mirror {self.name}")
-        self._export = None
+
+        def unexported() -> None:
+            self._export = None
+
+        await self._call(self._new(lib.IMDN_UNEXPORT), f"cannot unexport mirror {self.name}", on_ok=unexported)
 
     # -- I/O for tests and benchmarks ----------------------------------------------------
 
@@ -541,10 +553,19 @@ class NativeMirror:
             req.mirror = self._ptr
         return req
 
-    async def _call(self, req: Any, what: str, *keep: Any) -> Any:
-        if self._ptr is None and req.op != lib.IMDN_MIRROR_CREATE:
+    async def _call(self, req: Any, what: str, *keep: Any, on_ok: Callable[[], None] | None = None) -> Any:
+        """Run ``req``; ``on_ok`` records its effect when the core is done
+        with it, even if our caller was cancelled meanwhile."""
+        if self._ptr is None:
             raise NvmeError(errno.ENODEV, f"{what}: the mirror is destroyed")
-        return await self._core.call(req, what, *keep)
+        fut = self._core.submit(req, *keep)
+        if on_ok is not None:
+            fut.add_done_callback(lambda _: on_ok() if req.status == 0 else None)
+        await asyncio.shield(fut)
+        if req.status != 0:
+            detail = ffi.string(req.errmsg).decode(errors="replace")
+            raise NvmeError(req.status, f"{what}: {detail}" if detail else what)
+        return req
 
     def _slot(self, name: str) -> int:
         slot = self._slots.get(name)

@@ -724,3 +724,42 @@ async def test_c_tier_bench_through_the_mirror(env: Env) -> None:
         assert sum(n for _, n in result.histogram_100ns) == round(result.iops * result.seconds)
     legs = {leg.name: leg for leg in m.legs()}
     assert legs["a"].writes == legs["b"].writes > 0 and legs["a"].reads > 0 and legs["b"].reads > 0
+
+
+async def test_native_follows_the_orchestration_scenario(env: Env) -> None:
+    from spdk_ffi.mirror import NativeMirrorFactory
+    from tests.spdk.test_mirror_protocol import orchestration_scenario
+
+    controllers = {leg: await env.attach(leg, replica) for leg, replica in (("r1", "r1"), ("r2", "r2"), ("r3", "r3"))}
+    await orchestration_scenario(NativeMirrorFactory(env.backend), controllers, EXPORT_PORT)
+
+
+async def test_cancelled_callers_leave_the_mirror_consistent(env: Env) -> None:
+    from spdk_ffi.mirror import LegMode
+
+    m = await env.mirror("m-cancelled", [("a", "r1")])
+    c = await env.attach("c", "r3")
+    task = asyncio.ensure_future(m.add_leg("c", c))
+    await asyncio.sleep(0)  # submitted
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5):
+        while "c" not in [leg.name for leg in m.legs()]:
+            await asyncio.sleep(0.01)  # recorded once the core added it
+    assert {leg.name: leg.mode for leg in m.legs()} == {"a": LegMode.RW, "c": LegMode.WO}
+    task = asyncio.ensure_future(m.export(nqn("vol-cx"), "127.0.0.1", EXPORT_PORT, NGUID))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The export that nobody asked for any more is taken down again; the
+    # port is free for the next one.
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await m.export(nqn("vol-cx"), "127.0.0.1", EXPORT_PORT, NGUID)
+                break
+            except NvmeError:
+                await asyncio.sleep(0.05)
+    await m.unexport()
