@@ -429,6 +429,7 @@ class NativeMirror:
     ) -> NativeRebuild:
         """Copy ``src`` (default: any RW leg) onto the WO leg ``dst`` while
         I/O goes on. The destination stays WO when it completes: set it RW."""
+        self._alive(f"cannot rebuild {dst}")
         slot = self._slot(dst)
         src_slot = self._slot(src) if src is not None else -1
         if self._rebuild is not None and not self._rebuild.done.done():
@@ -457,6 +458,7 @@ class NativeMirror:
     async def export(self, nqn: str, address: str, port: int, nguid: str) -> ExportInfo:
         """Serve the mirror as namespace 1 of subsystem ``nqn`` (any host)
         on NVMe-oF/TCP ``address:port``."""
+        self._alive(f"cannot export on {address}:{port}")
         if not nqn.startswith("nqn.") or len(nqn) > 223:
             raise InvalidOptions(f"export of {self.name}: {nqn!r} is not an NQN of at most 223 bytes")
         hex_nguid = nguid.replace("-", "")
@@ -566,6 +568,10 @@ class NativeMirror:
             detail = ffi.string(req.errmsg).decode(errors="replace")
             raise NvmeError(req.status, f"{what}: {detail}" if detail else what)
         return req
+
+    def _alive(self, what: str) -> None:
+        if self._ptr is None or self._destroying:
+            raise NvmeError(errno.ENODEV, f"mirror {self.name}: {what}: the mirror is destroyed")
 
     def _slot(self, name: str) -> int:
         slot = self._slots.get(name)

@@ -390,7 +390,9 @@ static void mpath_finish(struct mpath_io *io, int status, uint16_t sct, uint16_t
 {
 	struct imdn_mpath *mp = io->mp;
 	mp->inflight--;
+	mp->refs++; /* done() may drop the last other reference (a leg removed) */
 	io->done(io, status, sct, sc);
+	mp->refs--;
 	mpath_maybe_free(mp);
 }
 
@@ -697,10 +699,8 @@ void mpath_destroy(struct imdn_req *req)
 	mp->lost = true;
 	mp->destroyed = true;
 	/* I/O still queued here fails now; a mirror leg on this mpath goes ERR. */
-	mp->inflight++; /* hold it over the failures, which may drop the last reference */
 	fail_queued(mp, &mp->waiting);
 	fail_queued(mp, &mp->nomem);
-	mp->inflight--;
 	mp->refs--;
 	mpath_maybe_free(mp);
 	complete(req, 0);

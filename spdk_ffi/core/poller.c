@@ -163,6 +163,12 @@ void post_event(const struct imdn_event *ev)
 static void handle(struct imdn_req *req)
 {
 	req->errmsg[0] = '\0';
+	bool mirror_op = (req->op >= IMDN_MIRROR_CREATE + 1 && req->op <= IMDN_MIRROR_BENCH) ||
+			 (req->op >= IMDN_REBUILD_START && req->op <= IMDN_UNEXPORT);
+	if (mirror_op && req->mirror == NULL) {
+		complete_msg(req, -ENODEV, "no mirror given");
+		return;
+	}
 	switch (req->op) {
 	case IMDN_ATTACH:
 		start_attach(req);
