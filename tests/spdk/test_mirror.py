@@ -763,3 +763,112 @@ async def test_cancelled_callers_leave_the_mirror_consistent(env: Env) -> None:
             except NvmeError:
                 await asyncio.sleep(0.05)
     await m.unexport()
+
+
+# -- other hosts, where this machine has them ---------------------------------------------
+
+
+def fio_skip_reason(prefix: Path) -> str | None:
+    import shutil
+
+    plugin = prefix / "fio" / "spdk_nvme"
+    if not plugin.exists():
+        return f"SPDK's fio plugin is not built ({plugin} missing; configure SPDK --with-fio)"
+    if (os.environ.get("FIO") or shutil.which("fio")) is None:
+        return "no fio binary (put fio on PATH or set FIO)"
+    meminfo = Path("/proc/meminfo").read_text()
+    free = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("HugePages_Free:")), 0)
+    if free < 256:
+        return "fewer than 256 free hugepages (SPDK's fio plugin has no no-huge mode)"
+    return None
+
+
+async def test_fio_with_spdks_plugin_writes_and_verifies_through_the_export(env: Env) -> None:
+    import json
+    import shutil
+
+    from tests.spdk.target import spdk_env, spdk_prefix
+
+    prefix = spdk_prefix()
+    assert prefix is not None
+    reason = fio_skip_reason(prefix)
+    if reason is not None:
+        pytest.skip(reason)
+    fio = os.environ.get("FIO") or shutil.which("fio")
+    assert fio is not None
+    m = await env.mirror("m-fio", [("a", "r1"), ("b", "r2")])
+    subnqn = nqn("vol-fio")
+    await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+    escaped = subnqn.replace(":", "\\:")  # fio splits file names on ':'
+    filename = f"trtype=TCP adrfam=IPv4 traddr=127.0.0.1 trsvcid={EXPORT_PORT} subnqn={escaped} ns=1"
+    proc = await asyncio.create_subprocess_exec(
+        fio, "--output-format=json", "--name=verify", "--ioengine=spdk", "--thread=1", "--direct=1",
+        "--rw=randwrite", "--bs=4k", "--size=4m", "--iodepth=8", "--verify=crc32c", "--do_verify=1",
+        "--verify_fatal=1", "--cpus_allowed=0", f"--filename={filename}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**spdk_env(prefix), "LD_PRELOAD": str(prefix / "fio" / "spdk_nvme")},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    job = json.loads(out.decode()[out.decode().index("{") :])["jobs"][0]
+    assert job["error"] == 0 and job["write"]["io_bytes"] == 4 << 20 and job["read"]["io_bytes"] == 4 << 20
+    assert all(leg.errors == 0 and leg.mode == "RW" for leg in m.legs())
+    a, b = await env.read_replica("r1"), await env.read_replica("r2")
+    assert a == b  # what fio wrote and verified is on both replicas
+
+
+def kernel_skip_reason() -> str | None:
+    import shutil
+
+    if shutil.which("nvme") is None:
+        return "no nvme CLI (nvme-cli) for the kernel host"
+    if not Path("/sys/module/nvme_tcp").exists():
+        return "the kernel's nvme-tcp module is not loaded"
+    return None
+
+
+async def test_kernel_nvme_tcp_host_reads_what_it_wrote(env: Env) -> None:
+    import mmap
+    import uuid
+
+    reason = kernel_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    m = await env.mirror("m-kernel", [("a", "r1"), ("b", "r2")])
+    subnqn = nqn("vol-kernel")
+    await m.export(subnqn, "127.0.0.1", EXPORT_PORT, NGUID)
+
+    async def nvme(*args: str) -> None:
+        proc = await asyncio.create_subprocess_exec("nvme", *args, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, f"nvme {' '.join(args)}: {err.decode()}"
+
+    await nvme("connect", "-t", "tcp", "-a", "127.0.0.1", "-s", str(EXPORT_PORT), "-n", subnqn, "-q", HOST2_NQN)
+    try:
+        # The namespace's block device, found by the UUID the export gives it.
+        wanted = str(uuid.UUID(NGUID))
+        dev = None
+        async with asyncio.timeout(20):
+            while dev is None:
+                for block in Path("/sys/block").glob("nvme*n*"):
+                    wwid = block / "wwid"
+                    if wwid.exists() and wanted in wwid.read_text():
+                        dev = f"/dev/{block.name}"
+                await asyncio.sleep(0.1)
+        size = 256 << 10
+        data = os.urandom(size)
+        buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT wants
+        buf.write(data)
+        fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+        try:
+            assert os.pwritev(fd, [buf], 1 << 20) == size
+            os.fsync(fd)
+            back = mmap.mmap(-1, size)
+            assert os.preadv(fd, [back], 1 << 20) == size
+            assert bytes(back) == data
+        finally:
+            os.close(fd)
+    finally:
+        await nvme("disconnect", "-n", subnqn)
+    replica = await env.read_replica("r1", blocks=(1 << 20) // BLOCK + size // BLOCK)
+    assert replica[1 << 20 :] == data
