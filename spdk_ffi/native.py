@@ -126,17 +126,24 @@ class NativeCore:
         no_huge: bool = True,
         name: str = "imd",
         idle_spin_us: int = 2000,
+        poll_sleep_us: int = 0,
     ) -> NativeCore:
         """Start the poller once per process; later calls return it (their
         options are ignored). ``idle_spin_us``: how long the poller keeps
-        busy-polling after its last work before it sleeps (see poller.c)."""
+        busy-polling after its last work before it sleeps. ``poll_sleep_us``:
+        0 busy-polls while I/O is outstanding (an engine); > 0 naps that
+        long between polls instead (a host sharing a core with another busy
+        poller). See core/poller.c."""
         _require_core()
         if cls._instance is not None:
             return cls._instance
-        if not 0 <= idle_spin_us <= 10_000_000:
-            raise InvalidOptions(f"idle_spin_us must be 0..10000000, not {idle_spin_us}")
+        for what, value in (("idle_spin_us", idle_spin_us), ("poll_sleep_us", poll_sleep_us)):
+            if not 0 <= value <= 10_000_000:
+                raise InvalidOptions(f"{what} must be 0..10000000, not {value}")
         err = ffi.new("char[256]")
-        rc = lib.imdn_start(name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), idle_spin_us, err, 256)
+        rc = lib.imdn_start(
+            name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), idle_spin_us, poll_sleep_us, err, 256
+        )
         if rc != 0:
             raise NvmeError(rc, ffi.string(err).decode())
         cls._instance = cls()

@@ -222,7 +222,7 @@ struct imdn_poller_stats {
 };
 
 int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_huge, uint32_t idle_spin_us,
-	       char *err, size_t errlen);
+	       uint32_t poll_sleep_us, char *err, size_t errlen);
 int imdn_completion_fd(void);
 int imdn_submit(struct imdn_req *req);
 int imdn_reap(struct imdn_req **out, int max);

@@ -8,9 +8,9 @@ deterministic patterns, reads them back, and prints a JSON report.
 The second form prints "attached", then waits until the namespace grows to
 N blocks while connected (the namespace-attribute-changed notice).
 
-Its poller never spins while idle (idle_spin_us=0): with the replica target
-and the engine busy-polling the machine's two cores, a third spinning poller
-would make every I/O wait for a scheduler time slice.
+Its poller never spins (idle_spin_us=0, poll_sleep_us=20): with the replica
+target and the engine busy-polling the machine's two cores, a third spinning
+poller would make every I/O wait for a scheduler time slice.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     from spdk_ffi import Initiator
     from spdk_ffi.native import DmaBuffer, Io, IoKind, NativeBackend, NativeCore
 
-    core = NativeCore.start(core_mask=spec.get("core_mask", "0x1"), mem_size_mb=512, no_huge=True, idle_spin_us=0)
+    core = NativeCore.start(
+        core_mask=spec.get("core_mask", "0x1"), mem_size_mb=512, no_huge=True, idle_spin_us=0, poll_sleep_us=20
+    )
     ini = Initiator(NativeBackend(core))
     result = await ini.attach("export", [spec["path"]], spec["hostnqn"])
     (ns,) = result.info.namespaces
