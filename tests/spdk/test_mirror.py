@@ -804,7 +804,7 @@ async def test_fio_with_spdks_plugin_writes_and_verifies_through_the_export(env:
     proc = await asyncio.create_subprocess_exec(
         fio, "--output-format=json", "--name=verify", "--ioengine=spdk", "--thread=1", "--direct=1",
         "--rw=randwrite", "--bs=4k", "--size=4m", "--iodepth=8", "--verify=crc32c", "--do_verify=1",
-        "--verify_fatal=1", "--cpus_allowed=0", f"--filename={filename}",
+        "--verify_fatal=1", "--verify_state_save=0", "--cpus_allowed=0", f"--filename={filename}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**spdk_env(prefix), "LD_PRELOAD": str(prefix / "fio" / "spdk_nvme")},
     )  # fmt: skip
