@@ -1,6 +1,6 @@
-"""spdk_ffi: imd's NVMe-oF/TCP initiator over SPDK's NVMe driver.
+"""spdk_ffi: imd's NVMe-oF/TCP initiator and V2 data path over SPDK.
 
-Two layers:
+Three layers:
 
 * ``Initiator`` (spdk_ffi.initiator): controller names, owners, idempotent
   attach with stale-controller cleanup, sweep, path bookkeeping. Pure
@@ -8,6 +8,9 @@ Two layers:
 * the native backend (spdk_ffi.native over the cffi core ``spdk_ffi._core``):
   one C poller thread owning every SPDK object, rings and an eventfd to
   asyncio, multipath failover, batched I/O and a C-tier benchmark.
+* mirrors (spdk_ffi.mirror): N-way mirrors over attached controllers in the
+  C core, with rebuild, resize and an NVMe-oF/TCP export from the core's
+  embedded target; ``Mirror``/``MirrorFactory`` describe the surface.
 
 The core is compiled at install time when SPDK is found (SPDK_DIR or
 pkg-config); ``available()`` says whether it was.

@@ -2,7 +2,7 @@
 
 SPDK is looked up through ``SPDK_DIR`` (an install prefix with include/,
 lib/ and lib/pkgconfig/) or, without it, through pkg-config's own search
-path (``spdk_nvme`` and ``spdk_env_dpdk``, SPDK built with --with-shared).
+path (``PACKAGES`` below, SPDK built with --with-shared).
 setup.py builds the extension only when this finds SPDK, unless
 ``IMD_REQUIRE_SPDK=1``, which makes a missing SPDK a build error.
 
@@ -19,7 +19,18 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PACKAGES = ["spdk_nvme", "spdk_env_dpdk"]
+# The NVMe driver and environment, plus the bdev layer with its subsystems
+# (spdk_event_bdev pulls accel, vmd, sock and iobuf) and the NVMe-oF target
+# library for the embedded frontend. Not spdk_event_nvmf: that is nvmf_tgt's
+# own subsystem, which would create a second target on init.
+PACKAGES = ["spdk_nvme", "spdk_env_dpdk", "spdk_event_bdev", "spdk_nvmf"]
+# The C core, one file per concern (see core/imdn_internal.h).
+SOURCES = ["poller.c", "ctrlr.c", "io.c", "mirror.c", "frontend.c", "bench.c"]
+# spdk_bdev's pkg-config file drags in every bdev module SPDK built (and
+# blobstore, lvol, ftl for them). Linked with --no-as-needed their
+# constructors would register them, and they would examine every bdev we
+# register (lvol and gpt read its first blocks): leave them out.
+_UNWANTED = re.compile(r"^spdk_(bdev_.+|blob.*|lvol|ftl|accel_error|accel_ioat)$")
 
 
 class SpdkNotFound(Exception):
@@ -39,8 +50,8 @@ def pkg_config(*args: str, packages: tuple[str, ...] = tuple(PACKAGES)) -> list[
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         where = f"SPDK_DIR={spdk_dir}" if spdk_dir else "pkg-config's search path (no SPDK_DIR set)"
-        raise SpdkNotFound(f"SPDK (spdk_nvme, spdk_env_dpdk) not found in {where}: {exc}") from exc
-    return shlex.split(out)
+        raise SpdkNotFound(f"SPDK ({', '.join(packages)}) not found in {where}: {exc}") from exc
+    return [flag for flag in shlex.split(out) if not (flag.startswith("-l") and _UNWANTED.match(flag[2:]))]
 
 
 def find_spdk() -> dict[str, list[str]]:
@@ -96,11 +107,18 @@ def make_builder(*, relative: bool = True) -> Any:
         "spdk_ffi._core",
         '#include "imdn.h"',
         # setuptools wants paths relative to setup.py (the working directory).
-        sources=[where(HERE / "core" / "imdn.c")],
+        sources=[where(HERE / "core" / name) for name in SOURCES],
+        depends=[where(HERE / "core" / name) for name in ("imdn.h", "imdn_internal.h")],
         include_dirs=[where(HERE / "core"), *spdk["include_dirs"]],
         library_dirs=spdk["library_dirs"],
         libraries=["pthread"],
-        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Werror=implicit-function-declaration"],
+        extra_compile_args=[
+            "-O2",
+            "-std=gnu11",
+            "-Wall",
+            "-Werror=implicit-function-declaration",
+            "-Wno-format-truncation",  # error messages may be cut short, by design
+        ],
         extra_link_args=spdk["extra_link_args"],
     )
     return builder

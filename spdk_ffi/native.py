@@ -26,6 +26,7 @@ import contextlib
 import enum
 import errno
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ try:
     from spdk_ffi._core import ffi, lib  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - exercised where the core is absent
     ffi = lib = None
+
+log = logging.getLogger("spdk_ffi.native")
 
 # Generic status codes that mean "this path failed", not "this I/O failed".
 _SCT_GENERIC, _SCT_PATH = 0, 3
@@ -107,22 +110,67 @@ class NativeCore:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Any, asyncio.Future[Any], tuple[Any, ...]]] = {}
         self._out = ffi.new("struct imdn_req *[256]")
+        self._events = ffi.new("struct imdn_event[64]")
+        # Event receivers by cookie (a mirror's); called on the loop.
+        self._listeners: dict[int, Callable[[Any], None]] = {}
+        self._cookies = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
 
     @classmethod
     def start(
-        cls, *, core_mask: str = "0x2", mem_size_mb: int = 1024, no_huge: bool = True, name: str = "imd"
+        cls,
+        *,
+        core_mask: str = "0x2",
+        mem_size_mb: int = 1024,
+        no_huge: bool = True,
+        name: str = "imd",
+        idle_spin_us: int = 2000,
+        poll_sleep_us: int = 0,
     ) -> NativeCore:
+        """Start the poller once per process; later calls return it (their
+        options are ignored). ``idle_spin_us``: how long the poller keeps
+        busy-polling after its last work before it sleeps. ``poll_sleep_us``:
+        0 busy-polls while I/O is outstanding (an engine); > 0 naps that
+        long between polls instead (a host sharing a core with another busy
+        poller). See core/poller.c."""
         _require_core()
         if cls._instance is not None:
             return cls._instance
+        for what, value in (("idle_spin_us", idle_spin_us), ("poll_sleep_us", poll_sleep_us)):
+            if not 0 <= value <= 10_000_000:
+                raise InvalidOptions(f"{what} must be 0..10000000, not {value}")
         err = ffi.new("char[256]")
-        rc = lib.imdn_start(name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), err, 256)
+        rc = lib.imdn_start(
+            name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), idle_spin_us, poll_sleep_us, err, 256
+        )
         if rc != 0:
             raise NvmeError(rc, ffi.string(err).decode())
         cls._instance = cls()
         return cls._instance
+
+    def poller_stats(self) -> dict[str, int]:
+        """The poller's own counters (iterations, sleeps, busy time), read
+        without a request."""
+        out = ffi.new("struct imdn_poller_stats *")
+        lib.imdn_poller_stats(out)
+        return {
+            "iterations": out.iterations,
+            "sleeps": out.sleeps,
+            "spdk_threads": out.spdk_threads,
+            "busy_us": out.busy_ticks * 1_000_000 // max(out.ticks_hz, 1),
+            "exports": out.exports,
+        }
+
+    def listen(self, receiver: Callable[[Any], None]) -> int:
+        """Register an event receiver; returns the cookie the C object
+        carries in its events."""
+        cookie = next(self._cookies)
+        self._listeners[cookie] = receiver
+        return cookie
+
+    def unlisten(self, cookie: int) -> None:
+        self._listeners.pop(cookie, None)
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -132,6 +180,20 @@ class NativeCore:
         return loop
 
     def _drain(self) -> None:
+        # Events first: a request that completes together with an event (a
+        # rebuild cancel and its "cancelled") then finds the event handled.
+        while True:
+            n = lib.imdn_reap_events(self._events, 64)
+            for i in range(n):
+                event = self._events[i]
+                receiver = self._listeners.get(event.cookie)
+                if receiver is not None:
+                    try:
+                        receiver(event)
+                    except Exception:  # a receiver's bug must not stall the core's completions
+                        log.exception("event receiver failed")
+            if n < 64:
+                break
         while True:
             n = lib.imdn_reap(self._out, 256)
             for i in range(n):
@@ -141,6 +203,16 @@ class NativeCore:
                     entry[1].set_result(None)
             if n < 256:
                 return
+
+    async def call(self, req: Any, what: str, *keep: Any) -> Any:
+        """Submit ``req`` and wait for it; a cancelled caller leaves the
+        request running (shielded) to its end. Raises NvmeError naming
+        ``what`` with the core's own message."""
+        await asyncio.shield(self.submit(req, *keep))
+        if req.status != 0:
+            detail = ffi.string(req.errmsg).decode(errors="replace")
+            raise NvmeError(req.status, f"{what}: {detail}" if detail else what)
+        return req
 
     def new_request(self, op: int) -> Any:
         req = ffi.new("struct imdn_req *")
@@ -183,6 +255,9 @@ class NativeController:
     rr: int = 0
     path_changed: asyncio.Event = field(default_factory=asyncio.Event)
     keeper: asyncio.Task[None] | None = None
+    # struct imdn_mpath *: the same paths, for I/O that C submits itself
+    # (mirror legs, rebuilds) with failover and no Python in the loop.
+    mpath: Any = None
     counters: dict[str, int] = field(default_factory=lambda: {"failovers": 0, "reconnects": 0, "io_errors": 0})
 
 
@@ -228,6 +303,22 @@ class NativeBackend:
         ctrlr, namespaces = await self._connect_path(paths[0], hostnqn, opts)
         handle = NativeController(hostnqn, opts, [_PathConn(paths[0], ctrlr)], namespaces)
         try:
+            req = self.core.new_request(lib.IMDN_MPATH_CREATE)
+            req.policy = lib.IMDN_POLICY_ROUND_ROBIN if opts.policy is MultipathPolicy.ROUND_ROBIN else 0
+            req.fast_io_fail_ms = opts.fast_io_fail_timeout_sec * 1000
+            fut = self.core.submit(req)
+            try:
+                await asyncio.shield(fut)
+            finally:
+                # Even if we were cancelled: the mpath exists once the
+                # request completed, and disconnect() below must free it.
+                if fut.done() and req.status == 0:
+                    handle.mpath = req.mpath
+                elif not fut.done():
+                    fut.add_done_callback(lambda _: self._mpath_orphan(req))
+            if req.status != 0:
+                raise NvmeError(req.status, "cannot create the multipath object")
+            await self._mpath_add(handle, ctrlr)
             for path in paths[1:]:
                 await self.add_path(handle, path)
         except BaseException:
@@ -236,11 +327,40 @@ class NativeBackend:
         handle.keeper = asyncio.ensure_future(self._keep_paths(handle))
         return handle
 
+    def _mpath_orphan(self, req: Any) -> None:
+        if req.status == 0:
+            drop = self.core.new_request(lib.IMDN_MPATH_DESTROY)
+            drop.mpath = req.mpath
+            self.core.submit(drop)
+
+    async def _mpath_add(self, handle: NativeController, ctrlr: Any) -> None:
+        """Let C code (mirror legs) use this path too."""
+        if handle.mpath is None:
+            return
+        req = self.core.new_request(lib.IMDN_MPATH_ADD)
+        req.mpath, req.ctrlr = handle.mpath, ctrlr
+        await self.core.call(req, "cannot add the path to the multipath object")
+
+    async def _mpath_mark_lost(self, handle: NativeController) -> None:
+        if handle.mpath is None:
+            return
+        req = self.core.new_request(lib.IMDN_MPATH_SET)
+        req.mpath, req.lost = handle.mpath, 1
+        req.policy = lib.IMDN_POLICY_ROUND_ROBIN if handle.opts.policy is MultipathPolicy.ROUND_ROBIN else 0
+        req.fast_io_fail_ms = handle.opts.fast_io_fail_timeout_sec * 1000
+        await self.core.call(req, "cannot mark the multipath object lost")
+
     async def disconnect(self, handle: NativeController) -> None:
         if handle.keeper is not None:
             handle.keeper.cancel()
         handle.lost = True
         handle.path_changed.set()
+        if handle.mpath is not None:
+            # C I/O queued for a path fails now; a mirror leg on this
+            # controller goes ERR, and the object goes with its last user.
+            req = self.core.new_request(lib.IMDN_MPATH_DESTROY)
+            req.mpath, handle.mpath = handle.mpath, None
+            await asyncio.shield(self.core.submit(req))
         conns = [c for c in handle.paths if c.ctrlr is not None]
         for conn in conns:
             ctrlr, conn.ctrlr = conn.ctrlr, None
@@ -251,6 +371,7 @@ class NativeBackend:
         handle.paths.append(conn)
         try:
             conn.ctrlr, _ = await self._connect_path(path, handle.hostnqn, handle.opts)
+            await self._mpath_add(handle, conn.ctrlr)
         except NvmeError:
             conn.down_since = time.monotonic()  # the keeper will retry it
         handle.path_changed.set()
@@ -281,10 +402,12 @@ class NativeBackend:
                     continue
                 conn.next_try = now + delay
                 if conn.ctrlr is not None:
+                    # The detach takes it out of the mpath first (in C).
                     ctrlr, conn.ctrlr = conn.ctrlr, None
                     await asyncio.shield(self._detach_ctrlr(ctrlr))
                 with contextlib.suppress(NvmeError):
                     conn.ctrlr, _ = await self._connect_path(conn.path, handle.hostnqn, opts)
+                    await self._mpath_add(handle, conn.ctrlr)
                     conn.down_since = None
                     handle.counters["reconnects"] += 1
                     handle.path_changed.set()
@@ -298,6 +421,8 @@ class NativeBackend:
             ):
                 handle.lost = True
                 handle.path_changed.set()
+                with contextlib.suppress(NvmeError):
+                    await self._mpath_mark_lost(handle)
                 if self.on_lost is not None:
                     self.on_lost(handle)
 

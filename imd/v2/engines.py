@@ -46,7 +46,7 @@ from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, In
 from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
-from imd.v2.datapath import DataPath, Mirror, RebuildProgress, ReplicaExpander
+from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaExpander
 from imd.v2.hub import Hub
 from imd.v2.model import (
     ENGINE,
@@ -61,6 +61,7 @@ from imd.v2.model import (
 )
 from spdk_ffi import NvmeError, Path
 from spdk_ffi.errors import AlreadyExists as ControllerHeld
+from spdk_ffi.mirror import RebuildState
 
 log = logging.getLogger("imd.v2.engines")
 T = TypeVar("T")
@@ -90,7 +91,7 @@ class Engine:
         self.op_kind = ""
         self.teardown: asyncio.Task[None] | None = None
         self.expand_to = 0  # the size an expansion in progress is going to
-        self.rebuild: RebuildProgress | None = None
+        self.rebuild: RebuildHandle | None = None
         self.rebuild_dst = ""
         self.rebuild_rate = 0  # bytes/s cap for the next rebuild (0 = the default)
 
@@ -201,7 +202,7 @@ class Engines:
                     f"{record.size} is not a multiple of the replicas' block size {block_size}",
                     field="spec.spdk_instance_spec.size",
                 )
-            mirror = await data.make_mirror(record.name, legs, record.size // block_size)
+            mirror = await data.mirrors.create_mirror(record.name, legs, record.size // block_size)
             engine.mirror = mirror
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
             if record.spec.frontend:
@@ -419,7 +420,7 @@ class Engines:
         record.modes[replica] = ReplicaMode.WO
         try:
             handle, _ = await self._attach(data, engine, replica)
-            await mirror.add_leg(replica, handle, ReplicaMode.WO)
+            await mirror.add_leg(replica, handle, LegMode.WO)
         except BaseException:
             await self._drop_replica(engine, replica)
             self.hub.publish(self.view(engine))
@@ -440,8 +441,8 @@ class Engines:
             raise
         finally:
             engine.rebuild = None
-        if str(status.state) == "complete":
-            await mirror.set_mode(replica, ReplicaMode.RW)
+        if status.state == RebuildState.COMPLETE:
+            await mirror.set_mode(replica, LegMode.RW)
             record.modes[replica] = ReplicaMode.RW
             engine.errors.pop(replica, None)
             log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
@@ -478,7 +479,7 @@ class Engines:
 
     async def _drop_replica(self, engine: Engine, replica: str) -> None:
         record = engine.record
-        if engine.mirror is not None and replica in {leg for leg, _ in _leg_modes(engine.mirror)}:
+        if engine.mirror is not None and replica in {leg.name for leg in engine.mirror.legs()}:
             await engine.mirror.remove_leg(replica)
         if replica in engine.attached and self.data is not None:
             await self.data.initiator.detach(replica)
@@ -507,7 +508,7 @@ class Engines:
             with contextlib.suppress(BaseException):
                 await engine.op
         assert engine.mirror is not None
-        await engine.mirror.set_mode(replica, ReplicaMode.ERR)
+        await engine.mirror.set_mode(replica, LegMode.ERR)
         self._leg_failed(engine, replica, "set to ERR by ReplicaModeUpdate")
         await self.hub.durable()
 
@@ -684,12 +685,12 @@ class Engines:
             block_size = legs[0][2]
             resync = [] if record.clean_stop else [name for name, _, _ in legs[1:]]
             first = [(n, h) for n, h, _ in legs if n not in resync]
-            mirror = await data.make_mirror(record.name, first, record.size // block_size)
+            mirror = await data.mirrors.create_mirror(record.name, first, record.size // block_size)
             engine.mirror = mirror
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
             for name, handle, _ in legs:
                 if name in resync:
-                    await mirror.add_leg(name, handle, ReplicaMode.WO)
+                    await mirror.add_leg(name, handle, LegMode.WO)
                     record.modes[name] = ReplicaMode.WO
             if record.spec.frontend and record.port:
                 await mirror.export(nqn_of(record.name), record.address, record.port, nguid_of(record.name))
@@ -727,8 +728,8 @@ class Engines:
                 raise
             finally:
                 engine.rebuild = None
-            if str(status.state) == "complete":
-                await mirror.set_mode(replica, ReplicaMode.RW)
+            if status.state == RebuildState.COMPLETE:
+                await mirror.set_mode(replica, LegMode.RW)
                 record.modes[replica] = ReplicaMode.RW
             else:
                 record.modes[replica] = ReplicaMode.ERR
@@ -770,17 +771,6 @@ class Engines:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _leg_modes(mirror: Mirror) -> list[tuple[str, str]]:
-    """(name, mode) of each leg the mirror has, whatever shape it reports."""
-    legs = []
-    for leg in mirror.legs():
-        if isinstance(leg, tuple):
-            legs.append((str(leg[0]), str(leg[1])))
-        else:
-            legs.append((str(leg.name), str(leg.mode)))
-    return legs
 
 
 def _why_not_started(op: asyncio.Task[Any], replica: str) -> BaseException:

@@ -77,7 +77,10 @@ def spdk_env(prefix: Path) -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
 
 
-# (subsystem NQN, bdev kind, bdev name, blocks of 4 KiB, listener ports)
+# (subsystem NQN, bdev kind, bdev name, blocks of 4 KiB, listener ports). Kinds:
+# "null" and "malloc" (SPDK's bdevs of those names), and "lvol": a thin lvol
+# named ``<name>`` in its own lvstore ``<name>-lvs`` on a malloc bdev twice its
+# size (the bdev is ``<name>-lvs/<name>``; bdev_lvol_resize grows it).
 Layout = list[tuple[str, str, str, int, list[int]]]
 
 TEST_LAYOUT: Layout = [
@@ -103,6 +106,13 @@ class Target:
             env=spdk_env(prefix),
         )
         self.rpc = JsonRpc(self.rpc_path)
+        try:
+            self._configure(layout)
+        except BaseException:
+            self.close()  # never leave a target holding core 0 behind
+            raise
+
+    def _configure(self, layout: Layout) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -114,11 +124,29 @@ class Target:
                 time.sleep(0.1)
         self.rpc.call("nvmf_create_transport", trtype="TCP")
         for nqn, kind, bdev, blocks, ports in layout:
-            self.rpc.call(f"bdev_{kind}_create", name=bdev, num_blocks=blocks, block_size=4096)
+            if kind == "lvol":
+                base, lvs = f"{bdev}-base", f"{bdev}-lvs"
+                self.rpc.call("bdev_malloc_create", name=base, num_blocks=2 * blocks + 1024, block_size=4096)
+                self.rpc.call("bdev_lvol_create_lvstore", bdev_name=base, lvs_name=lvs, cluster_sz=1 << 20)
+                self.rpc.call(
+                    "bdev_lvol_create",
+                    lvol_name=bdev,
+                    size_in_mib=blocks * 4096 >> 20,
+                    lvs_name=lvs,
+                    thin_provision=True,
+                )
+                ns_bdev = f"{lvs}/{bdev}"
+            else:
+                self.rpc.call(f"bdev_{kind}_create", name=bdev, num_blocks=blocks, block_size=4096)
+                ns_bdev = bdev
             self.rpc.call("nvmf_create_subsystem", nqn=nqn, allow_any_host=True, serial_number="IMD0001")
-            self.rpc.call("nvmf_subsystem_add_ns", nqn=nqn, namespace={"bdev_name": bdev})
+            self.rpc.call("nvmf_subsystem_add_ns", nqn=nqn, namespace={"bdev_name": ns_bdev})
             for port in ports:
                 self.add_listener(nqn, port)
+
+    def resize_lvol(self, name: str, blocks: int) -> None:
+        """Grow lvol ``name`` (of an "lvol" layout entry) to ``blocks`` of 4 KiB."""
+        self.rpc.call("bdev_lvol_resize", name=f"{name}-lvs/{name}", size_in_mib=blocks * 4096 >> 20)
 
     def listener(self, port: int) -> dict[str, str]:
         return {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}

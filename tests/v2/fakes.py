@@ -2,7 +2,7 @@
 
 * ``FakeKeeper``: the target keeper with its client on ``FakeSpdk``; it can
   "crash" the target and bring it back, as the real keeper reports.
-* ``FakeMirror``: spdk_ffi's mirror surface, in memory, recording calls.
+* ``RecordingMirror``: spdk_ffi's own in-memory mirror, recording calls.
 * ``node(...)``: a ``V2Node`` over a real ``Supervisor`` (ports, logs,
   internal children), the fake keeper, and a ``DataPath`` whose Initiator
   runs over spdk_ffi's fake backend (tests/spdk/fake_backend.py), so every
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,11 +22,13 @@ from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
 from imd.supervisor.supervisor import Supervisor
-from imd.v2.datapath import DataPath, Mirror
+from imd.v2.datapath import DataPath
 from imd.v2.node import V2Node
 from imd.v2.target import TargetKeeper, TargetSettings
 from spdk_ffi import ControllerOpts, Initiator
+from spdk_ffi.mirror import ExportInfo, LegMode
 from tests.spdk.fake_backend import FakeBackend
+from tests.spdk.fake_mirror import FakeMirror, FakeRebuild
 from tests.v2.fake_spdk import FakeSpdk, FakeTargetClient
 
 PORTS = (23000, 23099)
@@ -65,42 +66,6 @@ class FakeKeeper(TargetKeeper):
             await callback()
 
 
-@dataclass(frozen=True)
-class FakeRebuildStatus:
-    """spdk_ffi.mirror.RebuildStatus's fields."""
-
-    dst: str
-    src: str
-    state: str
-    bytes_done: int
-    bytes_total: int
-    error: str
-
-
-class FakeRebuild:
-    """A copy the test finishes (``finish``) or that a cancel stops."""
-
-    def __init__(self, dst: str, src: str, total: int, rate: int) -> None:
-        self.dst, self.src, self.total, self.rate = dst, src, total, rate
-        self.done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.bytes_done = 0
-        self.cancelled = False
-
-    def status(self) -> FakeRebuildStatus:
-        if self.done.done():
-            return self.done.result()  # type: ignore[no-any-return]
-        return FakeRebuildStatus(self.dst, self.src, "in_progress", self.bytes_done, self.total, "")
-
-    def finish(self, state: str = "complete", error: str = "") -> None:
-        self.bytes_done = self.total if state == "complete" else self.bytes_done
-        self.done.set_result(FakeRebuildStatus(self.dst, self.src, state, self.bytes_done, self.total, error))
-
-    async def cancel(self) -> None:
-        self.cancelled = True
-        if not self.done.done():
-            self.finish("cancelled", "cancelled")
-
-
 class FakeExpander:
     """Replicas' nodes, as an engine's expansion reaches them."""
 
@@ -116,68 +81,53 @@ class FakeExpander:
             raise self.fail[replica]
 
 
-class FakeMirror:
+class RecordingMirror(FakeMirror):
+    """spdk_ffi's in-memory mirror (tests/spdk/fake_mirror.py, held to the
+    native mirror's behaviour by tests/spdk/test_mirror_protocol.py), plus
+    what these tests look at: the calls made, each rebuild started, a
+    resize that fails on demand. Rebuilds end only when a test says so."""
+
     def __init__(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int) -> None:
-        self.name = name
-        self.block_size = 4096
-        self.num_blocks = num_blocks
-        self.modes = {leg: "RW" for leg, _ in legs}
-        self.handles = dict(legs)
-        self.exported: tuple[str, str, int, str] | None = None
-        self.destroyed = False
-        self.on_leg_failed: Any = None
+        super().__init__(name, legs, num_blocks)
+        self.rebuild_delay_s = None
         self.calls: list[str] = []
         self.rebuilds: list[FakeRebuild] = []
         self.resize_error: Exception | None = None
 
+    @property
+    def modes(self) -> dict[str, LegMode]:
+        return {leg.name: leg.mode for leg in self.legs()}
+
     async def destroy(self) -> None:
         self.calls.append("destroy")
-        self.destroyed = True
+        await super().destroy()
 
-    def legs(self) -> list[Any]:
-        return list(self.modes.items())
+    async def export(self, nqn: str, address: str, port: int, nguid: str) -> ExportInfo:
+        self.calls.append("export")
+        return await super().export(nqn, address, port, nguid)
 
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    async def add_leg(self, name: str, controller: Any, mode: Any) -> None:
-        self.modes[name] = str(mode)
-        self.handles[name] = controller
-
-    async def remove_leg(self, name: str) -> None:
-        self.modes.pop(name)
-        self.handles.pop(name)
-
-    async def set_mode(self, name: str, mode: Any) -> None:
-        self.modes[name] = str(mode)
+    async def unexport(self) -> None:
+        self.calls.append("unexport")
+        await super().unexport()
 
     async def resize(self, num_blocks: int) -> None:
         self.calls.append(f"resize {num_blocks}")
         if self.resize_error is not None:
             raise self.resize_error
-        self.num_blocks = num_blocks
+        await super().resize(num_blocks)
 
     def start_rebuild(
-        self, dst: str, src: str | None = None, *, chunk_bytes: int = 0, rate_bytes_per_s: int = 0
+        self, dst: str, src: str | None = None, *, chunk_bytes: int = 1 << 20, rate_bytes_per_s: int = 0
     ) -> FakeRebuild:
-        assert self.modes[dst] == "WO", f"rebuild onto a {self.modes[dst]} leg"
-        source = src or next(n for n, m in sorted(self.modes.items()) if m == "RW")
-        self.rebuilds.append(FakeRebuild(dst, source, self.num_blocks * self.block_size, rate_bytes_per_s))
-        return self.rebuilds[-1]
+        rebuild = super().start_rebuild(dst, src, chunk_bytes=chunk_bytes, rate_bytes_per_s=rate_bytes_per_s)
+        self.rebuilds.append(rebuild)
+        return rebuild
 
-    async def export(self, nqn: str, address: str, port: int, nguid: str) -> Any:
-        self.calls.append("export")
-        self.exported = (nqn, address, port, nguid)
-        return self.exported
 
-    async def unexport(self) -> None:
-        self.calls.append("unexport")
-        self.exported = None
-
-    def fail_leg(self, name: str, why: str = "I/O error") -> None:
-        self.modes[name] = "ERR"
-        assert self.on_leg_failed is not None
-        self.on_leg_failed(name, why)
+def progress(rebuild: FakeRebuild, fraction: float) -> None:
+    """Move a fake rebuild along, as the core's copy would."""
+    status = rebuild.status()
+    rebuild._status = msgspec.structs.replace(status, bytes_done=int(status.bytes_total * fraction))
 
 
 class FakeData:
@@ -186,15 +136,17 @@ class FakeData:
     def __init__(self) -> None:
         self.backend = FakeBackend()
         self.expander = FakeExpander()
-        self.mirrors: list[FakeMirror] = []
+        self.mirrors: list[RecordingMirror] = []
         self.mirror_delay = 0.0
-        self.path = DataPath(Initiator(self.backend), self.make_mirror, ControllerOpts(attach_timeout_sec=0.5))
+        self.path = DataPath(Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5))
 
-    async def make_mirror(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int) -> Mirror:
+    async def create_mirror(
+        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1
+    ) -> RecordingMirror:
         await asyncio.sleep(self.mirror_delay)
-        mirror = FakeMirror(name, legs, num_blocks)
+        mirror = RecordingMirror(name, legs, num_blocks)
         self.mirrors.append(mirror)
-        return mirror  # type: ignore[return-value]
+        return mirror
 
     def replica_target(self, name: str, port: int, size: int = 1 << 30, address: str = "127.0.0.1") -> str:
         """Make replica ``name`` reachable at ``address:port``; its address."""

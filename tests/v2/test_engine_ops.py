@@ -27,7 +27,8 @@ from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.model import ProcessSpec, ProcessState
 from imd.v2 import state as v2state
 from imd.v2.model import ReplicaMode
-from tests.v2.fakes import FakeData, node
+from spdk_ffi.mirror import RebuildState
+from tests.v2.fakes import FakeData, node, progress
 
 pytestmark = pytest.mark.asyncio
 
@@ -150,7 +151,7 @@ async def test_replica_add_rebuilds_then_turns_rw(tmp_path: Path) -> None:
     modes = {r.name: r.mode for r in engines.replicas("e1", V2)}
     assert modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW, "r3": ReplicaMode.WO}
     (rebuild,) = mirror.rebuilds
-    rebuild.bytes_done = rebuild.total // 4
+    progress(rebuild, 0.25)
     (status,) = engines.rebuilds("e1", V2)
     assert (status.address, status.is_rebuilding, status.progress, status.state) == (
         f"tcp://{address}",
@@ -160,7 +161,7 @@ async def test_replica_add_rebuilds_then_turns_rw(tmp_path: Path) -> None:
     )
     assert status.from_address == "tcp://127.0.0.1:4421"
     assert v2state.decode(store.snapshots[-1]).engines[0].modes["r3"] == ReplicaMode.WO
-    rebuild.finish()
+    rebuild.finish(RebuildState.COMPLETE)
     await _settled(v2, "e1")
     assert mirror.modes["r3"] == "RW" and engines.rebuilds("e1", V2) == []
     assert v2state.decode(store.snapshots[-1]).engines[0].modes["r3"] == ReplicaMode.RW
@@ -171,7 +172,7 @@ async def test_replica_add_rebuilds_then_turns_rw(tmp_path: Path) -> None:
 async def test_a_failed_rebuild_leaves_the_replica_err(tmp_path: Path) -> None:
     v2, data, _, _, engines = await setup(tmp_path)
     await engines.add_replica("e1", V2, "r3", data.replica_target("r3", 4433), restore=False, linked=False)
-    data.mirrors[0].rebuilds[0].finish("error", "source r1 failed mid-copy and no other RW leg")
+    data.mirrors[0].rebuilds[0].finish(RebuildState.ERROR, "source r1 failed mid-copy and no other RW leg")
     await _settled(v2, "e1")
     replicas = {r.name: r.mode for r in engines.replicas("e1", V2)}
     assert replicas["r3"] == ReplicaMode.ERR
@@ -185,7 +186,7 @@ async def test_replica_remove_preempts_the_rebuild_at_once(tmp_path: Path) -> No
     rebuild = data.mirrors[0].rebuilds[0]
     began = time.monotonic()
     await engines.remove_replica("e1", V2, "", "tcp://127.0.0.1:4433")
-    assert time.monotonic() - began < 1 and rebuild.cancelled
+    assert time.monotonic() - began < 1 and rebuild.status().state == RebuildState.CANCELLED
     assert "r3" not in data.mirrors[0].modes
     assert "r3" not in {c.name for c in data.path.initiator.controllers()}
     assert [r.name for r in engines.replicas("e1", V2)] == ["r1", "r2"]
@@ -200,7 +201,8 @@ async def test_an_engine_delete_preempts_the_rebuild(tmp_path: Path) -> None:
     deleted = await instances.delete_v2("e1", "", "", cleanup=False)
     assert deleted.deleted and time.monotonic() - began < 1
     await _gone(v2, "e1")
-    assert rebuild.cancelled and data.backend.driver == {} and data.mirrors[0].destroyed
+    assert rebuild.status().state == RebuildState.CANCELLED
+    assert data.backend.driver == {} and data.mirrors[0].destroyed
 
 
 async def test_long_operations_are_serialized_on_one_engine(tmp_path: Path) -> None:
@@ -266,8 +268,8 @@ async def test_after_an_unclean_stop_one_replica_serves_and_the_others_resync(tm
     mirror = fresh.mirrors[0]
     assert mirror.modes == {"r1": "RW", "r2": "WO"}  # reads only from r1
     (resync,) = mirror.rebuilds
-    assert (resync.dst, resync.src) == ("r2", "r1")
-    resync.finish()
+    assert (resync.status().dst, resync.status().src) == ("r2", "r1")
+    resync.finish(RebuildState.COMPLETE)
     await _settled(again, "e1")
     assert mirror.modes == {"r1": "RW", "r2": "RW"}
 

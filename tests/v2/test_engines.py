@@ -20,6 +20,7 @@ from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.model import ProcessSpec, ProcessState
 from imd.v2 import state as v2state
 from imd.v2.model import ReplicaMode, host_nqn_of, nguid_of, nqn_of
+from spdk_ffi.mirror import ExportInfo
 from tests.v2.fakes import FakeData, node
 
 pytestmark = pytest.mark.asyncio
@@ -61,7 +62,7 @@ async def test_engine_attaches_each_replica_mirrors_and_exports(tmp_path: Path) 
     assert {c.hostnqn for c in infos.values()} == {host_nqn_of(view.uuid)}
     (mirror,) = data.mirrors
     assert mirror.modes == {"r1": "RW", "r2": "RW"} and mirror.num_blocks == SIZE // 4096
-    assert mirror.exported == (nqn_of("e1"), "127.0.0.1", view.port_start, nguid_of("e1"))
+    assert mirror.exported == ExportInfo(nqn_of("e1"), "127.0.0.1", view.port_start, nguid_of("e1"))
     saved = v2state.decode(store.snapshots[-1]).engines[0]
     assert saved.state == ProcessState.RUNNING and saved.modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW}
     await instances.delete_v2("e1", view.uuid, "engine", cleanup=False)
@@ -255,7 +256,7 @@ async def test_engines_come_back_after_a_daemon_restart(tmp_path: Path) -> None:
     after = again.get("e1")
     assert (after.uuid, after.port_start, after.endpoint) == (before.uuid, before.port_start, before.endpoint)
     assert [c.name for c in fresh.path.initiator.controllers()] == ["r1"]  # never the ERR replica
-    assert fresh.mirrors[0].exported == (nqn_of("e1"), "127.0.0.1", before.port_start, nguid_of("e1"))
+    assert fresh.mirrors[0].exported == ExportInfo(nqn_of("e1"), "127.0.0.1", before.port_start, nguid_of("e1"))
 
 
 async def test_an_engine_that_cannot_come_back_is_listed_in_error(tmp_path: Path) -> None:
