@@ -37,10 +37,15 @@ def fields(**values: object) -> dict[str, object]:
 
 
 def configure(level: str = "info") -> logging.Logger:
+    """The daemon's loggers (``imd``, and ``spdk_ffi`` beneath its data
+    engine) write JSON lines to stderr at ``level``."""
     root = logging.getLogger("imd")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(level.upper() if level.lower() != "warn" else "WARNING")
+    numeric = level.upper() if level.lower() != "warn" else "WARNING"
+    for name in ("imd", "spdk_ffi"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(numeric)
     return root

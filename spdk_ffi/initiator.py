@@ -196,19 +196,30 @@ class Initiator:
 
     # -- detach ----------------------------------------------------------------
 
-    async def detach(self, name: str) -> bool:
+    async def detach(self, name: str, *, owner: str | None = None) -> bool:
         """Detach ``name``; False (logged) if there is no such controller. An
-        attach in progress for the name is cancelled first."""
-        pending = self._attaching.pop(name, None)
-        if pending is not None:
+        attach in progress for the name is cancelled first.
+
+        With ``owner``, only what that owner holds is touched: another
+        owner's controller, or another owner's attach in progress (it may be
+        taking over this owner's leftover), is left alone and the call
+        returns False. An owner tearing down must never take a name that
+        someone else has just claimed, as a stale UUID must never kill a
+        process re-created under the same name."""
+        pending = self._attaching.get(name)
+        if pending is not None and (owner is None or pending.request.owner == owner):
+            del self._attaching[name]
             pending.preempted = True
             pending.task.cancel()
             with contextlib.suppress(BaseException):
                 await pending.task
+        elif pending is not None:
+            log.info("detach %s for %s: another owner is attaching it (left alone)", name, owner)
+            return False
         controller = self._controllers.get(name)
-        if controller is None:
+        if controller is None or (owner is not None and controller.owner != owner):
             if pending is None:
-                log.info("detach %s: no such controller (nothing to do)", name)
+                log.info("detach %s: no such controller%s (nothing to do)", name, f" of {owner}" if owner else "")
             return pending is not None
         await self._detach_now(controller)
         return True

@@ -27,11 +27,18 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import time
 from typing import Any
 
 import msgspec
 
+from imd.eventlog import fields
+
 log = logging.getLogger("imd.spdk_target")
+
+# A call that takes this long is logged (the target answers most in
+# microseconds; a long one points at a stuck subsystem or a busy reactor).
+SLOW_CALL_S = 1.0
 
 
 class TargetRpcError(Exception):
@@ -128,7 +135,16 @@ class SpdkTargetClient:
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._call_blocking, method, params or {})
+        return await loop.run_in_executor(self._worker, self._timed_call, method, params or {})
+
+    def _timed_call(self, method: str, params: dict[str, Any]) -> Any:
+        began = time.monotonic()
+        try:
+            return self._call_blocking(method, params)
+        finally:
+            took = time.monotonic() - began
+            if took >= SLOW_CALL_S:
+                log.warning("slow SPDK target call", extra=fields(method=method, seconds=round(took, 3)))
 
     def _call_blocking(self, method: str, params: dict[str, Any]) -> Any:
         from spdk.rpc.client import JSONRPCException

@@ -14,10 +14,38 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from imd.errors import Conflict, FailedPrecondition, ImdError, InvalidArgument, Unavailable
 from spdk_ffi import ControllerOpts, Initiator
+from spdk_ffi.errors import Busy, InvalidOptions, NameConflict, NvmeError, PathInUse
 from spdk_ffi.mirror import LegMode, Mirror, MirrorFactory, RebuildHandle
 
-__all__ = ["DataPath", "LegMode", "Mirror", "MirrorFactory", "RebuildHandle", "ReplicaExpander", "native_data_path"]
+__all__ = [
+    "DataPath",
+    "LegMode",
+    "Mirror",
+    "MirrorFactory",
+    "NvmeError",
+    "RebuildHandle",
+    "ReplicaExpander",
+    "datapath_error",
+    "native_data_path",
+]
+
+
+def datapath_error(what: str, exc: NvmeError) -> ImdError:
+    """The one place a data-path failure becomes the daemon's error: the
+    caller's mistakes stay theirs (INVALID_ARGUMENT), a race with another
+    engine over the same replica is a conflict to retry (ABORTED), a name or
+    path held by someone else is a precondition (FAILED_PRECONDITION), and
+    everything the network or a target did is UNAVAILABLE."""
+    message = f"{what}: {exc}"
+    if isinstance(exc, InvalidOptions):
+        return InvalidArgument(message)
+    if isinstance(exc, Busy):
+        return Conflict(message)
+    if isinstance(exc, (NameConflict, PathInUse)):
+        return FailedPrecondition(message)
+    return Unavailable(message)
 
 
 class ReplicaExpander(Protocol):

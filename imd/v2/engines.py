@@ -46,7 +46,7 @@ from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, In
 from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
-from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaExpander
+from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaExpander, datapath_error
 from imd.v2.hub import Hub
 from imd.v2.model import (
     ENGINE,
@@ -213,7 +213,7 @@ class Engines:
             with contextlib.suppress(ImdError):
                 await self.hub.durable()
             if isinstance(exc, NvmeError):
-                raise Unavailable(f"engine {record.name}: {exc}") from exc
+                raise datapath_error(f"engine {record.name}", exc) from exc
             raise
         finally:
             engine.op = None
@@ -251,7 +251,9 @@ class Engines:
             )
         return legs, block_sizes.pop()
 
-    async def _attach(self, data: DataPath, engine: Engine, replica: str) -> tuple[Any, int]:
+    async def _attach(
+        self, data: DataPath, engine: Engine, replica: str, size_field: str = "spec.spdk_instance_spec.size"
+    ) -> tuple[Any, int]:
         record = engine.record
         holder = next((c for c in data.initiator.controllers() if c.name == replica), None)
         take_over = holder is None or holder.owner not in self.live_uuids() or holder.owner == record.uuid
@@ -268,6 +270,8 @@ class Engines:
             owner = holder.owner if holder else "?"
             engine_name = next((e.name for e in self.engines.values() if e.uuid == owner), owner)
             raise FailedPrecondition(f"replica {replica} is attached by live engine {engine_name}") from None
+        except NvmeError as exc:
+            raise datapath_error(f"replica {replica}", exc) from exc
         engine.attached.add(replica)
         if result.cleaned_up:
             log.warning(
@@ -277,8 +281,7 @@ class Engines:
         if namespace is None or namespace.size_bytes < record.size:
             have = namespace.size_bytes if namespace else 0
             raise InvalidArgument(
-                f"replica {replica} holds {have} bytes, less than the volume's {record.size}",
-                field="spec.spdk_instance_spec.size",
+                f"replica {replica} holds {have} bytes, less than the volume's {record.size}", field=size_field
             )
         return data.initiator.handle(replica), namespace.block_size
 
@@ -419,16 +422,23 @@ class Engines:
         record.spec = msgspec.structs.replace(record.spec, replicas={**record.spec.replicas, replica: addresses})
         record.modes[replica] = ReplicaMode.WO
         try:
-            handle, _ = await self._attach(data, engine, replica)
+            handle, _ = await self._attach(data, engine, replica, size_field="replica_name")
             await mirror.add_leg(replica, handle, LegMode.WO)
-        except BaseException:
+        except BaseException as exc:
             await self._drop_replica(engine, replica)
             self.hub.publish(self.view(engine))
+            if isinstance(exc, NvmeError):
+                raise datapath_error(f"replica {replica}", exc) from exc
             raise
         self.hub.publish(self.view(engine))
         await self.hub.durable()
         rate = engine.rebuild_rate or self.rebuild_rate_bytes_per_s
-        rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes, rate_bytes_per_s=rate)
+        try:
+            rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes, rate_bytes_per_s=rate)
+        except NvmeError as exc:
+            await self._drop_replica(engine, replica)
+            self.hub.publish(self.view(engine))
+            raise datapath_error(f"cannot start the rebuild of {replica}", exc) from exc
         engine.rebuild, engine.rebuild_dst = rebuild, replica
         started.set_result(None)
         log.info("rebuild started", extra=fields(name=record.name, replica=replica))
@@ -442,9 +452,7 @@ class Engines:
         finally:
             engine.rebuild = None
         if status.state == RebuildState.COMPLETE:
-            await mirror.set_mode(replica, LegMode.RW)
-            record.modes[replica] = ReplicaMode.RW
-            engine.errors.pop(replica, None)
+            await self._promote(engine, replica)
             log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
         else:
             record.modes[replica] = ReplicaMode.ERR
@@ -452,6 +460,19 @@ class Engines:
             log.error("rebuild failed", extra=fields(name=record.name, replica=replica, error=status.error))
         self.hub.publish(self.view(engine))
         await self.hub.durable()
+
+    async def _promote(self, engine: Engine, replica: str) -> None:
+        """A rebuilt replica serves reads again (WO to RW). If the mirror
+        refuses (the leg failed meanwhile), the replica is ERR, saying why."""
+        assert engine.mirror is not None
+        try:
+            await engine.mirror.set_mode(replica, LegMode.RW)
+        except NvmeError as exc:
+            engine.record.modes[replica] = ReplicaMode.ERR
+            engine.errors[replica] = f"rebuilt, but could not serve reads: {exc}"
+            return
+        engine.record.modes[replica] = ReplicaMode.RW
+        engine.errors.pop(replica, None)
 
     async def remove_replica(self, name: str, replica: str, address: str) -> None:
         """Take a replica out of the engine: a rebuild that copies to or from
@@ -479,11 +500,14 @@ class Engines:
 
     async def _drop_replica(self, engine: Engine, replica: str) -> None:
         record = engine.record
-        if engine.mirror is not None and replica in {leg.name for leg in engine.mirror.legs()}:
-            await engine.mirror.remove_leg(replica)
-        if replica in engine.attached and self.data is not None:
-            await self.data.initiator.detach(replica)
-            engine.attached.discard(replica)
+        try:
+            if engine.mirror is not None and replica in {leg.name for leg in engine.mirror.legs()}:
+                await engine.mirror.remove_leg(replica)
+            if replica in engine.attached and self.data is not None:
+                await self.data.initiator.detach(replica, owner=engine.uuid)
+        except NvmeError as exc:
+            raise datapath_error(f"cannot take replica {replica} out of engine {engine.name}", exc) from exc
+        engine.attached.discard(replica)
         record.modes.pop(replica, None)
         engine.errors.pop(replica, None)
         if replica in record.spec.replicas:
@@ -508,7 +532,10 @@ class Engines:
             with contextlib.suppress(BaseException):
                 await engine.op
         assert engine.mirror is not None
-        await engine.mirror.set_mode(replica, LegMode.ERR)
+        try:
+            await engine.mirror.set_mode(replica, LegMode.ERR)
+        except NvmeError as exc:
+            raise datapath_error(f"replica {replica}", exc) from exc
         self._leg_failed(engine, replica, "set to ERR by ReplicaModeUpdate")
         await self.hub.durable()
 
@@ -597,7 +624,9 @@ class Engines:
         if self.data is not None:
             for replica in sorted(engine.attached):
                 try:
-                    await self.data.initiator.detach(replica)
+                    # Only this engine's: another engine may already be
+                    # taking the name over (its attach must not be preempted).
+                    await self.data.initiator.detach(replica, owner=engine.uuid)
                 except Exception as exc:  # logged; the teardown goes on
                     log.error("detach failed", extra=fields(name=engine.name, replica=replica, error=str(exc)))
         engine.attached.clear()
@@ -729,8 +758,7 @@ class Engines:
             finally:
                 engine.rebuild = None
             if status.state == RebuildState.COMPLETE:
-                await mirror.set_mode(replica, LegMode.RW)
-                record.modes[replica] = ReplicaMode.RW
+                await self._promote(engine, replica)
             else:
                 record.modes[replica] = ReplicaMode.ERR
                 engine.errors[replica] = f"resync after an unclean stop {status.state}: {status.error}"

@@ -183,19 +183,19 @@ class Replicas:
     # -- expand ------------------------------------------------------------------------
 
     async def expand(self, name: str, size: int) -> int:
-        """Grow replica ``name``'s lvol to hold ``size`` bytes (an engine is
-        about to grow the volume). Growing to a size it already has is a
-        success: an engine retrying a failed expansion asks again."""
+        """Make replica ``name``'s lvol hold at least ``size`` bytes (an engine
+        is about to grow its volume over it); its size after. A replica that
+        already holds as much (an engine retrying a failed expansion, or
+        another engine that grew it first) is left as it is: lvols never
+        shrink."""
         record = self.get(name)
         if record.state != ProcessState.RUNNING or record.delete_requested:
             raise FailedPrecondition(f"replica {name} is {record.state.value}", field="name")
         disk = self.disks.record(record.spec.disk_name)
-        if size < record.spec.size:
-            raise InvalidArgument(f"cannot shrink replica {name} from {record.spec.size} to {size}", field="size")
         if size % disk.block_size:
             raise InvalidArgument(f"{size} is not a multiple of the block size {disk.block_size}", field="size")
-        if size == record.spec.size:
-            return size
+        if size <= record.spec.size:
+            return record.spec.size
         client = self.target.require()
         try:
             await client.lvol_resize(f"{record.spec.disk_name}/{name}", lvol_mib(size))

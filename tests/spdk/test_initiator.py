@@ -298,3 +298,21 @@ def test_availability_matches_the_installed_core() -> None:
     if not built:
         with pytest.raises(SpdkUnavailable, match="SPDK_DIR"):
             spdk_ffi.native_backend()
+
+
+@pytest.mark.asyncio
+async def test_an_owner_detaching_never_touches_another_owners_claim() -> None:
+    """Engine A tears down while engine B takes the name over: A's detach
+    neither preempts B's attach nor detaches B's controller."""
+    backend, ini = setup()
+    await ini.attach("c", [PATH_A], HOST, FAST, owner="A")
+    backend.connect_delay = 0.2
+    taking_over = asyncio.ensure_future(ini.attach("c", [PATH_A], HOST, FAST, owner="B"))
+    await asyncio.sleep(0.05)
+    assert await ini.detach("c", owner="A") is False  # B's attach is in progress: left alone
+    result = await taking_over
+    assert result.info.owner == "B" and result.cleaned_up is not None
+    assert await ini.detach("c", owner="A") is False  # B's controller: left alone
+    assert [c.owner for c in ini.controllers()] == ["B"]
+    assert await ini.detach("c", owner="B") is True
+    assert backend.driver == {}

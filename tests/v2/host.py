@@ -10,6 +10,8 @@ Commands (``"cmd"``):
 * ``write``: write deterministic patterns at ``lbas`` (``nblocks`` each,
   seeded by ``seed``), read them back, count mismatches.
 * ``verify``: read ``lbas`` and count blocks that differ from the pattern.
+* ``check``: read each block of ``written`` (``{lba: seed}``, as ``loop``
+  reports it) and count the blocks that differ.
 * ``hash``: SHA-256 of blocks ``[first, first + count)``, per ``chunk``
   blocks (to compare replicas byte for byte).
 * ``loop``: for ``seconds``, write and read back random blocks with
@@ -40,7 +42,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     from spdk_ffi import ControllerOpts, Initiator
     from spdk_ffi.native import DmaBuffer, Io, IoKind, NativeBackend, NativeCore
 
-    core = NativeCore.start(core_mask=spec.get("core_mask", "0x1"), mem_size_mb=256, no_huge=True, idle_spin_us=0)
+    core = NativeCore.start(
+        core_mask=spec.get("core_mask", "0x1"), mem_size_mb=256, no_huge=True, idle_spin_us=0, poll_sleep_us=20
+    )
     opts = ControllerOpts(**spec.get("opts", {}))
     ini = Initiator(NativeBackend(core))
     hostnqn = spec.get("hostnqn", "nqn.2014-08.org.nvmexpress:uuid:imd-test-host")
@@ -65,6 +69,17 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             finally:
                 buf.free()
             report.update(blocks=len(lbas), mismatches=mismatches)
+        elif cmd == "check":
+            buf = DmaBuffer(BLOCK)
+            mismatches = 0
+            try:
+                for lba_text, seed in spec["written"].items():
+                    lba = int(lba_text)
+                    await ini.io("dev", [Io(IoKind.READ, 1, lba, 1, buf)])
+                    mismatches += bytes(buf.view) != pattern(seed, lba)
+            finally:
+                buf.free()
+            report.update(blocks=len(spec["written"]), mismatches=mismatches)
         elif cmd == "hash":
             chunk = spec.get("chunk", 256)
             buf = DmaBuffer(chunk * BLOCK)

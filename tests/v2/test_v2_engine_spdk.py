@@ -1,0 +1,332 @@
+"""V2 engines through a real daemon on a real node: the daemon supervises an
+SPDK target holding the replicas, hosts the engine in its own C core, and
+exports the volume; a separate host process (tests/v2/host.py) reads and
+writes it over NVMe-oF/TCP and reads each replica directly to compare.
+Skipped, with the reason, without SPDK and spdk_ffi's native core.
+
+Three pollers share two cores here (target, engine, host), so the host
+naps between polls; volumes are small and loads modest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from imd.api.gen.imrpc import common_pb2 as common
+from imd.api.gen.imrpc import disk_pb2 as dpb
+from imd.api.gen.imrpc import instance_pb2 as inst
+from imd.api.gen.imrpc import proxy_grpc
+from imd.api.gen.imrpc import proxy_pb2 as ppb
+from imd.api.gen.ptypes import controller_pb2 as ctl
+from imd.v2.model import host_nqn_of, nqn_of
+from tests.conftest import DaemonFactory
+from tests.helpers import RunningDaemon
+from tests.v2.spdk_env import engine_skip_reason, rpc, sparse_file, v2_config
+
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.skipif(engine_skip_reason() is not None, reason=str(engine_skip_reason())),
+]
+
+V2 = common.DATA_ENGINE_V2
+MIB = 1 << 20
+SIZE = 32 * MIB
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class Node:
+    """A daemon with a disk, its replicas and engines, and a host."""
+
+    def __init__(self, daemon: RunningDaemon, config: dict[str, Any]) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.ports: dict[str, int] = {}
+
+    @property
+    def stub(self) -> Any:
+        return self.daemon.instances()
+
+    @property
+    def proxy(self) -> proxy_grpc.ProxyEngineServiceStub:
+        return proxy_grpc.ProxyEngineServiceStub(self.daemon.channel(offset=1))
+
+    async def replica(self, name: str, size: int = SIZE) -> int:
+        spec = inst.InstanceSpec(
+            name=name,
+            type="replica",
+            volume_name="vol",
+            data_engine=V2,
+            spdk_instance_spec=inst.SpdkInstanceSpec(disk_name="d1", size=size),
+        )
+        made = await self.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))
+        self.ports[name] = made.status.port_start
+        return int(made.status.port_start)
+
+    async def engine(self, name: str, replicas: list[str], size: int = SIZE) -> inst.InstanceResponse:
+        spec = inst.InstanceSpec(
+            name=name,
+            type="engine",
+            volume_name="vol",
+            data_engine=V2,
+            spdk_instance_spec=inst.SpdkInstanceSpec(
+                size=size,
+                replica_address_map={r: f"127.0.0.1:{self.ports[r]}" for r in replicas},
+                frontend="spdk-tcp-nvmf",
+            ),
+        )
+        return await self.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))
+
+    def target(self, proxy_name: str) -> ppb.ProxyEngineRequest:
+        return ppb.ProxyEngineRequest(engine_name=proxy_name, data_engine=V2)
+
+    async def modes(self, engine: str) -> dict[str, str]:
+        reply = await self.proxy.ReplicaList(self.target(engine))
+        return {r.address.instanceName: ctl.ReplicaMode.Name(r.mode) for r in reply.replica_list.replicas}
+
+
+async def host(**spec: Any) -> dict[str, Any]:
+    """Run tests/v2/host.py in its own process; its JSON report."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.v2.host",
+        json.dumps(spec),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return dict(json.loads(out))
+
+
+def path(port: int, name: str) -> str:
+    return f"TCP/IPv4/127.0.0.1/{port}/{nqn_of(name)}"
+
+
+async def hashes(node: Node, replica: str, blocks: int = SIZE // 4096) -> list[str]:
+    report = await host(cmd="hash", path=path(node.ports[replica], replica), first=0, count=blocks, chunk=2048)
+    return list(report["hashes"])
+
+
+async def started(factory: DaemonFactory, tmp_path: Path, **extra: Any) -> Node:
+    config = v2_config()
+    daemon = await factory(v2=config, **extra)
+    path_ = sparse_file(tmp_path / "disk.img", 512 * MIB)
+    await daemon.disks().DiskCreate(dpb.DiskCreateRequest(disk_type=dpb.block, disk_name="d1", disk_path=path_))
+    return Node(daemon, config)
+
+
+async def wait_for(predicate: Any, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.2)
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+async def test_host_writes_reach_every_replica(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    assert e1.status.endpoint == f"nvmf://127.0.0.1:{e1.status.port_start}/{nqn_of('e1')}"
+    lbas = [0, 1, 17, 4000, SIZE // 4096 - 4]
+    wrote = await host(cmd="write", path=path(e1.status.port_start, "e1"), seed=11, lbas=lbas, nblocks=4)
+    assert (wrote["mismatches"], wrote["size_bytes"]) == (0, SIZE)
+    for replica in ("r1", "r2"):
+        direct = await host(cmd="verify", path=path(node.ports[replica], replica), seed=11, lbas=lbas, nblocks=4)
+        assert direct["mismatches"] == 0, replica
+    assert await hashes(node, "r1") == await hashes(node, "r2")
+
+
+async def test_a_replica_lost_under_load_leaves_the_mirror_not_the_host(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    loop = asyncio.ensure_future(
+        host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=5, seconds=8, qd=2, span=4096)
+    )
+    await asyncio.sleep(3)
+    listener = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(node.ports["r2"])}
+    rpc(node.config).call("nvmf_subsystem_remove_listener", nqn=nqn_of("r2"), listen_address=listener)
+
+    async def failed() -> bool:
+        return (await node.modes("e1"))["r2"] == "ERR"
+
+    await wait_for(failed, 30)
+    report = await loop
+    assert (report["errors"], report["mismatches"]) == (0, 0), report["first_error"]
+    assert report["writes"] > 0
+    survivor = await host(cmd="check", path=path(node.ports["r1"], "r1"), written=report["written"])
+    assert survivor["mismatches"] == 0
+    got = await node.stub.InstanceGet(inst.InstanceGetRequest(name="e1", data_engine=V2))
+    assert got.status.state == "running"
+
+
+# -- field report 2: a leftover controller -------------------------------------------------
+
+
+async def test_an_engine_lost_with_its_controllers_is_created_again_first_time(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """The daemon dies with e1's controllers attached (kill -9, mid-life);
+    e1 is deleted and created again under a new UUID. It succeeds on the
+    first call, and the replica's target sees exactly one controller, the
+    new engine's."""
+    node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
+    await node.replica("r1")
+    first = await node.engine("e1", ["r1"])
+    await node.daemon.stop(signal.SIGKILL)
+    await node.daemon.start()
+    try:
+        await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", uuid=first.status.uuid, data_engine=V2))
+
+        async def gone() -> bool:
+            return "e1" not in (await node.stub.InstanceList(Empty())).instances
+
+        await wait_for(gone)
+        again = await node.engine("e1", ["r1"])
+        assert again.status.state == "running" and again.status.uuid != first.status.uuid
+        controllers = rpc(node.config).call("nvmf_subsystem_get_controllers", nqn=nqn_of("r1"))
+        assert [c["hostnqn"] for c in controllers] == [host_nqn_of(again.status.uuid)]
+    finally:
+        await node.daemon.stop()
+        from tests.v2.spdk_env import target_pid
+
+        pid = target_pid(node.config)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- expand and rebuild ---------------------------------------------------------------------
+
+
+async def test_expand_then_rebuild_under_host_writes(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    expand = ppb.EngineVolumeExpandRequest(
+        proxy_engine_request=node.target("e1"), expand=ctl.VolumeExpandRequest(size=2 * SIZE)
+    )
+    await node.proxy.VolumeExpand(expand)
+    volume = (await node.proxy.VolumeGet(node.target("e1"))).volume
+    assert (volume.size, volume.isExpanding, volume.last_expansion_error) == (2 * SIZE, False, "")
+    seen = await host(cmd="write", path=path(e1.status.port_start, "e1"), seed=3, lbas=[2 * SIZE // 4096 - 1])
+    assert (seen["size_bytes"], seen["mismatches"]) == (2 * SIZE, 0)  # a new host sees the new size
+    with pytest.raises(GRPCError) as err:
+        shrink = ppb.EngineVolumeExpandRequest(
+            proxy_engine_request=node.target("e1"), expand=ctl.VolumeExpandRequest(size=SIZE)
+        )
+        await node.proxy.VolumeExpand(shrink)
+    assert err.value.status == Status.INVALID_ARGUMENT and (err.value.message or "").startswith("expand.size:")
+
+    await node.replica("r3", 2 * SIZE)
+    loop = asyncio.ensure_future(
+        host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=9, seconds=6, qd=2, span=8192)
+    )
+    await asyncio.sleep(1)
+    add = ppb.EngineReplicaAddRequest(
+        proxy_engine_request=node.target("e1"), replica_name="r3", replica_address=f"127.0.0.1:{node.ports['r3']}"
+    )
+    await node.proxy.ReplicaAdd(add)
+
+    async def rebuilt() -> bool:
+        return (await node.modes("e1"))["r3"] == "RW"
+
+    await wait_for(rebuilt)
+    report = await loop
+    assert (report["errors"], report["mismatches"]) == (0, 0), report["first_error"]
+    blocks = 2 * SIZE // 4096
+    r1 = await hashes(node, "r1", blocks)
+    assert r1 == await hashes(node, "r2", blocks) == await hashes(node, "r3", blocks)
+
+
+async def test_a_delete_preempts_a_rebuild_at_once(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1", 256 * MIB)
+    await node.replica("r2", 256 * MIB)
+    await node.engine("e1", ["r1"], size=256 * MIB)
+    qos = ppb.EngineReplicaRebuildingQosSetRequest(proxy_engine_request=node.target("e1"), qos_limit_mbps=4)
+    await node.proxy.ReplicaRebuildingQosSet(qos)  # 256 MiB at 4 MiB/s: a minute, unless preempted
+    add = ppb.EngineReplicaAddRequest(
+        proxy_engine_request=node.target("e1"), replica_name="r2", replica_address=f"127.0.0.1:{node.ports['r2']}"
+    )
+    await node.proxy.ReplicaAdd(add)
+    status = await node.proxy.ReplicaRebuildingStatus(node.target("e1"))
+    (rebuild,) = status.status.values()
+    assert rebuild.is_rebuilding and rebuild.state == "in_progress"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", data_engine=V2))
+    assert loop.time() - began < 2
+
+    async def gone() -> bool:
+        return "e1" not in (await node.stub.InstanceList(Empty())).instances
+
+    await wait_for(gone, 10)
+    for replica in ("r1", "r2"):
+        assert rpc(node.config).call("nvmf_subsystem_get_controllers", nqn=nqn_of(replica)) == []
+
+
+# -- restart ----------------------------------------------------------------------------------
+
+
+async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    loop = asyncio.ensure_future(
+        host(
+            cmd="loop",
+            path=path(e1.status.port_start, "e1"),
+            seed=21,
+            seconds=12,
+            qd=2,
+            span=4096,
+            opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1},
+        )
+    )
+    try:
+        await asyncio.sleep(3)
+        await node.daemon.stop(signal.SIGKILL)  # writes in flight
+        await node.daemon.start()
+        after = await node.stub.InstanceGet(inst.InstanceGetRequest(name="e1", data_engine=V2))
+        assert (after.status.uuid, after.status.port_start) == (e1.status.uuid, e1.status.port_start)
+        report = await loop
+        assert (report["errors"], report["mismatches"]) == (0, 0), report["first_error"]
+
+        async def resynced() -> bool:
+            return set((await node.modes("e1")).values()) == {"RW"}
+
+        await wait_for(resynced)
+        assert await hashes(node, "r1") == await hashes(node, "r2")
+        print(f"restart pause seen by the host: {report['longest_gap_s']} s")
+    finally:
+        if not loop.done():
+            loop.cancel()
+        await node.daemon.stop()
+        from tests.v2.spdk_env import target_pid
+
+        pid = target_pid(node.config)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
