@@ -94,6 +94,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Descriptors held back for connections, health checks and the state
     file, spent when the limit is hit (see imd/supervisor/resources.py)."""
     tls: TlsConfig | None = None
+    metrics_listen: str | None = None
+    """Prometheus endpoint HOST:PORT (GET /metrics); default: the listen
+    host on the base port + 10; "" turns it off."""
     v2: V2Config = msgspec.field(default_factory=V2Config)
 
     def listen_host_port(self) -> tuple[str, int]:
@@ -101,6 +104,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65532:
             raise ConfigError(f"listen: {self.listen!r} is not HOST:PORT with PORT in 1-65532")
         return host.strip("[]"), int(port)
+
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """Where /metrics is served, or None when turned off."""
+        if self.metrics_listen == "":
+            return None
+        if self.metrics_listen is None:
+            host, base = self.listen_host_port()
+            return host, base + 10
+        host, sep, port = self.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"metrics_listen: {self.metrics_listen!r} is not HOST:PORT")
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     def port_bounds(self) -> tuple[int, int]:
         low, sep, high = self.port_range.partition("-")
@@ -121,6 +136,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def validate(self) -> None:
         self.listen_host_port()
         self.port_bounds()
+        self.metrics_host_port()
 
 
 class ConfigError(Exception):

@@ -20,13 +20,16 @@ import logging
 import os
 import signal
 import ssl
+import time
 from pathlib import Path
 
+import msgspec
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
+from imd.api.daemon_status import DaemonServicer
 from imd.api.disk import DiskServicer
 from imd.api.instance import InstanceServicer
 from imd.api.process_manager import ProcessManagerServicer
@@ -35,9 +38,12 @@ from imd.api.replica import REPLICA_PORT_OFFSET, RemoteReplicas, ReplicaServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.api.tls import TlsError, client_context, server_context
 from imd.config import Config, ConfigError
+from imd.edges.metrics_http import MetricsServer
 from imd.edges.sdnotify import Notifier
 from imd.errors import ImdError
 from imd.eventlog import fields
+from imd.metrics import Metrics
+from imd.observability import DaemonCollector, DiskStatus, RecentErrors, SpdkCollector, daemon_status
 from imd.services.disks import DiskService
 from imd.services.engines import EngineService
 from imd.services.instances import InstanceLogSettings, InstanceService
@@ -73,8 +79,12 @@ def tls_context(tls_dir: str) -> ssl.SSLContext:
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.started = time.monotonic()
         self.lifecycle = Lifecycle()
-        self.in_flight = InFlight()
+        self.metrics = Metrics()
+        self.in_flight = InFlight(self.metrics)
+        self.recent_errors = RecentErrors()
+        self.metrics_server: MetricsServer | None = None
         low, high = config.port_bounds()
         self.logs = LogStore(
             Path(config.logs_dir).absolute(),
@@ -91,6 +101,7 @@ class Daemon:
             settings=config.supervision(),
             watch_queue_limit=config.watch_queue,
             descriptors=self.descriptors,
+            metrics=self.metrics,
         )
         self.processes = ProcessService(self.supervisor, self.lifecycle, self.durability)
         self.store = self.supervisor.attach_store(Path(config.state_dir), self.durability)
@@ -135,6 +146,7 @@ class Daemon:
             expander=RemoteReplicas(base, client_context(self.config.tls.dir) if self.config.tls else None),
             rebuild_chunk_bytes=cfg.rebuild_chunk_kib * 1024,
             rebuild_rate_bytes_per_s=cfg.rebuild_rate_mib_s * (1 << 20),
+            metrics=self.metrics,
             data=data,
             data_unavailable=data_reason,
             replica_address=cfg.replica_address,
@@ -147,6 +159,7 @@ class Daemon:
             self.v2.snapshot,
             self.durability,
             relieve=self.supervisor.descriptors.limit_hit,
+            metrics=self.metrics,
         )
         report = await self.v2.start(self.v2.load())
         self.v2_reason = self.v2.target.reason
@@ -194,9 +207,11 @@ class Daemon:
         disk = DiskServicer(DiskService(self.v2, self.v2_reason, self.durability), self.in_flight)
         proxy = proxy_servicer(EngineService(instances), self.in_flight)
         replica = ReplicaServicer(instances, self.in_flight)
+        status = DaemonServicer(self._status_document, self.in_flight)
+        self._disks = DiskService(self.v2, self.v2_reason, self.durability)
         host, base = cfg.listen_host_port()
 
-        pm_server = self._server(pm)
+        pm_server = self._server(pm, status)
         await pm_server.start(host, base, ssl=ssl_ctx, reuse_address=True)
         self._servers.append(pm_server)
         proxy_server = self._server(proxy)
@@ -222,10 +237,11 @@ class Daemon:
             sock = Path(cfg.socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             sock.unlink(missing_ok=True)
-            unix_server = self._server(pm, inst, disk, proxy, replica)
+            unix_server = self._server(pm, inst, disk, proxy, replica, status)
             await unix_server.start(path=str(sock))
             os.chmod(sock, 0o660)
             self._servers.append(unix_server)
+        await self._start_metrics()
         self.durability.on_change(self._durability_changed)
         self.health_status.set(not self.durability.degraded)
         self._tasks.append(asyncio.ensure_future(self._log_upkeep()))
@@ -238,6 +254,39 @@ class Daemon:
         )
         # Only now: every listener accepts and recovery is done.
         self.notifier.ready(self.status_line())
+
+    async def _start_metrics(self) -> None:
+        """Facts read at scrape time, and the endpoint (if configured)."""
+        for outcome in ("adopted", "lost", "untracked_killed"):
+            self.metrics.recovered.labels(outcome).set(self.recovery.get(outcome, 0))
+        self.metrics.register(DaemonCollector(self.supervisor, self.durability, self.v2))
+        if self.v2 is not None:
+            self.metrics.register(SpdkCollector(self.v2))
+        where = self.config.metrics_host_port()
+        if where is not None:
+            self.metrics_server = MetricsServer(self.metrics.registry)
+            self.ports["metrics_port"] = await self.metrics_server.start(*where)
+
+    async def _status_document(self) -> bytes:
+        disks = []
+        if self.v2 is not None and self.v2.target.available:
+            with contextlib.suppress(ImdError):
+                for view in await self._disks.listing():
+                    disks.append(DiskStatus(view.record.name, view.record.path, view.total_size, view.free_size))
+        cfg = self.config
+        listeners = {name: f"{cfg.listen_host_port()[0]}:{port}" for name, port in self.ports.items()}
+        if cfg.socket:
+            listeners["socket"] = cfg.socket
+        document = daemon_status(
+            started=self.started,
+            listeners=listeners,
+            supervisor=self.supervisor,
+            durability=self.durability,
+            v2=self.v2,
+            disks=disks,
+            errors=self.recent_errors.lines(),
+        )
+        return msgspec.json.encode(document)
 
     def status_line(self) -> str:
         counts = self.supervisor.counts()
@@ -305,6 +354,8 @@ class Daemon:
             server.close()
         for server in self._servers:
             await server.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         if self.v2 is not None:
             # Engines live in this process and go with it (their records stay:
             # the next daemon brings them back); the target is a child like any.

@@ -31,6 +31,7 @@ PROTOS = [
     "imrpc/disk.proto",
     "imrpc/proxy.proto",
     "imdrpc/replica.proto",
+    "imdrpc/daemon.proto",
 ]
 PACKAGES = ("imrpc", "ptypes", "imdrpc")
 # ``from imrpc import x_pb2`` and every dotted ``imrpc.x_pb2`` reference,

@@ -352,6 +352,9 @@ class NativeMirror:
             "held_writes": s.held_writes,
             "rebuild_bytes_done": s.rb_bytes_done,
             "rebuild_chunks_zero": s.rb_chunks_zero,
+            "frontend_hosts": s.hosts,
+            "read_latency_ns_total": s.read_lat_ticks * 1_000_000_000 // max(s.ticks_hz, 1),
+            "write_latency_ns_total": s.write_lat_ticks * 1_000_000_000 // max(s.ticks_hz, 1),
         }
         for i in range(lib.IMDN_LAT_BUCKETS):
             counters[f"latency_lt_{1 << i}us"] = s.lat_hist[i]

@@ -265,6 +265,7 @@ class NativeBackend:
     def __init__(self, core: NativeCore | None = None) -> None:
         self.core = core if core is not None else NativeCore.start()
         self.on_lost: Callable[[NativeController], None] | None = None
+        self.reconnects_total = 0
 
     # -- connections -----------------------------------------------------------
 
@@ -410,6 +411,7 @@ class NativeBackend:
                     await self._mpath_add(handle, conn.ctrlr)
                     conn.down_since = None
                     handle.counters["reconnects"] += 1
+                    self.reconnects_total += 1  # monotonic, for metrics: controllers come and go
                     handle.path_changed.set()
             downs = [c.down_since for c in handle.paths if not c.connected]
             loss = opts.ctrlr_loss_timeout_sec

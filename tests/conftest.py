@@ -61,6 +61,7 @@ def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "imrpc/disk.proto",
         "imrpc/proxy.proto",
         "imdrpc/replica.proto",
+        "imdrpc/daemon.proto",
     ]
     args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
     assert protoc.main([*args, *protos]) == 0

@@ -36,6 +36,9 @@ SH = "/bin/sh"
 CHILD_PORTS = (21000, 21999)
 
 TEST_CONFIG: dict[str, Any] = {
+    # An ephemeral port: daemons of concurrent tests never collide on it
+    # (RunningDaemon.metrics_port() reads the bound one from the log).
+    "metrics_listen": "127.0.0.1:0",
     "stop_grace_s": 2.0,
     "health_timeout_s": 15.0,
     "health_interval_s": 0.05,
@@ -96,6 +99,13 @@ class RunningDaemon:
 
     def disks(self, transport: str = "tcp") -> disk_grpc.DiskServiceStub:
         return disk_grpc.DiskServiceStub(self.channel(transport, offset=2))
+
+    def metrics_port(self) -> int:
+        """The port /metrics is served on, from the daemon's "serving" line."""
+        for line in self.stderr().splitlines():
+            if '"event":"serving"' in line:
+                return int(msgspec.json.decode(line)["metrics_port"])
+        raise AssertionError("the daemon has not logged its ports")
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

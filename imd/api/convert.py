@@ -8,10 +8,12 @@ from imd.api.gen.imrpc import common_pb2 as common
 from imd.api.gen.imrpc import disk_pb2
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
+from imd.api.gen.ptypes import controller_pb2 as ctl
 from imd.errors import InvalidArgument
 from imd.services.disks import DiskVersion
 from imd.services.instances import V2Request
 from imd.services.processes import VersionInfo
+from imd.services.rates import Rates
 from imd.supervisor.model import InstanceInfo, ProcessSpec, ProcessView
 from imd.v2.model import ENGINE, DiskView, ReplicaLvol, V2InstanceView
 
@@ -210,4 +212,15 @@ def disk_version_response(info: DiskVersion) -> disk_pb2.DiskVersionResponse:
         buildDate=info.build_date,
         instanceManagerDiskServiceAPIVersion=info.api_version,
         instanceManagerDiskServiceAPIMinVersion=info.api_min_version,
+    )
+
+
+def metrics(rates: Rates) -> ctl.Metrics:
+    return ctl.Metrics(
+        readThroughput=rates.read_throughput,
+        writeThroughput=rates.write_throughput,
+        readLatency=rates.read_latency_ns,
+        writeLatency=rates.write_latency_ns,
+        readIOPS=rates.read_iops,
+        writeIOPS=rates.write_iops,
     )

@@ -65,8 +65,9 @@ class DiskServicer(Servicer, disk_grpc.DiskServiceBase):
 
     @rpc
     async def MetricsGet(self, stream: Any) -> None:
-        await recv(stream)
-        raise Unimplemented("DiskService.MetricsGet is not served yet")
+        r: dpb.DiskGetRequest = await recv(stream)
+        rates = await self.disks.metrics(r.disk_type, r.disk_name, r.disk_driver)
+        await stream.send_message(dpb.DiskMetricsGetReply(metrics=convert.metrics(rates)))
 
     @rpc
     async def DiskList(self, stream: Any) -> None:

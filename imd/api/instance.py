@@ -86,7 +86,9 @@ class InstanceServicer(Servicer, instance_grpc.InstanceServiceBase):
     @rpc
     async def InstanceWatch(self, stream: Any) -> None:
         await recv(stream)
-        await pump_events(stream, self.instances.watch(), lambda event: _FRAMED_EMPTY)
+        await pump_events(
+            stream, self.instances.watch(), lambda event: _FRAMED_EMPTY, self.in_flight.metrics, "instance"
+        )
 
     @rpc
     async def InstanceReplace(self, stream: Any) -> None:

@@ -51,7 +51,7 @@ class ProcessManagerServicer(Servicer, imrpc_grpc.ProcessManagerServiceBase):
     @rpc
     async def ProcessWatch(self, stream: Any) -> None:
         await recv(stream)
-        await pump_events(stream, self.processes.watch(), self._encode)
+        await pump_events(stream, self.processes.watch(), self._encode, self.in_flight.metrics, "process")
 
     @rpc
     async def ProcessReplace(self, stream: Any) -> None:

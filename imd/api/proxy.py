@@ -2,8 +2,8 @@
 engines imd hosts (base port + 1).
 
 Served: ServerVersionGet, VolumeGet, VolumeExpand, ReplicaAdd, ReplicaList,
-ReplicaRemove, ReplicaRebuildingStatus, ReplicaRebuildingQosSet and
-ReplicaModeUpdate. Every other method of the service (snapshots, backups,
+ReplicaRemove, ReplicaRebuildingStatus, ReplicaRebuildingQosSet,
+ReplicaModeUpdate and MetricsGet. Every other method of the service (snapshots, backups,
 backing images, ...) answers UNIMPLEMENTED, naming itself.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
+from imd.api import convert
 from imd.api.gen.imrpc import proxy_grpc
 from imd.api.gen.imrpc import proxy_pb2 as ppb
 from imd.api.gen.ptypes import controller_pb2 as ctl
@@ -55,7 +56,6 @@ NOT_SERVED = (
     "SPDKBackingImageGet",
     "SPDKBackingImageList",
     "SPDKBackingImageWatch",
-    "MetricsGet",
     "RemountReadOnlyVolume",
 )
 
@@ -151,6 +151,12 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
         e = r.proxy_engine_request
         self.engines.set_rebuild_rate(e.engine_name, e.data_engine, r.qos_limit_mbps)
         await stream.send_message(_EMPTY)
+
+    @rpc
+    async def MetricsGet(self, stream: Any) -> None:
+        r: ppb.ProxyEngineRequest = await recv(stream)
+        rates = self.engines.metrics(r.engine_name, r.data_engine)
+        await stream.send_message(ppb.EngineMetricsGetProxyResponse(metrics=convert.metrics(rates)))
 
     @rpc
     async def ReplicaModeUpdate(self, stream: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from imd import errors
+from imd.metrics import Metrics
 
 log = logging.getLogger("imd.api")
 
@@ -61,9 +63,11 @@ class BoundedProtoCodec(ProtoCodec):
 
 
 class InFlight:
-    """Counts RPCs inside the boundary, so a drain can wait for them."""
+    """What the RPC boundary keeps: the RPCs inside it, so a drain can wait
+    for them, and what each answered and how long it took (metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.count = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -98,25 +102,41 @@ S = TypeVar("S", bound=Servicer)
 def rpc(
     method: Callable[[S, Any], Coroutine[Any, Any, None]],
 ) -> Callable[[S, Any], Coroutine[Any, Any, None]]:
+    name = method.__name__
+
     @functools.wraps(method)
     async def boundary(self: S, stream: Any) -> None:
-        self.in_flight.enter()
+        in_flight = self.in_flight
+        in_flight.enter()
+        began = time.perf_counter()
+        code = "OK"
         try:
             await method(self, stream)
         except errors.ImdError as exc:
-            raise grpc_error(exc) from None
+            error = grpc_error(exc)
+            code = error.status.name
+            raise error from None
         except NotImplementedError as exc:
             # grpclib raises this for a compressed request message.
+            code = Status.UNIMPLEMENTED.name
             raise GRPCError(
                 Status.UNIMPLEMENTED, f"{exc}: send messages uncompressed (grpc-encoding identity)"
             ) from None
-        except (GRPCError, asyncio.CancelledError):
+        except GRPCError as exc:
+            code = exc.status.name
+            raise
+        except asyncio.CancelledError:
+            code = Status.CANCELLED.name
             raise
         except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            raise GRPCError(Status.INTERNAL, f"internal error in {method.__name__}") from None
+            code = Status.INTERNAL.name
+            log.exception("unexpected error in %s", name)
+            raise GRPCError(Status.INTERNAL, f"internal error in {name}") from None
         finally:
-            self.in_flight.leave()
+            in_flight.leave()
+            metrics = in_flight.metrics
+            metrics.rpc_requests.labels(name, code).inc()
+            metrics.rpc_duration.labels(name).observe(time.perf_counter() - began)
 
     return boundary
 

@@ -13,6 +13,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
+from imd.metrics import Metrics
 from imd.supervisor.broadcast import StreamClosed, WatcherOverflow
 from imd.supervisor.model import ProcessEvent
 
@@ -68,7 +69,13 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
-async def pump_events(stream: Any, sub: EventSource, encode: Callable[[Any], bytes]) -> None:
+async def pump_events(
+    stream: Any,
+    sub: EventSource,
+    encode: Callable[[Any], bytes],
+    metrics: Metrics | None = None,
+    api: str = "process",
+) -> None:
     """Send the subscription's events until the daemon drains (clean end,
     OK) or the watcher falls behind (RESOURCE_EXHAUSTED).
 
@@ -91,7 +98,11 @@ async def pump_events(stream: Any, sub: EventSource, encode: Callable[[Any], byt
             except StreamClosed:
                 return
             await send_framed(stream, b"".join(encode(event) for event in batch), len(batch))
+            if metrics is not None:
+                metrics.watch_events.labels(api).inc(len(batch))
     except WatcherOverflow as exc:
+        if metrics is not None:
+            metrics.watchers_dropped.labels(api).inc()
         message = f"{exc}; watcher dropped, re-list and watch again"
         raise GRPCError(Status.RESOURCE_EXHAUSTED, message) from None
     finally:

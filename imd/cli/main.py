@@ -20,6 +20,7 @@ from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.cli.client import open_channel
 from imd.cli.output import emit, process_row
+from imd.cli.status import status
 from imd.cli.v2 import add_commands as add_v2_commands
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-range", help="A-B")
     serve.add_argument("--log-level")
     serve.add_argument("--tls-dir", dest="serve_tls_dir")
+    serve.add_argument("--metrics-listen", help="HOST:PORT of GET /metrics ('' to turn it off; default base port + 10)")
     children = serve.add_mutually_exclusive_group()
     children.add_argument("--stop-children", dest="stop_children", action="store_true", default=None)
     children.add_argument("--leave-children", dest="stop_children", action="store_false")
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "log":
                 p.add_argument("--follow", "-f", action="store_true")
     top.add_parser("version").set_defaults(func=version, port_offset=0)
+    top.add_parser("status", help="the daemon at a glance").set_defaults(func=status, port_offset=0)
     add_v2_commands(top)
     return parser
 

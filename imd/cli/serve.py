@@ -22,6 +22,7 @@ def run_serve(a: argparse.Namespace) -> int:
         "port_range": a.port_range,
         "log_level": a.log_level,
         "stop_children_on_exit": a.stop_children,
+        "metrics_listen": a.metrics_listen,
     }
     if a.serve_tls_dir:
         overrides["tls"] = {"dir": a.serve_tls_dir}

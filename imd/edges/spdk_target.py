@@ -102,6 +102,22 @@ class Bdev(msgspec.Struct, frozen=True):
     aliases: list[str] = []
 
 
+class BdevIostat(msgspec.Struct, frozen=True):
+    name: str
+    bytes_read: int = 0
+    num_read_ops: int = 0
+    bytes_written: int = 0
+    num_write_ops: int = 0
+    read_latency_ticks: int = 0
+    write_latency_ticks: int = 0
+
+
+class Iostat(msgspec.Struct, frozen=True):
+    tick_rate: int
+    ticks: int
+    bdevs: list[BdevIostat] = []
+
+
 class ListenAddress(msgspec.Struct, frozen=True):
     traddr: str = ""
     trsvcid: str = ""
@@ -221,6 +237,11 @@ class SpdkTargetClient:
                 return None
             raise
         return msgspec.convert(found[0], Bdev) if found else None
+
+    async def iostat(self, name: str) -> Iostat:
+        """I/O counters of bdev ``name`` since it was made, and the target's
+        clock (ticks since it started, at ``tick_rate`` per second)."""
+        return msgspec.convert(await self.call("bdev_get_iostat", {"name": name}), Iostat)
 
     # -- lvol stores and lvols ------------------------------------------------
 

@@ -15,7 +15,9 @@ import uuid as uuidlib
 import msgspec
 
 from imd import __version__
-from imd.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from imd.edges.spdk_target import TargetRpcError, TargetUnreachable
+from imd.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from imd.services.rates import RateMeter, Rates, Sample
 from imd.services.validation import validate_name
 from imd.supervisor.durability import Durability
 from imd.v2.model import DiskView, ReplicaLvol
@@ -99,6 +101,7 @@ class DiskService:
         self.node = node
         self.unavailable = unavailable
         self.durability = durability if durability is not None else Durability()
+        self._rates = RateMeter()
 
     def _node(self) -> V2Node:
         if self.node is None:
@@ -151,6 +154,35 @@ class DiskService:
         node = self._node()
         self.durability.check()
         await node.disks.delete_lvol(name, uuid, replica, node.live_replica_names(name))
+
+    async def metrics(self, disk_type: int, name: str, driver: str) -> Rates:
+        """MetricsGet: the disk's I/O (its AIO bdev, all replicas together)
+        since the previous call, from the target's iostat; a first call
+        measures from the bdev's making (the target's start, on its clock)."""
+        check_type(disk_type)
+        validate_name(name, "disk_name")
+        check_driver(driver)
+        node = self._node()
+        record = node.disks.record(name)
+        client = node.target.require()
+        try:
+            stat = await client.iostat(record.name)
+        except (TargetRpcError, TargetUnreachable) as exc:
+            raise Unavailable(f"cannot read disk {name}'s I/O counters: {exc}") from exc
+        bdev = next((b for b in stat.bdevs if b.name == record.name), None)
+        if bdev is None:
+            raise Unavailable(f"the SPDK target has no bdev {record.name}")
+        ns_per_tick = 1e9 / max(stat.tick_rate, 1)
+        now = Sample(
+            at_s=stat.ticks / max(stat.tick_rate, 1),
+            reads=bdev.num_read_ops,
+            writes=bdev.num_write_ops,
+            bytes_read=bdev.bytes_read,
+            bytes_written=bdev.bytes_written,
+            read_latency_ns=int(bdev.read_latency_ticks * ns_per_tick),
+            write_latency_ns=int(bdev.write_latency_ticks * ns_per_tick),
+        )
+        return self._rates.rates(f"{name}/{record.uuid}", now, 0.0)
 
     def version(self) -> DiskVersion:
         return DiskVersion()

@@ -11,6 +11,7 @@ spells it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -18,6 +19,7 @@ import msgspec
 from imd import __version__
 from imd.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from imd.services.instances import DataEngine, InstanceService, parse_addresses, route
+from imd.services.rates import RateMeter, Rates, Sample
 from imd.services.validation import validate_name
 from imd.v2.engines import Engine, Engines
 from imd.v2.model import ReplicaMode
@@ -59,6 +61,7 @@ def tcp(address: str) -> str:
 class EngineService:
     def __init__(self, instances: InstanceService) -> None:
         self.instances = instances
+        self._rates = RateMeter()
 
     def engines(self, engine_name: str, data_engine: int) -> Engines:
         validate_name(engine_name, "engine_name")
@@ -170,6 +173,26 @@ class EngineService:
         engines = self.engines(engine_name, data_engine)
         self.instances.processes.durability.check()
         await engines.set_replica_mode(engine_name, address, wire[mode])
+
+    def metrics(self, engine_name: str, data_engine: int) -> Rates:
+        """MetricsGet: the engine's host I/O since the previous call (from
+        the C core's counters; a first call measures from the mirror's
+        making)."""
+        _, engine = self._engine(engine_name, data_engine)
+        mirror = engine.mirror
+        if mirror is None:
+            raise FailedPrecondition(f"engine {engine_name} has no volume yet", field="engine_name")
+        c = mirror.counters()
+        now = Sample(
+            at_s=time.monotonic(),
+            reads=c.get("reads", 0),
+            writes=c.get("writes", 0),
+            bytes_read=c.get("bytes_read", 0),
+            bytes_written=c.get("bytes_written", 0),
+            read_latency_ns=c.get("read_latency_ns_total", 0),
+            write_latency_ns=c.get("write_latency_ns_total", 0),
+        )
+        return self._rates.rates(f"{engine_name}/{engine.uuid}", now, engine.mirror_made_at)
 
     def set_rebuild_rate(self, engine_name: str, data_engine: int, mbps: int) -> None:
         self.engines(engine_name, data_engine).set_rebuild_rate(engine_name, mbps)

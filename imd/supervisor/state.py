@@ -68,6 +68,7 @@ import msgspec
 
 from imd.errors import ImdError, ResourceExhausted, Unavailable
 from imd.eventlog import fields
+from imd.metrics import Metrics
 from imd.supervisor.durability import Durability
 from imd.supervisor.model import InstanceInfo, PortBlock, ProcessSpec, ProcessState
 from imd.supervisor.resources import describe, is_descriptor_limit
@@ -104,8 +105,10 @@ class StateStore:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 2.0,
         linger_s: float = 0.05,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = path
+        self._metrics = metrics if metrics is not None else Metrics()
         self.name = path.name
         self._encode = encode
         self._durability = durability
@@ -196,15 +199,20 @@ class StateStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._waiter_arrived.wait(), self._linger_s)
             generation = self._changed
+            began = time.perf_counter()
             try:
                 data = self._encode()
                 await asyncio.to_thread(self._write, self.path, data)
+                self._metrics.commit_duration.labels(self.name).observe(time.perf_counter() - began)
+                self._metrics.commits.labels(self.name, "ok").inc()
             except OSError as exc:
+                self._metrics.commits.labels(self.name, "failed").inc()
                 if not relieved and is_descriptor_limit(exc) and self._relieve is not None and self._relieve(exc):
                     relieved = True
                     continue  # descriptors were freed: try again at once
                 self._failed(functools.partial(write_error, exc, self.path))
             except Exception as exc:
+                self._metrics.commits.labels(self.name, "failed").inc()
                 # A bug (say, in encode) must not leave commits waiting forever.
                 log.exception("state write failed unexpectedly", extra=fields(path=str(self.path)))
                 self._failed(functools.partial(Unavailable, f"{STATE_DIR}: cannot write {self.path}: {exc!r}"))

@@ -45,6 +45,7 @@ be undone. This is a wait on the disk, bounded, never on a client.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import signal
@@ -55,6 +56,7 @@ from pathlib import Path
 from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, NotFound, StartFailed
 from imd.eventlog import fields
+from imd.metrics import Metrics
 from imd.supervisor.broadcast import Broadcaster
 from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
@@ -84,9 +86,12 @@ class Supervisor:
         watch_queue_limit: int = 1024,
         env: dict[str, str] | None = None,
         descriptors: DescriptorGuard | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ports = ports
         self.descriptors = descriptors if descriptors is not None else DescriptorGuard(0)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._last_state: dict[str, ProcessState] = {}  # by UUID: what the transition counter last saw
         self.logs = logs
         self.settings = settings
         self.events: Broadcaster[ProcessEvent] = Broadcaster(watch_queue_limit)
@@ -114,6 +119,7 @@ class Supervisor:
             lambda: encode_registry(self.snapshot()),
             durability,
             relieve=self.descriptors.limit_hit,
+            metrics=self.metrics,
         )
         self._owner = str(state_dir.absolute())
         return self.store
@@ -333,6 +339,7 @@ class Supervisor:
         except OSError as exc:
             if block is not None:
                 self.ports.release(block)
+            self.metrics.spawn_failures.labels(errno.errorcode.get(exc.errno or 0, "unknown")).inc()
             if is_descriptor_limit(exc):
                 self.descriptors.limit_hit(exc)
             raise spawn_error(exc, spec.binary) from exc
@@ -613,7 +620,13 @@ class Supervisor:
 
     def _emit(self, proc: ManagedProcess, *, deleted: bool = False) -> None:
         self._seq += 1
-        self.events.publish(ProcessEvent(self._seq, proc.view(deleted=deleted)))
+        view = proc.view(deleted=deleted)
+        self.events.publish(ProcessEvent(self._seq, view))
+        if self._last_state.get(proc.uuid) is not view.state:
+            self._last_state[proc.uuid] = view.state
+            self.metrics.transitions.labels("v1", view.instance.type or "process", view.state.value).inc()
+        if deleted:
+            self._last_state.pop(proc.uuid, None)
         self._changed()
 
     def _changed(self) -> None:

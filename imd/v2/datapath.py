@@ -58,10 +58,11 @@ class ReplicaExpander(Protocol):
 class DataPath:
     """Controllers and mirrors for the engines of this daemon."""
 
-    def __init__(self, initiator: Initiator, mirrors: MirrorFactory, opts: ControllerOpts) -> None:
+    def __init__(self, initiator: Initiator, mirrors: MirrorFactory, opts: ControllerOpts, backend: Any = None) -> None:
         self.initiator = initiator
         self.mirrors = mirrors
         self.opts = opts
+        self.backend = backend  # for its counters (reconnects_total), where it has them
 
 
 def native_data_path(
@@ -79,4 +80,4 @@ def native_data_path(
     if idle_spin_us is not None:
         env["idle_spin_us"] = idle_spin_us
     backend = NativeBackend(NativeCore.start(**env))
-    return DataPath(Initiator(backend), NativeMirrorFactory(backend), opts)
+    return DataPath(Initiator(backend), NativeMirrorFactory(backend), opts, backend)

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -94,6 +95,7 @@ class Engine:
         self.rebuild: RebuildHandle | None = None
         self.rebuild_dst = ""
         self.rebuild_rate = 0  # bytes/s cap for the next rebuild (0 = the default)
+        self.mirror_made_at = 0.0  # time.monotonic() when the mirror (and its counters) began
 
     @property
     def name(self) -> str:
@@ -204,6 +206,7 @@ class Engines:
                 )
             mirror = await data.mirrors.create_mirror(record.name, legs, record.size // block_size)
             engine.mirror = mirror
+            engine.mirror_made_at = time.monotonic()
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
             if record.spec.frontend:
                 await mirror.export(nqn_of(record.name), record.address, record.port, nguid_of(record.name))
@@ -716,6 +719,7 @@ class Engines:
             first = [(n, h) for n, h, _ in legs if n not in resync]
             mirror = await data.mirrors.create_mirror(record.name, first, record.size // block_size)
             engine.mirror = mirror
+            engine.mirror_made_at = time.monotonic()
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
             for name, handle, _ in legs:
                 if name in resync:

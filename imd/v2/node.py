@@ -31,6 +31,7 @@ from typing import Protocol, TypeVar
 from imd.edges.spdk_target import TargetRpcError, TargetUnreachable
 from imd.errors import AlreadyExists, ImdError, InvalidArgument, NotFound, Unavailable
 from imd.eventlog import fields
+from imd.metrics import Metrics
 from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
@@ -89,8 +90,11 @@ class V2Node:
         expander: ReplicaExpander | None = None,
         rebuild_chunk_bytes: int = 1 << 20,
         rebuild_rate_bytes_per_s: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._last_state: dict[str, ProcessState] = {}  # by UUID: what the transition counter last saw
         self.target = target
         self.disks = Disks(self.target, self.changed, self.durable)
         self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
@@ -121,6 +125,11 @@ class V2Node:
     def publish(self, view: V2InstanceView) -> None:
         self._seq += 1
         self.events.publish(V2Event(self._seq, view))
+        if self._last_state.get(view.uuid) is not view.state:
+            self._last_state[view.uuid] = view.state
+            self.metrics.transitions.labels("v2", view.type, view.state.value).inc()
+        if view.deleted:
+            self._last_state.pop(view.uuid, None)
         self.changed()
         if view.deleted:
             removed = self._removed.pop(view.name, None)

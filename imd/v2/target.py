@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class TargetKeeper:
         self.reason = STARTING
         self.version = ""
         self.started_fresh = False  # this daemon started the target (nothing was on it)
+        self.up_since = 0.0  # wall-clock time the target in use became usable
         self._on_lost: list[Callable[[str], None]] = []
         self._on_ready: list[Listener] = []
         self._restart: asyncio.Task[None] | None = None
@@ -167,6 +169,7 @@ class TargetKeeper:
     def _usable(self, proc: ManagedProcess) -> None:
         self.reason = ""
         self._serving = proc
+        self.up_since = time.time()
 
     def _check_binary(self) -> str:
         binary = self.settings.binary

@@ -32,6 +32,7 @@
 #include "spdk/bdev_module.h"
 #include "spdk/init.h"
 #include "spdk/nvmf.h"
+#include "spdk/nvmf_transport.h"
 #include "spdk/uuid.h"
 
 #define MSG_MEMPOOL_SIZE 65535
@@ -181,6 +182,7 @@ struct mirror_frontend {
 	int error;
 	char errmsg[IMDN_ERRMSG];
 	void (*teardown_done)(struct mirror_frontend *fe);
+	struct spdk_poller *host_counter; /* keeps m->hosts, on the app thread */
 };
 
 static int mod_init(void)
@@ -456,6 +458,8 @@ static void teardown_io_device_gone(void *io_device)
  * step resuming here; fe->teardown_done when nothing is left. */
 static void teardown_step(struct mirror_frontend *fe)
 {
+	/* The count stops with the subsystem: no poller outlives what it reads. */
+	spdk_poller_unregister(&fe->host_counter);
 	if (fe->started) {
 		if (spdk_nvmf_subsystem_stop(fe->subsystem, teardown_stopped, fe) == 0) {
 			return;
@@ -527,6 +531,34 @@ static void export_fail(struct mirror_frontend *fe, int error, const char *fmt, 
 	teardown_step(fe);
 }
 
+/* How many hosts are connected to the export, for metrics: the admin queue
+ * pairs (one per host controller) of the target's one poll group whose local
+ * address is this export's listener (every export has its own port). SPDK
+ * v24.01 has no public per-subsystem controller list, but the poll group and
+ * its queue pairs are public to transports (nvmf_transport.h). Counted here,
+ * on the thread that owns the poll group, every HOST_COUNT_US, and published
+ * as an atomic that Python reads without a request. */
+#define HOST_COUNT_US 100000
+
+static int count_hosts(void *arg)
+{
+	struct mirror_frontend *fe = arg;
+	uint64_t hosts = 0;
+	struct spdk_nvmf_qpair *qpair;
+	TAILQ_FOREACH(qpair, &g_pg->qpairs, link) {
+		struct spdk_nvme_transport_id local;
+		if (qpair->qid != 0 || qpair->ctrlr == NULL ||
+		    spdk_nvmf_qpair_get_local_trid(qpair, &local) != 0) {
+			continue;
+		}
+		if (strcmp(local.trsvcid, fe->trid.trsvcid) == 0 && strcmp(local.traddr, fe->trid.traddr) == 0) {
+			hosts++;
+		}
+	}
+	CTR_SET(fe->m->hosts, hosts);
+	return SPDK_POLLER_IDLE;
+}
+
 static void export_started(struct spdk_nvmf_subsystem *subsystem, void *arg, int status)
 {
 	(void)subsystem;
@@ -536,6 +568,7 @@ static void export_started(struct spdk_nvmf_subsystem *subsystem, void *arg, int
 		return;
 	}
 	fe->started = true;
+	fe->host_counter = SPDK_POLLER_REGISTER(count_hosts, fe, HOST_COUNT_US);
 	struct fe_op *op = g_export_op;
 	g_export_op = NULL;
 	g_exports++;
@@ -699,6 +732,7 @@ static void unexport_torn_down(struct mirror_frontend *fe)
 	m->fe = NULL;
 	g_exports--;
 	CTR_SET(m->exported, 0);
+	CTR_SET(m->hosts, 0);
 	fe_free(fe);
 	if (op->req != NULL) {
 		complete(op->req, 0);

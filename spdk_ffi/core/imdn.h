@@ -210,6 +210,10 @@ struct imdn_mirror_stats {
 	uint64_t rb_bytes_done;
 	uint64_t rb_bytes_total;
 	uint64_t rb_chunks_zero; /* chunks written as write-zeroes */
+	uint64_t hosts;          /* host controllers on the export, counted every 100 ms */
+	uint64_t read_lat_ticks; /* latency summed over every read, in ticks of ticks_hz */
+	uint64_t write_lat_ticks;
+	uint64_t ticks_hz;
 };
 
 struct imdn_poller_stats {

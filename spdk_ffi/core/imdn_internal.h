@@ -225,6 +225,8 @@ struct imdn_mirror {
 	_Atomic int rb_state, rb_dst, rb_src, rb_error;
 	_Atomic uint64_t rb_bytes_done, rb_bytes_total, rb_chunks_zero;
 	_Atomic int exported;
+	_Atomic uint64_t hosts; /* controllers hosts hold on the export (frontend.c counts them) */
+	_Atomic uint64_t read_lat_ticks, write_lat_ticks; /* summed latency, per kind */
 };
 
 void mirror_create(struct imdn_req *req);

@@ -132,15 +132,18 @@ static void mirror_finish(struct mirror_io *mio, int status, uint16_t sct, uint1
 {
 	struct imdn_mirror *m = mio->m;
 	uint64_t bytes = mio->nblocks * m->block_size;
+	uint64_t ticks = spdk_get_ticks() - mio->start;
 	switch (mio->kind) {
 	case IMDN_READ:
 		CTR_ADD(m->reads, 1);
+		CTR_ADD(m->read_lat_ticks, ticks); /* for an average per read over any interval */
 		if (status == 0) {
 			CTR_ADD(m->bytes_read, bytes);
 		}
 		break;
 	case IMDN_WRITE:
 		CTR_ADD(m->writes, 1);
+		CTR_ADD(m->write_lat_ticks, ticks);
 		if (status == 0) {
 			CTR_ADD(m->bytes_written, bytes);
 		}
@@ -151,7 +154,7 @@ static void mirror_finish(struct mirror_io *mio, int status, uint16_t sct, uint1
 	if (status != 0) {
 		CTR_ADD(m->errors, 1);
 	}
-	uint32_t bucket = lat_bucket(spdk_get_ticks() - mio->start); /* CTR_ADD evaluates its field twice */
+	uint32_t bucket = lat_bucket(ticks); /* CTR_ADD evaluates its field twice */
 	CTR_ADD(m->lat_hist[bucket], 1);
 	m->inflight--;
 	mio->done(mio, status, sct, sc); /* mio may be gone after this */
@@ -1054,6 +1057,10 @@ void imdn_mirror_stats(struct imdn_mirror *m, struct imdn_mirror_stats *out)
 	out->errors = CTR_GET(m->errors);
 	out->held_writes = CTR_GET(m->held_writes);
 	out->outstanding = m->inflight;
+	out->hosts = CTR_GET(m->hosts);
+	out->read_lat_ticks = CTR_GET(m->read_lat_ticks);
+	out->write_lat_ticks = CTR_GET(m->write_lat_ticks);
+	out->ticks_hz = g_ticks_hz;
 	for (int i = 0; i < IMDN_LAT_BUCKETS; i++) {
 		out->lat_hist[i] = CTR_GET(m->lat_hist[i]);
 	}

@@ -54,6 +54,8 @@ class FakeSpdk:
         self.aio: dict[str, tuple[str, int]] = {}  # bdev name -> (path, block size)
         self.loaded: dict[str, str] = {}  # aio bdev name -> device path with a loaded lvstore
         self.subsystems: dict[str, dict[str, Any]] = {}
+        self.ticks = 0
+        self.io: dict[str, dict[str, int]] = {}  # bdev name -> iostat counters a test sets
 
     def restart(self) -> None:
         """A new target process: nothing in memory, devices as they were."""
@@ -106,6 +108,13 @@ class FakeSpdk:
         if filename in self.devices:  # examine loads the lvstore on it
             self.loaded[name] = filename
         return name
+
+    def rpc_bdev_get_iostat(self, method: str, name: str) -> dict[str, Any]:
+        if name not in self.aio:
+            raise self._err(method, -errno.ENODEV)
+        self.ticks += 1_000_000  # one second of the target's clock per call
+        io = self.io.setdefault(name, {"bytes_written": 0, "num_write_ops": 0, "write_latency_ticks": 0})
+        return {"tick_rate": 1_000_000, "ticks": self.ticks, "bdevs": [{"name": name, **io}]}
 
     def rpc_bdev_aio_delete(self, method: str, name: str) -> bool:
         if name not in self.aio:

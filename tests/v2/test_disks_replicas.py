@@ -370,3 +370,17 @@ async def test_v2_changes_that_cannot_be_written_are_refused_and_undone(tmp_path
     with pytest.raises(ResourceExhausted, match="state dir"):
         await disks.delete(DISK_TYPE_BLOCK, "disk-1", "", "")
     assert "disk-1" in v2.disks.records and "disk-1" in keeper.spdk.aio
+
+
+async def test_disk_metrics_are_rates_over_the_interval_between_calls(tmp_path: Path) -> None:
+    _, keeper, _, disks, _ = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    io = keeper.spdk.io.setdefault("disk-1", {})
+    io.update(bytes_written=8 << 20, num_write_ops=2048, write_latency_ticks=2048 * 50)
+    first = await disks.metrics(DISK_TYPE_BLOCK, "disk-1", "")  # since the target's start: 1 s on its clock
+    assert (first.write_iops, first.write_throughput, first.write_latency_ns) == (2048, 8 << 20, 50_000)
+    io.update(bytes_written=(8 << 20) + 4096 * 100, num_write_ops=2148, write_latency_ticks=2048 * 50 + 100 * 20)
+    second = await disks.metrics(DISK_TYPE_BLOCK, "disk-1", "")
+    assert (second.write_iops, second.write_throughput, second.write_latency_ns) == (100, 409_600, 20_000)
+    with pytest.raises(NotFound, match=r"^disk_name:"):
+        await disks.metrics(DISK_TYPE_BLOCK, "disk-9", "")

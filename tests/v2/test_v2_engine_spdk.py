@@ -330,3 +330,48 @@ async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
         pid = target_pid(node.config)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+
+
+# -- observability (issue 11) -------------------------------------------------------------
+
+
+async def test_engine_metrics_move_with_host_io(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    from tests.test_observability import samples, scrape, value
+
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    disks = node.daemon.disks()
+    disk_request = dpb.DiskGetRequest(disk_type=dpb.block, disk_name="d1")
+    await disks.MetricsGet(disk_request)  # the start of the disk's interval
+    await node.proxy.MetricsGet(node.target("e1"))  # the start of the engine's
+    loop = asyncio.ensure_future(
+        host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=2, seconds=5, qd=2, span=2048)
+    )
+
+    async def connected() -> bool:
+        during = samples((await scrape(node.daemon))[1])
+        return value(during, "imd_engine_frontend_hosts", engine="e1") == 1
+
+    await wait_for(connected, 20)  # the host is one; the count follows it within 100 ms
+    report = await loop
+    after = samples((await scrape(node.daemon))[1])
+    assert value(after, "imd_engine_writes_total", engine="e1") >= report["writes"]
+    assert value(after, "imd_engine_written_bytes_total", engine="e1") >= 4096 * report["writes"]
+    assert value(after, "imd_engine_io_latency_seconds_count", engine="e1") >= report["writes"] + report["reads"]
+    assert value(after, "imd_engine_replicas", engine="e1", mode="RW") == 2
+    assert value(after, "imd_spdk_target_up") == 1
+    assert value(after, "imd_spdk_controllers", state="connected") == 2
+    assert value(after, "imd_instances", data_engine="v2", type="engine", state="running") == 1
+    engine_rates = (await node.proxy.MetricsGet(node.target("e1"))).metrics
+    assert engine_rates.writeIOPS > 0 and engine_rates.writeThroughput >= 4096 * engine_rates.writeIOPS
+    assert engine_rates.writeLatency > 0
+    disk_rates = (await disks.MetricsGet(disk_request)).metrics
+    assert disk_rates.writeIOPS > 0 and disk_rates.writeThroughput > 0  # both replicas' writes, on one disk
+    from tests.test_observability import imd
+
+    shown = await asyncio.to_thread(imd, "--socket", str(node.daemon.socket), "status")
+    text = shown.stdout
+    assert "SPDK target: pid" in text and "r1=RW r2=RW" in text, text
+    assert any(line.split()[:1] == ["d1"] for line in text.splitlines()), text  # the disks table
