@@ -45,6 +45,7 @@ def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """grpcio's own stubs generated from proto/: an independent client, so
     the wire tests check our paths and field numbers, not our stubs."""
     import importlib
+    import importlib.util
     import sys
 
     from grpc_tools import protoc
@@ -52,17 +53,11 @@ def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("grpcio_stubs")
     proto_root = Path(__file__).resolve().parent.parent / "proto"
     include = Path(protoc.__file__).parent / "_proto"
-    protos = [
-        "ptypes/controller.proto",
-        "ptypes/syncagent.proto",
-        "imrpc/common.proto",
-        "imrpc/imrpc.proto",
-        "imrpc/instance.proto",
-        "imrpc/disk.proto",
-        "imrpc/proxy.proto",
-        "imdrpc/replica.proto",
-        "imdrpc/daemon.proto",
-    ]
+    spec = importlib.util.spec_from_file_location("generate", proto_root / "generate.py")
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    protos = generate.PROTOS
     args = ["protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
     assert protoc.main([*args, *protos]) == 0
     sys.path.insert(0, str(out))

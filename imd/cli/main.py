@@ -19,7 +19,7 @@ from imd.api.gen.imrpc import imrpc_grpc, instance_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.cli.client import open_channel
-from imd.cli.output import emit, process_row
+from imd.cli.output import emit, process_row, stream_lines
 from imd.cli.status import status
 from imd.cli.v2 import add_commands as add_v2_commands
 
@@ -53,17 +53,6 @@ def _show(a: argparse.Namespace, response: Any) -> None:
     emit(response, as_json=a.json, rows=[process_row(response)])
 
 
-async def _lines(a: argparse.Namespace, call: Any, request: Any) -> None:
-    async with call.open() as stream:
-        await stream.send_message(request, end=True)
-        async for reply in stream:
-            if a.json:
-                emit({"line": reply.line}, as_json=True)
-            else:
-                sys.stdout.write(reply.line + "\n")
-                sys.stdout.flush()
-
-
 # -- process commands ----------------------------------------------------------
 
 
@@ -91,7 +80,7 @@ async def process_list(a: argparse.Namespace, ch: Channel) -> None:
 
 
 async def process_log(a: argparse.Namespace, ch: Channel) -> None:
-    await _lines(a, _pm(ch).ProcessLog, pm.LogRequest(name=a.name, follow=a.follow))
+    await stream_lines(_pm(ch).ProcessLog, pm.LogRequest(name=a.name, follow=a.follow), as_json=a.json)
 
 
 async def process_watch(a: argparse.Namespace, ch: Channel) -> None:
@@ -128,7 +117,7 @@ async def instance_list(a: argparse.Namespace, ch: Channel) -> None:
 
 
 async def instance_log(a: argparse.Namespace, ch: Channel) -> None:
-    await _lines(a, _inst(ch).InstanceLog, inst.InstanceLogRequest(name=a.name, follow=a.follow))
+    await stream_lines(_inst(ch).InstanceLog, inst.InstanceLogRequest(name=a.name, follow=a.follow), as_json=a.json)
 
 
 async def instance_watch(a: argparse.Namespace, ch: Channel) -> None:

@@ -53,3 +53,15 @@ def emit(
         for key, value in (as_dict(obj) if isinstance(obj, Message) else obj).items():
             sys.stdout.write(f"{key}: {value}\n")
     sys.stdout.flush()
+
+
+async def stream_lines(call: Any, request: Any, *, as_json: bool) -> None:
+    """Print a log stream (ProcessLog, InstanceLog) line by line as it comes."""
+    async with call.open() as stream:
+        await stream.send_message(request, end=True)
+        async for reply in stream:
+            if as_json:
+                emit({"line": reply.line}, as_json=True)
+            else:
+                sys.stdout.write(reply.line + "\n")
+                sys.stdout.flush()

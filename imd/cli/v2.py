@@ -8,7 +8,6 @@ default, ``--json`` for scripts, exactly like the V1 commands.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.api.gen.imrpc import proxy_pb2 as ppb
 from imd.api.gen.ptypes import controller_pb2 as ctl
-from imd.cli.output import as_dict, emit
+from imd.cli.output import as_dict, emit, stream_lines
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
 
@@ -208,14 +207,7 @@ def _lister(kind: str) -> Command:
 def _logger(kind: str) -> Command:
     async def log(a: argparse.Namespace, ch: Channel) -> None:
         request = inst.InstanceLogRequest(name=a.name, type=kind, data_engine=common.DATA_ENGINE_V2, follow=a.follow)
-        async with _inst(ch).InstanceLog.open() as stream:
-            await stream.send_message(request, end=True)
-            async for reply in stream:
-                if a.json:
-                    emit({"line": reply.line}, as_json=True)
-                else:
-                    sys.stdout.write(reply.line + "\n")
-                    sys.stdout.flush()
+        await stream_lines(_inst(ch).InstanceLog, request, as_json=a.json)
 
     return log
 

@@ -442,27 +442,34 @@ class Engines:
             await self._drop_replica(engine, replica)
             self.hub.publish(self.view(engine))
             raise datapath_error(f"cannot start the rebuild of {replica}", exc) from exc
-        engine.rebuild, engine.rebuild_dst = rebuild, replica
         started.set_result(None)
         log.info("rebuild started", extra=fields(name=record.name, replica=replica))
+        if await self._copy(engine, replica, rebuild, "rebuild"):
+            log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
+        else:
+            log.error("rebuild failed", extra=fields(name=record.name, replica=replica, error=engine.errors[replica]))
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
+
+    async def _copy(self, engine: Engine, replica: str, rebuild: RebuildHandle, what: str) -> bool:
+        """Wait for ``rebuild`` to copy the volume onto ``replica``, then let
+        the replica serve reads (True), or mark it ERR saying why (False).
+        Preempted (engine delete, ReplicaRemove, shutdown): the copy stops
+        within a chunk and the rest is left to whoever preempted it."""
+        engine.rebuild, engine.rebuild_dst = rebuild, replica
         try:
             status = await asyncio.shield(rebuild.done)
         except asyncio.CancelledError:
-            # Preempted (engine delete, ReplicaRemove, shutdown): stop the copy
-            # within a chunk, and leave the rest to whoever preempted us.
             await rebuild.cancel()
             raise
         finally:
             engine.rebuild = None
         if status.state == RebuildState.COMPLETE:
             await self._promote(engine, replica)
-            log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
-        else:
-            record.modes[replica] = ReplicaMode.ERR
-            engine.errors[replica] = f"rebuild {status.state}: {status.error}"
-            log.error("rebuild failed", extra=fields(name=record.name, replica=replica, error=status.error))
-        self.hub.publish(self.view(engine))
-        await self.hub.durable()
+            return engine.record.modes[replica] == ReplicaMode.RW
+        engine.record.modes[replica] = ReplicaMode.ERR
+        engine.errors[replica] = f"{what} {status.state}: {status.error}"
+        return False
 
     async def _promote(self, engine: Engine, replica: str) -> None:
         """A rebuilt replica serves reads again (WO to RW). If the mirror
@@ -753,19 +760,7 @@ class Engines:
             if record.modes.get(replica) != ReplicaMode.WO:
                 continue
             rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes)
-            engine.rebuild, engine.rebuild_dst = rebuild, replica
-            try:
-                status = await asyncio.shield(rebuild.done)
-            except asyncio.CancelledError:
-                await rebuild.cancel()
-                raise
-            finally:
-                engine.rebuild = None
-            if status.state == RebuildState.COMPLETE:
-                await self._promote(engine, replica)
-            else:
-                record.modes[replica] = ReplicaMode.ERR
-                engine.errors[replica] = f"resync after an unclean stop {status.state}: {status.error}"
+            await self._copy(engine, replica, rebuild, "resync after an unclean stop")
             self.hub.publish(self.view(engine))
             await self.hub.durable()
         log.info("engine resynced", extra=fields(name=record.name, replicas=",".join(replicas)))
