@@ -46,7 +46,7 @@ from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.resources import DescriptorGuard
-from imd.supervisor.state import StateStore, decode_registry
+from imd.supervisor.state import StateStore, load_registry
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
 from imd.v2.datapath import DataPath, native_data_path
@@ -181,7 +181,7 @@ class Daemon:
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
         # Recovery before listening: the port allocator must know every
         # adopted child's ports before the first create can arrive.
-        self.recovery = self.supervisor.recover(self.store.load(decode_registry) or [])
+        self.recovery = self.supervisor.recover(load_registry(self.store) or [])
         with contextlib.suppress(ImdError):
             # Degraded from the start: Durability logged it; health says so.
             await self.supervisor.durable()

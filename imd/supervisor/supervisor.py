@@ -86,7 +86,15 @@ from imd.supervisor.model import (
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import ManagedProcess, SupervisionSettings
 from imd.supervisor.resources import DescriptorGuard, is_descriptor_limit, spawn_error
-from imd.supervisor.state import REGISTRY_FILE, PersistedProcess, Role, StateStore, encode_registry
+from imd.supervisor.state import (
+    REGISTRY_FILE,
+    NameEntries,
+    PersistedProcess,
+    Role,
+    StateStore,
+    encode_changes,
+    encode_registry,
+)
 
 log = logging.getLogger("imd.supervisor")
 
@@ -129,6 +137,10 @@ class Supervisor:
         self.store: StateStore | None = None
         self._owner = ""
         self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="imd-spawn")
+        # What changed since the last write, for the state journal: names
+        # by (internal namespace?, name), or everything.
+        self._dirty: set[tuple[bool, str]] = set()
+        self._dirty_all = False
         # Processes whose child is being spawned: their ports are allocated,
         # their child may already run, and their entry is not made yet.
         self._spawning: set[ManagedProcess] = set()
@@ -138,8 +150,9 @@ class Supervisor:
     def attach_store(self, state_dir: Path, durability: Durability) -> StateStore:
         self.store = StateStore(
             state_dir / REGISTRY_FILE,
-            lambda: encode_registry(self.snapshot()),
+            self._encode_snapshot,
             durability,
+            changes=self._encode_changes,
             relieve=self.descriptors.limit_hit,
         )
         self._owner = str(state_dir.absolute())
@@ -171,6 +184,41 @@ class Supervisor:
             entries.append(self._persisted(proc, Role.RETIRING))
         for proc in self._internal.values():
             entries.append(self._persisted(proc, Role.INTERNAL))
+        return entries
+
+    def _encode_snapshot(self) -> bytes:
+        self._dirty.clear()
+        self._dirty_all = False
+        return encode_registry(self.snapshot())
+
+    def _encode_changes(self) -> bytes | None:
+        """The journal record for every name changed since the last write
+        (b"" if none), or None when only a whole snapshot will do. Only the
+        changed names' entries are encoded, however large the registry."""
+        if self._dirty_all:
+            self._dirty.clear()
+            self._dirty_all = False
+            return None
+        if not self._dirty:
+            return b""
+        names = [NameEntries(internal, name, self._entries_of(internal, name)) for internal, name in self._dirty]
+        self._dirty.clear()
+        return encode_changes(names)
+
+    def _entries_of(self, internal: bool, name: str) -> list[PersistedProcess]:
+        """``name``'s entries as ``snapshot`` has them."""
+        if internal:
+            proc = self._internal.get(name)
+            return [self._persisted(proc, Role.INTERNAL)] if proc is not None else []
+        entries = []
+        replacing = self._replacing.get(name)
+        promoting = replacing is not None and replacing.promoting
+        current = self._current.get(name)
+        if current is not None:
+            entries.append(self._persisted(current, Role.RETIRING if promoting else Role.CURRENT))
+        if replacing is not None:
+            entries.append(self._persisted(replacing, Role.CURRENT if promoting else Role.REPLACING))
+        entries.extend(self._persisted(proc, Role.RETIRING) for proc in self._retiring if proc.name == name)
         return entries
 
     @staticmethod
@@ -349,6 +397,7 @@ class Supervisor:
             self.logs.mark_deleted(proc.name)
             self._resolve_removal(proc.name)
         proc.delete_requested = True
+        self._changed(proc.name)
         self._retire(proc)
 
     def _prepare(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
@@ -431,7 +480,7 @@ class Supervisor:
         proc = self._start_now(spec, NO_INSTANCE, extra_env)
         self._internal[spec.name] = proc
         self._internal_exit[spec.name] = on_exit
-        self._changed()
+        self._changed(spec.name, internal=True)
         log.info("internal child started", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
         return proc
 
@@ -445,6 +494,7 @@ class Supervisor:
         proc = self._internal.get(name)
         if proc is not None:
             proc.delete_requested = True
+            self._changed(name, internal=True)
             proc.stop(signal.SIGINT)
         return proc
 
@@ -478,6 +528,7 @@ class Supervisor:
     def _delete_committed(self, proc: ManagedProcess) -> ProcessView:
         proc.delete_pending = False
         proc.delete_requested = True
+        self._changed(proc.name)
         log.info("delete requested", extra=fields(name=proc.name, uuid=proc.uuid))
         replacement = self._replacing.pop(proc.name, None)
         if replacement is not None:
@@ -492,7 +543,7 @@ class Supervisor:
     def _undo_delete(self, proc: ManagedProcess) -> None:
         log.warning("delete undone: it could not be written", extra=fields(name=proc.name, uuid=proc.uuid))
         proc.delete_pending = False
-        self._changed()
+        self._changed(proc.name)
 
     # -- replace ---------------------------------------------------------------
 
@@ -579,7 +630,7 @@ class Supervisor:
             self._finish_retired(old)
         else:
             old.stop(sig)
-        self._changed()
+        self._changed(new.name)
         log.info("replaced", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
         return new.view()
 
@@ -591,6 +642,7 @@ class Supervisor:
     def _abandon(self, new: ManagedProcess) -> None:
         if self._replacing.get(new.name) is new:
             del self._replacing[new.name]
+        self._changed(new.name)
         self._retire(new)
 
     def _retire(self, proc: ManagedProcess) -> None:
@@ -600,6 +652,7 @@ class Supervisor:
             self._finish_retired(proc)
         else:
             self._retiring.add(proc)
+            self._changed(proc.name)
             proc.stop(signal.SIGINT)
 
     # -- commits -----------------------------------------------------------------
@@ -613,7 +666,7 @@ class Supervisor:
         hangs up cannot leave the change half done; it is completed or
         undone all the same. Meanwhile ``name`` is settling (see the module
         docstring)."""
-        self._changed()
+        self._changed(name)
         if self.store is None:
             return apply()
         settled = self._begin_settling(name)
@@ -655,7 +708,7 @@ class Supervisor:
 
     def process_changed(self, proc: ManagedProcess) -> None:
         if self._internal.get(proc.name) is proc:
-            self._changed()
+            self._changed(proc.name, internal=True)
             return
         self._emit(proc)
 
@@ -670,7 +723,7 @@ class Supervisor:
             ),
         )
         if self._internal.get(proc.name) is proc:
-            self._changed()
+            self._changed(proc.name, internal=True)
             hook = self._internal_exit.get(proc.name)
             if hook is not None:
                 hook(proc)
@@ -716,9 +769,17 @@ class Supervisor:
     def _emit(self, proc: ManagedProcess, *, deleted: bool = False) -> None:
         self._seq += 1
         self.events.publish(ProcessEvent(self._seq, proc.view(deleted=deleted)))
-        self._changed()
+        self._changed(proc.name)
 
-    def _changed(self) -> None:
+    def _changed(self, name: str | None = None, *, internal: bool = False) -> None:
+        """The registry changed: ``name``'s entries (in the internal
+        namespace or not), or, without a name, anything. Every change of
+        what ``snapshot`` says must come through here: the state journal
+        records only the names marked."""
+        if name is None:
+            self._dirty_all = True
+        else:
+            self._dirty.add((internal, name))
         if self.store is not None:
             self.store.mark_dirty()
 
