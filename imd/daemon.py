@@ -25,7 +25,6 @@ from pathlib import Path
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
 
 from imd.api.disk import DiskServicer
 from imd.api.instance import InstanceServicer
@@ -34,6 +33,7 @@ from imd.api.proxy import proxy_servicer
 from imd.api.replica import REPLICA_PORT_OFFSET, RemoteReplicas, ReplicaServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.api.tls import TlsError, client_context, server_context
+from imd.api.transport import Server
 from imd.config import Config, ConfigError
 from imd.edges.sdnotify import Notifier
 from imd.errors import ImdError
