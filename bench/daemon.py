@@ -24,17 +24,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def free_base_port() -> int:
+def free_port_block(count: int = 5) -> int:
+    """A port P with P to P + count - 1 free. imd listens on P (process
+    manager), P+1 (proxy), P+2 (disk), P+3 (instance) and P+4 (replica)."""
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = int(probe.getsockname()[1])
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", base + 3))
-                return base
-            except OSError:
-                continue
+        if base + count > 65535:
+            continue
+        if all(_free(base + offset) for offset in range(1, count)):
+            return base
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as other:
+        try:
+            other.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_base_port() -> int:
+    return free_port_block(5)
 
 
 class LocalDaemon:

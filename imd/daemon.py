@@ -27,7 +27,6 @@ import msgspec
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
 
 from imd.api.daemon_status import DaemonServicer
 from imd.api.disk import DiskServicer
@@ -37,6 +36,7 @@ from imd.api.proxy import proxy_servicer
 from imd.api.replica import REPLICA_PORT_OFFSET, RemoteReplicas, ReplicaServicer
 from imd.api.status import BoundedProtoCodec, InFlight
 from imd.api.tls import TlsError, client_context, server_context
+from imd.api.transport import Server
 from imd.config import Config, ConfigError
 from imd.edges.metrics_http import MetricsServer
 from imd.edges.sdnotify import Notifier
@@ -52,7 +52,7 @@ from imd.supervisor.durability import Durability
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.resources import DescriptorGuard
-from imd.supervisor.state import StateStore, decode_registry
+from imd.supervisor.state import StateStore, load_registry
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
 from imd.v2.datapath import DataPath, native_data_path
@@ -194,7 +194,7 @@ class Daemon:
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
         # Recovery before listening: the port allocator must know every
         # adopted child's ports before the first create can arrive.
-        self.recovery = self.supervisor.recover(self.store.load(decode_registry) or [])
+        self.recovery = self.supervisor.recover(load_registry(self.store) or [])
         with contextlib.suppress(ImdError):
             # Degraded from the start: Durability logged it; health says so.
             await self.supervisor.durable()

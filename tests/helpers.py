@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from imd.api.gen.imrpc import disk_grpc, imrpc_grpc, instance_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
+from imd.supervisor.state import REGISTRY_FILE, encode_registry, journal_path, read_registry
 
 PY = sys.executable
 CHILDREN = Path(__file__).parent / "children"
@@ -320,3 +322,16 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry))
     return found
+
+
+def registry_state(state_dir: Path) -> dict[str, Any]:
+    """The durable registry as JSON (``{"version": 1, "processes": [...]}``):
+    the state file with its journal replayed, what a restart would recover."""
+    return json.loads(encode_registry(read_registry(state_dir)))
+
+
+def write_registry_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the durable registry by ``state`` (a test tampering with what
+    a restart will find): a whole state file, and no journal."""
+    (state_dir / REGISTRY_FILE).write_text(json.dumps(state))
+    journal_path(state_dir / REGISTRY_FILE).unlink(missing_ok=True)

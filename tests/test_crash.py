@@ -40,7 +40,7 @@ from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import imrpc_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
-from imd.supervisor.state import decode_registry
+from imd.supervisor.state import read_registry
 from tests.helpers import RunningDaemon, make_daemon, pid_alive, spec
 
 CRASHES = 50
@@ -200,7 +200,7 @@ class Storm:
         owner = str(self.daemon.state_dir.absolute())
         deadline = time.monotonic() + 15
         while True:
-            entries = decode_registry((self.daemon.state_dir / "registry.json").read_bytes())
+            entries = read_registry(self.daemon.state_dir)
             recorded = {e.uuid for e in entries}
             strays = {u: pids for u, pids in tagged(owner).items() if u not in recorded}
             if not strays:
@@ -272,7 +272,7 @@ async def test_kill_9_storm_never_loses_what_was_acknowledged(
         for _ in range(CRASHES):
             await storm.round()
             # What the crash left must parse (recovery would set it aside otherwise).
-            decode_registry((daemon.state_dir / "registry.json").read_bytes())
+            read_registry(daemon.state_dir)
             await daemon.start()
             await storm.check()
         assert "state file set aside" not in daemon.stderr()

@@ -39,6 +39,7 @@ from tests.helpers import (
     health_spec,
     make_daemon,
     pid_alive,
+    registry_state,
     spec,
     until_event,
     wait_gone,
@@ -50,6 +51,11 @@ from tests.test_sdnotify import NotifyListener
 pytestmark = pytest.mark.asyncio
 
 TICKER = "while :; do echo tick; sleep 0.1; done"
+# The state journal appends small records, and an append that fits in the
+# last page the journal already has succeeds on a full file system (as it
+# would on a real disk). A process whose entry is bigger than a page (this
+# becomes the shell's $0) cannot be written there: its change needs space.
+BIG = "x" * 5000
 FULL = "state dir: no space left on device (writing "
 READ_ONLY = "state dir: read-only file system (writing "
 
@@ -139,7 +145,7 @@ async def refused(call: Any) -> GRPCError:
 
 def registry(daemon: RunningDaemon) -> dict[str, dict[str, Any]]:
     """The durable registry, current entries by name."""
-    state = json.loads((daemon.state_dir / "registry.json").read_bytes())
+    state = registry_state(daemon.state_dir)
     return {e["name"]: e for e in state["processes"] if e["role"] == "current"}
 
 
@@ -175,7 +181,8 @@ async def test_full_state_dir_undoes_and_refuses_changes_then_recovers(tmp_path:
                 ballast = fill(daemon.state_dir)
 
                 # Spawned, but its entry cannot be written: undone, not acknowledged.
-                err = await refused(stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("lost", port_count=4))))
+                lost = spec("lost", SH, ["-c", "sleep 1000", BIG], port_count=4)
+                err = await refused(stub.ProcessCreate(pm.ProcessCreateRequest(spec=lost)))
                 assert err.status == Status.RESOURCE_EXHAUSTED
                 assert (err.message or "").startswith(FULL), err.message
                 seen = await until_event(events, lambda e: e.spec.name == "lost" and e.deleted)
@@ -230,7 +237,7 @@ async def test_full_state_dir_undoes_and_refuses_changes_then_recovers(tmp_path:
 async def test_delete_whose_intent_cannot_be_written_leaves_the_process_alone(tmp_path: Path) -> None:
     async with daemon_on_tmpfs(tmp_path / "d") as daemon:
         stub = daemon.pm()
-        created = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("victim", SH, ["-c", TICKER])))
+        created = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("victim", SH, ["-c", TICKER, BIG])))
         pid = registry(daemon)["victim"]["pid"]
         ballast = fill(daemon.state_dir)
         err = await refused(stub.ProcessDelete(pm.ProcessDeleteRequest(name="victim")))
@@ -252,7 +259,7 @@ async def test_delete_whose_intent_cannot_be_written_leaves_the_process_alone(tm
 async def test_replace_whose_takeover_cannot_be_written_keeps_the_old_process(tmp_path: Path) -> None:
     async with daemon_on_tmpfs(tmp_path / "d", port_range="22310-22311") as daemon:
         stub = daemon.pm()
-        old = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("svc", SH, ["-c", TICKER])))
+        old = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("svc", SH, ["-c", TICKER, BIG])))
         old_pid = registry(daemon)["svc"]["pid"]
         ballast = fill(daemon.state_dir)
         replacement = health_spec("svc")

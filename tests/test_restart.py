@@ -5,7 +5,6 @@ recycled are never touched."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,17 @@ from google.protobuf.empty_pb2 import Empty
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
-from tests.helpers import SH, RunningDaemon, health_spec, pid_alive, spec, wait_gone, wait_state
+from tests.helpers import (
+    SH,
+    RunningDaemon,
+    health_spec,
+    pid_alive,
+    registry_state,
+    spec,
+    wait_gone,
+    wait_state,
+    write_registry_state,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,7 +50,7 @@ async def start_fleet(daemon: RunningDaemon) -> dict[str, pm.ProcessResponse]:
 
 
 def pids_by_name(daemon: RunningDaemon) -> dict[str, int]:
-    state = json.loads((daemon.state_dir / "registry.json").read_bytes())
+    state = registry_state(daemon.state_dir)
     return {entry["name"]: entry["pid"] for entry in state["processes"]}
 
 
@@ -123,12 +132,11 @@ async def test_children_that_died_or_whose_pid_was_recycled(daemon_factory) -> N
     # Point "recycled" at an unrelated live program, as if its pid had been
     # reused: same pid field, different process (start time differs).
     unrelated = subprocess.Popen(["/bin/sleep", "1000"])
-    state_path = daemon.state_dir / "registry.json"
-    state = json.loads(state_path.read_bytes())
+    state = registry_state(daemon.state_dir)
     for entry in state["processes"]:
         if entry["name"] == "recycled":
             entry["pid"] = unrelated.pid
-    state_path.write_text(json.dumps(state))
+    write_registry_state(daemon.state_dir, state)
     await asyncio.sleep(0.2)
     try:
         await daemon.start()
@@ -172,13 +180,13 @@ async def test_corrupt_state_file_is_set_aside(daemon_factory, tmp_path) -> None
 async def test_changes_are_persisted_before_the_rpc_returns(daemon: RunningDaemon) -> None:
     stub = daemon.pm()
     created = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("p1", port_count=2)))
-    state = json.loads((daemon.state_dir / "registry.json").read_bytes())
+    state = registry_state(daemon.state_dir)
     (entry,) = state["processes"]
     assert (entry["name"], entry["uuid"], entry["state"]) == ("p1", created.status.uuid, created.status.state)
     assert entry["ports"] == {"start": created.status.port_start, "end": created.status.port_end}
     assert entry["start_time"] > 0
     await stub.ProcessDelete(pm.ProcessDeleteRequest(name="p1"))
-    state = json.loads((daemon.state_dir / "registry.json").read_bytes())
+    state = registry_state(daemon.state_dir)
     assert state["processes"][0]["delete_requested"] is True
 
 
@@ -227,7 +235,7 @@ async def test_replacement_in_flight_at_crash_is_stopped(daemon_factory) -> None
         stub.ProcessReplace(pm.ProcessReplaceRequest(spec=health_spec("r", "--delay", "60"), terminate_signal="SIGHUP"))
     )
     await asyncio.sleep(1.0)
-    state = json.loads((daemon.state_dir / "registry.json").read_bytes())
+    state = registry_state(daemon.state_dir)
     roles = {e["role"]: e["pid"] for e in state["processes"]}
     assert set(roles) == {"current", "replacing"}
     await daemon.stop(signal.SIGKILL)
@@ -257,10 +265,9 @@ async def test_child_spawned_but_never_recorded_is_killed(daemon_factory) -> Non
         await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec(name, SH, ["-c", TICKER])))
     await daemon.stop(signal.SIGKILL)
     pids = pids_by_name(daemon)
-    state_path = daemon.state_dir / "registry.json"
-    state = json.loads(state_path.read_bytes())
+    state = registry_state(daemon.state_dir)
     state["processes"] = [e for e in state["processes"] if e["name"] != "unrecorded"]
-    state_path.write_text(json.dumps(state))
+    write_registry_state(daemon.state_dir, state)
     other_owner = subprocess.Popen(
         ["/bin/sleep", "1000"],
         env={**os.environ, "IMD_OWNER": "/some/other/daemon", "IMD_PROCESS_UUID": "x"},

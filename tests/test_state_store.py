@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -17,7 +18,14 @@ import pytest
 from imd.api.status import grpc_error
 from imd.errors import ImdError, ResourceExhausted, Unavailable
 from imd.supervisor.durability import Durability
-from imd.supervisor.state import StateStore, decode_registry, encode_registry, write_atomically
+from imd.supervisor.state import (
+    Journal,
+    StateStore,
+    decode_registry,
+    encode_registry,
+    journal_path,
+    write_atomically,
+)
 
 
 class Disk:
@@ -292,3 +300,188 @@ async def test_durability_is_degraded_while_any_store_fails() -> None:
     durability.succeeded("spdk.json")
     assert not durability.degraded and durability.reason == ""
     durability.check()
+
+
+# -- the journal ------------------------------------------------------------------------
+
+
+class Keyed:
+    """In-memory state for a journaled store: a dict, whose changed keys
+    become a journal record."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self.whole = False  # changes() says "only a snapshot will do"
+
+    def set(self, key: str, value: int | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+        self.dirty.add(key)
+
+    def encode(self) -> bytes:
+        self.dirty.clear()
+        return msgspec.json.encode(self.values)
+
+    def changes(self) -> bytes | None:
+        if self.whole:
+            self.whole = False
+            return None
+        record = msgspec.json.encode({key: self.values.get(key) for key in self.dirty}) if self.dirty else b""
+        self.dirty.clear()
+        return record
+
+
+def decode_keyed(data: bytes) -> dict[str, int]:
+    return dict(msgspec.json.decode(data))
+
+
+def replay_keyed(values: dict[str, int], record: bytes) -> dict[str, int]:
+    for key, value in msgspec.json.decode(record).items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return values
+
+
+def journaled(tmp_path: Path, state: Keyed, **kw) -> StateStore:
+    return StateStore(tmp_path / "k.json", state.encode, Durability(), changes=state.changes, **kw)
+
+
+def reload(tmp_path: Path) -> dict[str, int] | None:
+    return journaled(tmp_path, Keyed()).load(decode_keyed, replay_keyed)
+
+
+@pytest.mark.asyncio
+async def test_journal_appends_what_changed_and_load_replays_it(tmp_path: Path) -> None:
+    state = Keyed()
+    store = journaled(tmp_path, state)
+    assert store.load(decode_keyed, replay_keyed) is None
+    state.set("a", 1)
+    store.mark_dirty()
+    await store.commit()  # the first write after load is a whole snapshot
+    assert store.snapshots == 1 and decode_keyed(store.path.read_bytes()) == {"a": 1}
+    for i in range(20):
+        state.set(f"k{i % 3}", i)
+        if i == 10:
+            state.set("a", None)
+        store.mark_dirty()
+        await store.commit()
+    assert store.snapshots == 1 and store.writes == 21  # 20 appends, the file untouched
+    assert decode_keyed(store.path.read_bytes()) == {"a": 1}
+    assert reload(tmp_path) == {"k0": 18, "k1": 19, "k2": 17}
+    # Only a snapshot will do: the owner says so.
+    state.whole = True
+    state.set("z", 26)
+    store.mark_dirty()
+    await store.commit()
+    assert store.snapshots == 2 and reload(tmp_path) == {"k0": 18, "k1": 19, "k2": 17, "z": 26}
+    # A clean close leaves a whole file and a journal that adds nothing.
+    state.set("y", 25)
+    store.mark_dirty()
+    await store.commit()
+    assert await store.close()
+    assert decode_keyed(store.path.read_bytes()) == reload(tmp_path) == {"k0": 18, "k1": 19, "k2": 17, "z": 26, "y": 25}
+    assert journal_path(store.path).stat().st_size == Journal.HEADER.size
+
+
+@pytest.mark.asyncio
+async def test_journal_is_compacted_into_a_snapshot_when_it_grows(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(Journal, "MIN_COMPACT", 200)
+    state = Keyed()
+    store = journaled(tmp_path, state)
+    for i in range(40):
+        state.set(f"key-{i}", i)
+        store.mark_dirty()
+        await store.commit()
+    assert 2 <= store.snapshots < 40
+    journal = store._journal
+    assert journal is not None and journal_path(store.path).stat().st_size < journal.compact_at + 100
+    assert reload(tmp_path) == {f"key-{i}": i for i in range(40)}
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_torn_append_is_ignored_and_followed_by_a_snapshot(tmp_path: Path) -> None:
+    state = Keyed()
+    store = journaled(tmp_path, state)
+    for i in range(3):
+        state.set("n", i)
+        store.mark_dirty()
+        await store.commit()
+    journal = journal_path(store.path)
+    intact = journal.read_bytes()
+    # A crash in the middle of an append: half a record at the end.
+    record = msgspec.json.encode({"n": 99})
+    torn = Journal.RECORD.pack(len(record), zlib.crc32(record)) + record[:4]
+    journal.write_bytes(intact + torn)
+    assert reload(tmp_path) == {"n": 2}
+    # A record whose bytes were damaged ends the replay there too.
+    journal.write_bytes(intact + Journal.RECORD.pack(len(record), zlib.crc32(record) ^ 1) + record)
+    assert reload(tmp_path) == {"n": 2}
+    # A daemon starting on it writes a snapshot first, then appends again.
+    state2 = Keyed()
+    store2 = journaled(tmp_path, state2)
+    state2.values = store2.load(decode_keyed, replay_keyed) or {}
+    state2.set("m", 7)
+    store2.mark_dirty()
+    await store2.commit()
+    assert store2.snapshots == 1 and reload(tmp_path) == {"n": 2, "m": 7}
+    state2.set("m", 8)
+    store2.mark_dirty()
+    await store2.commit()
+    assert store2.snapshots == 1 and reload(tmp_path) == {"n": 2, "m": 8}
+    await store.close()
+    await store2.close()
+
+
+@pytest.mark.asyncio
+async def test_a_journal_that_names_another_snapshot_is_ignored(tmp_path: Path) -> None:
+    state = Keyed()
+    store = journaled(tmp_path, state)
+    state.set("a", 1)
+    store.mark_dirty()
+    await store.commit()
+    state.set("a", 2)
+    store.mark_dirty()
+    await store.commit()
+    assert reload(tmp_path) == {"a": 2}
+    # A crash after a new snapshot was renamed into place but before the
+    # journal was reset: the old journal names the old snapshot.
+    store.path.write_bytes(msgspec.json.encode({"a": 3}))
+    assert reload(tmp_path) == {"a": 3}
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_append_fails_its_commits_and_the_next_write_is_a_snapshot(tmp_path: Path) -> None:
+    state = Keyed()
+    store = journaled(tmp_path, state, retry_initial_s=0.01, retry_max_s=0.04)
+    state.set("a", 1)
+    store.mark_dirty()
+    await store.commit()
+    journal = store._journal
+    assert journal is not None
+    real_append = journal.append
+    calls = []
+
+    def failing_append(payload: bytes) -> None:
+        calls.append(payload)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    journal.append = failing_append  # type: ignore[method-assign]
+    state.set("a", 2)
+    store.mark_dirty()
+    with pytest.raises(ResourceExhausted):
+        await store.commit()
+    assert calls
+    journal.append = real_append  # type: ignore[method-assign]
+    # The owner undoes its change and marks it; the retry is a snapshot.
+    state.set("a", 1)
+    store.mark_dirty()
+    await eventually(lambda: not store.failing)
+    assert store.snapshots == 2 and reload(tmp_path) == {"a": 1}
+    await store.close()

@@ -110,12 +110,19 @@ class ManagedProcess:
 
     # -- start ---------------------------------------------------------------
 
+    @property
+    def argv(self) -> list[str]:
+        return [self.spec.binary, *self.args]
+
     def launch(self, log_path: os.PathLike[str] | str, env: dict[str, str]) -> None:
-        """Spawn the child. Raises OSError if exec fails or the child could
-        not be put under watch; then nothing is left running and the caller
-        still owns the ports."""
-        argv = [self.spec.binary, *self.args]
-        child = os_spawn.spawn_watched(argv, Path(log_path), env)
+        """Spawn the child, here on the loop thread. Raises OSError if exec
+        fails or the child could not be put under watch; then nothing is
+        left running and the caller still owns the ports. (The supervisor
+        spawns in a worker thread and calls ``attach`` instead.)"""
+        self.attach(os_spawn.spawn_watched(self.argv, Path(log_path), env))
+
+    def attach(self, child: os_spawn.Spawned) -> None:
+        """Take charge of the child just spawned for this process."""
         self.start_time = child.start_time
         self._watch(child.pid, child.pidfd)
         if self.spec.port_count == 0:

@@ -14,6 +14,12 @@ will be another, in their own file, under the same rules:
 
 * ``encode()`` takes no arguments: the writer calls it when a write starts,
   so it always writes the newest state.
+* **Journal** (optional). A store given ``changes`` as well writes the whole
+  file only now and then; in between, each write appends one record to
+  ``<file>.journal`` with what changed since the previous write (``changes()``
+  says it, or returns None when only a whole snapshot can) and fdatasyncs
+  it. ``load(decode, replay)`` replays the records on the snapshot. See
+  "The journal" below.
 * **Group commit.** One writer task per store. ``commit()`` returns once a
   write that began after every change marked so far has reached the disk,
   so a burst of a hundred changes costs a handful of fsyncs, not a hundred.
@@ -45,9 +51,33 @@ will be another, in their own file, under the same rules:
   RPCs failed; like any RPC whose answer was an error or lost, the client
   re-reads to learn the outcome.
 
-The registry format: one msgspec JSON document, rewritten whole on every
-change. At a thousand entries that is ~300 KB and about a millisecond to
-encode, so rewriting beats the complexity of a journal.
+The journal. Rewriting the registry whole on every commit cost, at a
+thousand entries, ~300 KB written and three flushes to disk per commit
+(file, rename, directory: 1 ms on this project's machine when it is quiet,
+12 ms when its cores are busy) and a few milliseconds of encoding on the
+event loop; under bench/compare that bounded creates and deletes per second
+(16 concurrent callers share a commit, so throughput is at most 16 per
+commit latency). Appending what changed is one small write and one flush
+(0.2 ms quiet, 4 ms busy). The format:
+
+* ``<file>.journal`` starts with a 16-byte header: ``imdjrnl1``, then the
+  length and CRC-32 of the snapshot it extends. Records follow, each a
+  4-byte length, the payload's CRC-32 and the payload (the owner's bytes).
+* Records are replayed only onto the snapshot the header names; a record
+  that is short or fails its CRC ends the replay (a torn append: its write
+  never completed, so nothing waited on it was acknowledged).
+* A snapshot is written whole (as without a journal: temp file, fsync,
+  rename, directory fsync) first thing after start, after any failed write
+  (a torn record may sit at the journal's end), when the journal has grown
+  past twice the snapshot (and 256 KiB), when ``changes()`` returns None,
+  and at ``close``. Only once the snapshot is durable is the journal reset
+  to a header naming it, so a crash in between leaves the new snapshot and
+  an old journal that names another: ignored.
+* The journal file is created (empty, ignored) before the first snapshot
+  is renamed into place, so the snapshot's directory fsync covers it too.
+
+The registry format: one msgspec JSON document (``StateFile``); a journal
+record (``RegistryChanges``) replaces every entry of the names it lists.
 """
 
 from __future__ import annotations
@@ -59,7 +89,9 @@ import errno
 import functools
 import logging
 import os
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -100,6 +132,7 @@ class StateStore:
         encode: Callable[[], bytes],
         durability: Durability,
         *,
+        changes: Callable[[], bytes | None] | None = None,
         relieve: Callable[[OSError], bool] | None = None,
         write: Callable[[Path, bytes], None] | None = None,
         retry_initial_s: float = 0.05,
@@ -111,6 +144,12 @@ class StateStore:
         self._metrics = metrics if metrics is not None else Metrics()
         self.name = path.name
         self._encode = encode
+        self._changes = changes
+        # Only the writer task touches the journal, in its worker thread,
+        # one call at a time.
+        self._journal = Journal(journal_path(path)) if changes is not None else None
+        self._need_snapshot = True
+        self.snapshots = 0
         self._durability = durability
         self._relieve = relieve
         self._write = write or write_atomically
@@ -129,11 +168,14 @@ class StateStore:
 
     # -- loading -----------------------------------------------------------------
 
-    def load(self, decode: Callable[[bytes], T]) -> T | None:
-        """The decoded file; None if there is none. A file that cannot be
-        read or decoded (``decode`` raising msgspec.MsgspecError or
-        ValueError) is set aside (renamed, never deleted, so an operator can
-        look at it) and None returned: the daemon starts empty."""
+    def load(self, decode: Callable[[bytes], T], replay: Callable[[T, bytes], T] | None = None) -> T | None:
+        """The decoded file, with the journal's records replayed onto it by
+        ``replay`` (given a store with a journal); None if there is no file.
+        A file or record that cannot be read or decoded (msgspec.MsgspecError
+        or ValueError) is set aside, with the journal (renamed, never
+        deleted, so an operator can look at them), and None returned: the
+        daemon starts empty. The next write is a whole snapshot."""
+        self._need_snapshot = True
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -142,15 +184,25 @@ class StateStore:
             self._set_aside(f"unreadable: {exc}")
             return None
         try:
-            return decode(data)
+            value = decode(data)
+            if replay is not None and self._journal is not None:
+                for record in Journal.records(self._journal.path, data):
+                    value = replay(value, record)
+            return value
         except (msgspec.MsgspecError, ValueError) as exc:
             self._set_aside(f"corrupt: {exc}")
             return None
+        except OSError as exc:
+            self._set_aside(f"unreadable journal: {exc}")
+            return None
 
     def _set_aside(self, why: str) -> None:
-        aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        suffix = f".bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        aside = self.path.with_name(self.path.name + suffix)
         try:
             self.path.replace(aside)
+            if self._journal is not None and self._journal.path.exists():
+                self._journal.path.replace(self._journal.path.with_name(self._journal.path.name + suffix))
         except OSError as exc:
             log.error("cannot set aside state file", extra=fields(path=str(self.path), error=str(exc)))
         log.error("state file set aside; starting empty", extra=fields(reason=why, moved_to=str(aside)))
@@ -201,8 +253,7 @@ class StateStore:
             generation = self._changed
             began = time.perf_counter()
             try:
-                data = self._encode()
-                await asyncio.to_thread(self._write, self.path, data)
+                await self._write_once()
                 self._metrics.commit_duration.labels(self.name).observe(time.perf_counter() - began)
                 self._metrics.commits.labels(self.name, "ok").inc()
             except OSError as exc:
@@ -225,6 +276,35 @@ class StateStore:
             self._attempted.set()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_s)
+
+    async def _write_once(self) -> None:
+        """One write: a journal record when it can, else a whole snapshot.
+        Whatever fails, the next write is a snapshot (a torn record may sit
+        at the journal's end)."""
+        journal = self._journal
+        record = None
+        if journal is not None and self._changes is not None and not self._need_snapshot:
+            record = self._changes()
+        self._need_snapshot = True
+        if journal is None:
+            await asyncio.to_thread(self._write, self.path, self._encode())
+        elif record is not None and journal.size < journal.compact_at:
+            if record:
+                await asyncio.to_thread(journal.append, record)
+        else:
+            data = self._encode()
+            if self._changes is not None:
+                self._changes()  # the snapshot says it all
+            await asyncio.to_thread(self._write_snapshot, journal, data)
+            self.snapshots += 1
+        self._need_snapshot = False
+
+    def _write_snapshot(self, journal: Journal, data: bytes) -> None:
+        """In the worker thread: the snapshot, durable, then the journal
+        reset to extend it (see "The journal")."""
+        journal.ensure_exists()
+        self._write(self.path, data)
+        journal.reset(data)
 
     def _succeeded(self, generation: int) -> None:
         self.writes += 1
@@ -255,9 +335,13 @@ class StateStore:
 
     async def close(self, timeout: float = 5.0) -> bool:
         """Write what is pending, trying for up to ``timeout`` seconds, then
-        stop the writer. True if everything marked is on disk."""
+        stop the writer. True if everything marked is on disk. A store
+        with a journal ends with a whole snapshot (and an empty journal)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self._journal is not None and self._journal.size > Journal.HEADER.size:
+            self._need_snapshot = True
+            self.mark_dirty()
         target = self._changed
         while self._written < target:
             self._kick()
@@ -306,6 +390,95 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+class Journal:
+    """``<file>.journal``: records appended after a snapshot (see "The
+    journal" in the module docstring). Blocking: the store calls it from its
+    worker thread, one call at a time.
+
+    The file is opened for each write and closed after it, as the state file
+    is: an open descriptor would keep the state dir's file system from being
+    remounted read-only, and costs nothing next to the flush."""
+
+    HEADER = struct.Struct(">8sII")  # magic, snapshot length, snapshot CRC-32
+    RECORD = struct.Struct(">II")  # payload length, payload CRC-32
+    MAGIC = b"imdjrnl1"
+    MIN_COMPACT = 256 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0  # bytes written since the last reset; 0 before the first
+        self.compact_at = 0  # a snapshot is due once size reaches this
+
+    def ensure_exists(self) -> None:
+        """Create the file (empty: it names no snapshot) if it is missing,
+        before a snapshot whose directory fsync will cover it."""
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+
+    def reset(self, snapshot: bytes) -> None:
+        """Empty the journal and make it extend ``snapshot``, durably."""
+        self.size = 0
+        header = self.HEADER.pack(self.MAGIC, len(snapshot), zlib.crc32(snapshot))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, 0)
+            _write_all(fd, header, 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.size = len(header)
+        self.compact_at = max(self.MIN_COMPACT, 2 * len(snapshot))
+
+    def append(self, payload: bytes) -> None:
+        """One record, durable when this returns. On an error the record may
+        be torn: the store's next write is a snapshot, which resets this."""
+        record = self.RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            _write_all(fd, record, self.size)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.size += len(record)
+
+    @classmethod
+    def records(cls, path: Path, snapshot: bytes) -> list[bytes]:
+        """The payloads of the intact records extending ``snapshot``: none
+        if the journal is missing or names another snapshot; up to the first
+        short or corrupt record (a torn append) otherwise."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        if len(data) < cls.HEADER.size:
+            return []
+        magic, length, crc = cls.HEADER.unpack_from(data)
+        if magic != cls.MAGIC or length != len(snapshot) or crc != zlib.crc32(snapshot):
+            return []
+        payloads = []
+        offset = cls.HEADER.size
+        while offset + cls.RECORD.size <= len(data):
+            length, crc = cls.RECORD.unpack_from(data, offset)
+            start = offset + cls.RECORD.size
+            payload = data[start : start + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            payloads.append(payload)
+            offset = start + length
+        return payloads
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 # -- the process registry's format ---------------------------------------------------
 
 
@@ -337,8 +510,27 @@ class StateFile(msgspec.Struct, forbid_unknown_fields=True):
     processes: list[PersistedProcess]
 
 
+class NameEntries(msgspec.Struct, forbid_unknown_fields=True):
+    """Every entry of one name, in one namespace (internal children have
+    their own): an empty list means the name has none left."""
+
+    internal: bool
+    name: str
+    entries: list[PersistedProcess]
+
+
+class RegistryChanges(msgspec.Struct, forbid_unknown_fields=True):
+    """A journal record: the names whose entries changed, as they are now."""
+
+    version: int
+    names: list[NameEntries]
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(StateFile)
+_changes_decoder = msgspec.json.Decoder(RegistryChanges)
+
+Registry = dict[tuple[bool, str], list[PersistedProcess]]
 
 
 def encode_registry(processes: list[PersistedProcess]) -> bytes:
@@ -350,3 +542,49 @@ def decode_registry(data: bytes) -> list[PersistedProcess]:
     if state.version != STATE_VERSION:
         raise msgspec.ValidationError(f"unsupported version {state.version}")
     return state.processes
+
+
+def encode_changes(names: list[NameEntries]) -> bytes:
+    return _encoder.encode(RegistryChanges(STATE_VERSION, names))
+
+
+def group_registry(data: bytes) -> Registry:
+    """The snapshot, as entries by (internal, name): what records replace."""
+    grouped: Registry = {}
+    for entry in decode_registry(data):
+        grouped.setdefault((entry.role == Role.INTERNAL, entry.name), []).append(entry)
+    return grouped
+
+
+def replay_changes(grouped: Registry, record: bytes) -> Registry:
+    changes = _changes_decoder.decode(record)
+    if changes.version != STATE_VERSION:
+        raise msgspec.ValidationError(f"unsupported version {changes.version}")
+    for item in changes.names:
+        key = (item.internal, item.name)
+        if item.entries:
+            grouped[key] = item.entries
+        else:
+            grouped.pop(key, None)
+    return grouped
+
+
+def load_registry(store: StateStore) -> list[PersistedProcess] | None:
+    """The registry as the last acknowledged write left it: the snapshot
+    with the journal replayed (None if there is none, or it was set aside)."""
+    grouped = store.load(group_registry, replay_changes)
+    return None if grouped is None else [entry for entries in grouped.values() for entry in entries]
+
+
+def read_registry(state_dir: Path) -> list[PersistedProcess]:
+    """What a daemon starting on ``state_dir`` would recover, read-only (for
+    tools and tests): nothing is set aside."""
+    path = state_dir / REGISTRY_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    grouped = group_registry(data)
+    for record in Journal.records(journal_path(path), data):
+        grouped = replay_changes(grouped, record)
+    return [entry for entries in grouped.values() for entry in entries]

@@ -36,10 +36,17 @@ decides the order of each operation:
   only after; a failed commit stops the new process and leaves the old one
   as it was.
 
-While a commit on a name is in flight the name is *settling*: a delete or
-replace of it waits for the outcome (one write, or an immediate failure)
-and then looks again, so no change is made on top of one that may still
-be undone. This is a wait on the disk, bounded, never on a client.
+While a change of a name is being made durable the name is *settling*: a
+delete or replace of it waits for the outcome (one write, or an immediate
+failure) and then looks again, so no change is made on top of one that may
+still be undone. This is a wait on the disk, bounded, never on a client.
+
+Children are spawned in worker threads (``posix_spawn`` suspends its caller
+until the child has exec'd, which under load takes milliseconds): a create
+or replace is settling while its child is spawned, too, so a second create
+of the name is refused and a delete of it waits for the outcome. The spawn,
+and everything a create does after it, runs in a task of its own that the
+RPC cannot cancel half-way: a child is never left spawned without an entry.
 """
 
 from __future__ import annotations
@@ -50,10 +57,20 @@ import functools
 import logging
 import signal
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
-from imd.edges.spawn import TAG_OWNER, TAG_UUID, child_environment, kill_untracked, reattach, tagged_processes
+from imd.edges.spawn import (
+    TAG_OWNER,
+    TAG_UUID,
+    child_environment,
+    kill_untracked,
+    reattach,
+    spawn_watched,
+    tagged_processes,
+)
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, NotFound, StartFailed
 from imd.eventlog import fields
 from imd.metrics import Metrics
@@ -71,9 +88,23 @@ from imd.supervisor.model import (
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import ManagedProcess, SupervisionSettings
 from imd.supervisor.resources import DescriptorGuard, is_descriptor_limit, spawn_error
-from imd.supervisor.state import REGISTRY_FILE, PersistedProcess, Role, StateStore, encode_registry
+from imd.supervisor.state import (
+    REGISTRY_FILE,
+    NameEntries,
+    PersistedProcess,
+    Role,
+    StateStore,
+    encode_changes,
+    encode_registry,
+)
 
 log = logging.getLogger("imd.supervisor")
+
+R = TypeVar("R")
+
+# Threads that spawn children. A spawn blocks its thread until the child
+# has exec'd; a few let creates that arrive together spawn in parallel.
+SPAWN_THREADS = 4
 
 
 class Supervisor:
@@ -110,14 +141,23 @@ class Supervisor:
         self._seq = 0
         self.store: StateStore | None = None
         self._owner = ""
+        self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="imd-spawn")
+        # What changed since the last write, for the state journal: names
+        # by (internal namespace?, name), or everything.
+        self._dirty: set[tuple[bool, str]] = set()
+        self._dirty_all = False
+        # Processes whose child is being spawned: their ports are allocated,
+        # their child may already run, and their entry is not made yet.
+        self._spawning: set[ManagedProcess] = set()
 
     # -- persistence -----------------------------------------------------------
 
     def attach_store(self, state_dir: Path, durability: Durability) -> StateStore:
         self.store = StateStore(
             state_dir / REGISTRY_FILE,
-            lambda: encode_registry(self.snapshot()),
+            self._encode_snapshot,
             durability,
+            changes=self._encode_changes,
             relieve=self.descriptors.limit_hit,
             metrics=self.metrics,
         )
@@ -150,6 +190,41 @@ class Supervisor:
             entries.append(self._persisted(proc, Role.RETIRING))
         for proc in self._internal.values():
             entries.append(self._persisted(proc, Role.INTERNAL))
+        return entries
+
+    def _encode_snapshot(self) -> bytes:
+        self._dirty.clear()
+        self._dirty_all = False
+        return encode_registry(self.snapshot())
+
+    def _encode_changes(self) -> bytes | None:
+        """The journal record for every name changed since the last write
+        (b"" if none), or None when only a whole snapshot will do. Only the
+        changed names' entries are encoded, however large the registry."""
+        if self._dirty_all:
+            self._dirty.clear()
+            self._dirty_all = False
+            return None
+        if not self._dirty:
+            return b""
+        names = [NameEntries(internal, name, self._entries_of(internal, name)) for internal, name in self._dirty]
+        self._dirty.clear()
+        return encode_changes(names)
+
+    def _entries_of(self, internal: bool, name: str) -> list[PersistedProcess]:
+        """``name``'s entries as ``snapshot`` has them."""
+        if internal:
+            proc = self._internal.get(name)
+            return [self._persisted(proc, Role.INTERNAL)] if proc is not None else []
+        entries = []
+        replacing = self._replacing.get(name)
+        promoting = replacing is not None and replacing.promoting
+        current = self._current.get(name)
+        if current is not None:
+            entries.append(self._persisted(current, Role.RETIRING if promoting else Role.CURRENT))
+        if replacing is not None:
+            entries.append(self._persisted(replacing, Role.CURRENT if promoting else Role.REPLACING))
+        entries.extend(self._persisted(proc, Role.RETIRING) for proc in self._retiring if proc.name == name)
         return entries
 
     @staticmethod
@@ -274,6 +349,12 @@ class Supervisor:
         retiring and internal."""
         return [*self._current.values(), *self._replacing.values(), *self._retiring, *self._internal.values()]
 
+    @property
+    def spawning(self) -> frozenset[ManagedProcess]:
+        """Processes being spawned (in a spawn thread): they hold ports, and
+        may have a child, but are in no registry slot yet."""
+        return frozenset(self._spawning)
+
     def removal_of(self, name: str) -> asyncio.Future[None]:
         """Completes when ``name``'s current process leaves the registry."""
         self._lookup(name)
@@ -294,9 +375,18 @@ class Supervisor:
         """Spawn ``spec`` and return once its entry is on disk. If it cannot
         be written, the child is stopped (its ports freed when it exited)
         and the store's error raised: nothing was created."""
-        if spec.name in self._current:
-            raise AlreadyExists(f"process {spec.name} already exists", field="spec.name")
-        proc = self._start(spec, instance)
+        name = spec.name
+        if name in self._current or name in self._settling:
+            raise AlreadyExists(f"process {name} already exists", field="spec.name")
+        settled = self._begin_settling(name)
+        return await _run_shielded(self._create(spec, instance, settled))
+
+    async def _create(self, spec: ProcessSpec, instance: InstanceInfo, settled: asyncio.Future[None]) -> ProcessView:
+        try:
+            proc = await self._start(spec, instance)
+        except BaseException:
+            self._end_settling(spec.name, settled)
+            raise
         self._current[spec.name] = proc
         self._emit(proc)
         log.info("created", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
@@ -304,7 +394,7 @@ class Supervisor:
         # while the entry is written (it may already have exited) is news
         # for the watchers, as before.
         created = proc.view()
-        return await self._commit(spec.name, lambda: created, functools.partial(self._undo_create, proc))
+        return await self._settle(spec.name, settled, lambda: created, functools.partial(self._undo_create, proc))
 
     def _undo_create(self, proc: ManagedProcess) -> None:
         log.warning("create undone: its entry could not be written", extra=fields(name=proc.name, uuid=proc.uuid))
@@ -313,18 +403,15 @@ class Supervisor:
             self.logs.mark_deleted(proc.name)
             self._resolve_removal(proc.name)
         proc.delete_requested = True
+        self._changed(proc.name)
         self._retire(proc)
 
-    def _start(
-        self, spec: ProcessSpec, instance: InstanceInfo, extra_env: dict[str, str] | None = None
-    ) -> ManagedProcess:
-        """Spawn a child for ``spec``. Refused before anything is allocated
-        while descriptors are short; spawn failures are told apart (see
-        imd.supervisor.resources): the caller's mistake, exhaustion, or the
-        node being unable to."""
+    def _prepare(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
+        """A process for ``spec``, with its ports, not spawned yet. Refused
+        before anything is allocated while descriptors are short."""
         self.descriptors.admit()
         block = self.ports.allocate(spec.port_count) if spec.port_count > 0 else None
-        proc = ManagedProcess(
+        return ManagedProcess(
             name=spec.name,
             uuid=str(uuidlib.uuid4()),
             spec=spec,
@@ -333,16 +420,46 @@ class Supervisor:
             observer=self,
             settings=self.settings,
         )
+
+    def _spawn_failed(self, proc: ManagedProcess, exc: OSError) -> ImdError:
+        """Spawn failures are told apart (see imd.supervisor.resources): the
+        caller's mistake, exhaustion, or the node being unable to."""
+        self._release_ports(proc)
+        self.metrics.spawn_failures.labels(errno.errorcode.get(exc.errno or 0, "unknown")).inc()
+        if is_descriptor_limit(exc):
+            self.descriptors.limit_hit(exc)
+        return spawn_error(exc, proc.spec.binary)
+
+    async def _start(self, spec: ProcessSpec, instance: InstanceInfo) -> ManagedProcess:
+        """Spawn a child for ``spec`` in a spawn thread. Must not be
+        cancelled once begun (run it in a shielded task): the thread would
+        finish the spawn with nobody left to take the child."""
+        proc = self._prepare(spec, instance)
+        log_path = self.logs.prepare(spec.name)
+        loop = asyncio.get_running_loop()
+        self._spawning.add(proc)
+        try:
+            child = await loop.run_in_executor(
+                self._spawner, spawn_watched, proc.argv, log_path, self._child_env(proc.uuid)
+            )
+        except OSError as exc:
+            raise self._spawn_failed(proc, exc) from exc
+        finally:
+            self._spawning.discard(proc)
+        proc.attach(child)
+        return proc
+
+    def _start_now(
+        self, spec: ProcessSpec, instance: InstanceInfo, extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        """Spawn a child for ``spec`` on the loop thread (internal children:
+        rare, and their callers are not coroutines)."""
+        proc = self._prepare(spec, instance)
         try:
             env = self._child_env(proc.uuid)
             proc.launch(self.logs.prepare(spec.name), {**env, **extra_env} if extra_env else env)
         except OSError as exc:
-            if block is not None:
-                self.ports.release(block)
-            self.metrics.spawn_failures.labels(errno.errorcode.get(exc.errno or 0, "unknown")).inc()
-            if is_descriptor_limit(exc):
-                self.descriptors.limit_hit(exc)
-            raise spawn_error(exc, spec.binary) from exc
+            raise self._spawn_failed(proc, exc) from exc
         return proc
 
     # -- internal children ----------------------------------------------------------
@@ -367,10 +484,10 @@ class Supervisor:
         stale = self._internal.pop(spec.name, None)
         if stale is not None:
             self._release_ports(stale)
-        proc = self._start(spec, NO_INSTANCE, extra_env)
+        proc = self._start_now(spec, NO_INSTANCE, extra_env)
         self._internal[spec.name] = proc
         self._internal_exit[spec.name] = on_exit
-        self._changed()
+        self._changed(spec.name, internal=True)
         log.info("internal child started", extra=fields(name=proc.name, uuid=proc.uuid, pid=proc.pid))
         return proc
 
@@ -384,6 +501,7 @@ class Supervisor:
         proc = self._internal.get(name)
         if proc is not None:
             proc.delete_requested = True
+            self._changed(name, internal=True)
             proc.stop(signal.SIGINT)
         return proc
 
@@ -417,6 +535,7 @@ class Supervisor:
     def _delete_committed(self, proc: ManagedProcess) -> ProcessView:
         proc.delete_pending = False
         proc.delete_requested = True
+        self._changed(proc.name)
         log.info("delete requested", extra=fields(name=proc.name, uuid=proc.uuid))
         replacement = self._replacing.pop(proc.name, None)
         if replacement is not None:
@@ -431,7 +550,7 @@ class Supervisor:
     def _undo_delete(self, proc: ManagedProcess) -> None:
         log.warning("delete undone: it could not be written", extra=fields(name=proc.name, uuid=proc.uuid))
         proc.delete_pending = False
-        self._changed()
+        self._changed(proc.name)
 
     # -- replace ---------------------------------------------------------------
 
@@ -455,9 +574,16 @@ class Supervisor:
             raise Conflict(f"a replace of {name} is already in progress", field="spec.name")
         if old.state == ProcessState.STOPPING or old.delete_requested:
             raise FailedPrecondition(f"process {name} is stopping", field="spec.name")
-        new = self._start(spec, instance)
-        self._replacing[name] = new
-        self._emit(new)
+        settled = self._begin_settling(name)
+        starting = asyncio.ensure_future(self._start_replacement(spec, instance, settled))
+        starting.add_done_callback(_retrieve)
+        try:
+            new = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The client went away while the replacement was spawned: stop
+            # it as soon as it is there.
+            starting.add_done_callback(self._abandon_started)
+            raise
         log.info("replace started", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
         try:
             ready = await asyncio.shield(new.started)
@@ -481,6 +607,24 @@ class Supervisor:
             name, functools.partial(self._promote, new, sig), functools.partial(self._undo_promotion, new)
         )
 
+    async def _start_replacement(
+        self, spec: ProcessSpec, instance: InstanceInfo, settled: asyncio.Future[None]
+    ) -> ManagedProcess:
+        """Spawn the replacement and put it in the replacing slot. The name
+        settles once it is there: a delete waiting for it then finds the
+        replace in progress, and cancels it."""
+        try:
+            new = await self._start(spec, instance)
+            self._replacing[spec.name] = new
+            self._emit(new)
+            return new
+        finally:
+            self._end_settling(spec.name, settled)
+
+    def _abandon_started(self, starting: asyncio.Task[ManagedProcess]) -> None:
+        if not starting.cancelled() and starting.exception() is None:
+            self._abandon(starting.result())
+
     def _promote(self, new: ManagedProcess, sig: int) -> ProcessView:
         """The takeover is on disk: make it so in memory, and only now
         signal the old process."""
@@ -493,7 +637,7 @@ class Supervisor:
             self._finish_retired(old)
         else:
             old.stop(sig)
-        self._changed()
+        self._changed(new.name)
         log.info("replaced", extra=fields(name=new.name, uuid=new.uuid, old_uuid=old.uuid))
         return new.view()
 
@@ -505,6 +649,7 @@ class Supervisor:
     def _abandon(self, new: ManagedProcess) -> None:
         if self._replacing.get(new.name) is new:
             del self._replacing[new.name]
+        self._changed(new.name)
         self._retire(new)
 
     def _retire(self, proc: ManagedProcess) -> None:
@@ -514,6 +659,7 @@ class Supervisor:
             self._finish_retired(proc)
         else:
             self._retiring.add(proc)
+            self._changed(proc.name)
             proc.stop(signal.SIGINT)
 
     # -- commits -----------------------------------------------------------------
@@ -527,29 +673,38 @@ class Supervisor:
         hangs up cannot leave the change half done; it is completed or
         undone all the same. Meanwhile ``name`` is settling (see the module
         docstring)."""
-        self._changed()
-        store = self.store
-        if store is None:
+        self._changed(name)
+        if self.store is None:
             return apply()
-        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._settling[name] = settled
+        settled = self._begin_settling(name)
+        return await _run_shielded(self._settle(name, settled, apply, undo))
 
-        async def settle() -> ProcessView:
-            try:
+    async def _settle(
+        self, name: str, settled: asyncio.Future[None], apply: Callable[[], ProcessView], undo: Callable[[], None]
+    ) -> ProcessView:
+        """The body of a commit, in a shielded task; ends ``name``'s settling."""
+        try:
+            store = self.store
+            if store is not None:
                 try:
                     await store.commit()
                 except ImdError:
                     undo()
                     raise
-                return apply()
-            finally:
-                if self._settling.get(name) is settled:
-                    del self._settling[name]
-                settled.set_result(None)
+            return apply()
+        finally:
+            self._end_settling(name, settled)
 
-        task = asyncio.ensure_future(settle())
-        task.add_done_callback(_retrieve)
-        return await asyncio.shield(task)
+    def _begin_settling(self, name: str) -> asyncio.Future[None]:
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling[name] = settled
+        return settled
+
+    def _end_settling(self, name: str, settled: asyncio.Future[None]) -> None:
+        if self._settling.get(name) is settled:
+            del self._settling[name]
+        if not settled.done():
+            settled.set_result(None)
 
     async def _settled(self, name: str) -> None:
         """Wait until no commit on ``name`` is in flight."""
@@ -560,7 +715,7 @@ class Supervisor:
 
     def process_changed(self, proc: ManagedProcess) -> None:
         if self._internal.get(proc.name) is proc:
-            self._changed()
+            self._changed(proc.name, internal=True)
             return
         self._emit(proc)
 
@@ -575,7 +730,7 @@ class Supervisor:
             ),
         )
         if self._internal.get(proc.name) is proc:
-            self._changed()
+            self._changed(proc.name, internal=True)
             hook = self._internal_exit.get(proc.name)
             if hook is not None:
                 hook(proc)
@@ -627,9 +782,17 @@ class Supervisor:
             self.metrics.transitions.labels("v1", view.instance.type or "process", view.state.value).inc()
         if deleted:
             self._last_state.pop(proc.uuid, None)
-        self._changed()
+        self._changed(proc.name)
 
-    def _changed(self) -> None:
+    def _changed(self, name: str | None = None, *, internal: bool = False) -> None:
+        """The registry changed: ``name``'s entries (in the internal
+        namespace or not), or, without a name, anything. Every change of
+        what ``snapshot`` says must come through here: the state journal
+        records only the names marked."""
+        if name is None:
+            self._dirty_all = True
+        else:
+            self._dirty.add((internal, name))
         if self.store is not None:
             self.store.mark_dirty()
 
@@ -649,10 +812,20 @@ class Supervisor:
         waiting = [proc.exited for proc in procs if not proc.exited.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
+        self._spawner.shutdown(wait=False)
 
 
-def _retrieve(task: asyncio.Task[ProcessView]) -> None:
-    """A commit whose RPC went away still ends with its error: mark it seen,
+async def _run_shielded(work: Coroutine[Any, Any, R]) -> R:
+    """Run ``work`` as a task the caller's cancellation cannot reach: it
+    finishes (or fails) all the same, and its outcome is what the caller
+    gets if it is still there."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A change whose RPC went away still ends with its error: mark it seen,
     so asyncio does not report it as never retrieved."""
     if not task.cancelled():
         task.exception()
