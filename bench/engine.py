@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -466,7 +468,9 @@ async def main() -> int:
     parser.add_argument("--replicas", choices=("lvol", "null"), default="lvol")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of each replica")
     parser.add_argument("--disk-dir", default="/dev/shm", help="where the AIO bdev's sparse file lives")
-    parser.add_argument("--fio", default="/work/fio-src/fio")
+    parser.add_argument(
+        "--fio", default=os.environ.get("FIO") or shutil.which("fio") or "fio", help="fio 3.36 ($FIO, else PATH)"
+    )
     parser.add_argument("--skip-mirror", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--engine-poll-sleep-us", type=int, default=20, help="engine nap with spinning hosts")
