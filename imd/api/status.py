@@ -126,6 +126,15 @@ def rpc(
             code = exc.status.name
             raise
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() == 0:
+                # Not this handler's cancellation (the client going away, a
+                # shutdown) but a task it awaited being cancelled: re-raising
+                # would end the handler without a status, and the client
+                # would wait forever. Answer instead, and say so in the log.
+                code = Status.UNAVAILABLE.name
+                log.error("%s: work it waited for was cancelled", name)
+                raise GRPCError(Status.UNAVAILABLE, f"{name}: the operation was cancelled inside the daemon") from None
             code = Status.CANCELLED.name
             raise
         except Exception:

@@ -130,6 +130,16 @@ class Replicas:
             # If the caller goes away, the build goes on (or fails and undoes
             # itself) on its own, and the instance's state shows it.
             await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The build was cancelled, not this call: a delete preempted it
+            # (or the daemon is stopping). The caller is owed an answer; a
+            # CancelledError out of a handler would leave its RPC unanswered.
+            if task.cancelled() and not _cancelling():
+                why = "a delete" if record.delete_requested else "the daemon stopping"
+                raise Unavailable(
+                    f"create of replica {spec.name} was preempted by {why}; nothing was left", field="spec.name"
+                ) from None
+            raise
         finally:
             if self._tasks.get(spec.name) is task and task.done():
                 del self._tasks[spec.name]
@@ -224,6 +234,7 @@ class Replicas:
             return self.view(record, deleted=True)
         building = self._tasks.get(name)
         if building is not None and not building.done():
+            record.delete_requested = True  # what the preempted create answers
             building.cancel()  # a create in progress undoes itself; nothing to delete after
             with contextlib.suppress(BaseException):
                 await building
@@ -363,3 +374,10 @@ async def _gone_ok(step: Awaitable[object]) -> None:
     except TargetRpcError as exc:
         if not exc.not_found:
             raise
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself was asked to stop (its caller went
+    away), as opposed to a task it awaits having been cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -6,6 +6,7 @@ The same behaviour against a real nvmf_tgt is in tests/v2/test_v2_spdk.py.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 
@@ -207,6 +208,29 @@ async def test_delete_without_cleanup_keeps_the_lvol_for_a_later_create(tmp_path
     assert again.state == ProcessState.RUNNING
     assert v2.replicas.records["r1"].lvol_uuid == lvol_uuid and not v2.replicas.records["r1"].lvol_created
     assert len(keeper.spdk.called("bdev_lvol_create")) == 1
+
+
+async def test_a_create_preempted_by_a_delete_answers_and_leaves_nothing(tmp_path: Path) -> None:
+    """Field report 3 and 4: the delete wins at once, and the create it
+    preempted still gets an answer (a CancelledError out of the create's
+    handler left the stress test's client waiting forever)."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    keeper.spdk.delay["bdev_lvol_create"] = 0.5
+    creating = asyncio.ensure_future(instances.create_v2(replica("x0")))
+    while "x0" not in v2.replicas.records or not keeper.spdk.called("bdev_get_bdevs"):
+        await asyncio.sleep(0.01)
+    gone = await asyncio.wait_for(instances.delete_v2("x0", "", "", cleanup=True), 5)
+    assert gone.deleted
+    with pytest.raises(Unavailable, match=r"^spec.name: create of replica x0 was preempted by a delete"):
+        await asyncio.wait_for(creating, 5)
+    await _settled(instances)
+    assert "x0" not in v2.replicas.records and keeper.spdk.subsystems == {}
+    assert v2.supervisor.ports.in_use == 0
+    assert [lvol.name for lvol in await disks.replicas(DISK_TYPE_BLOCK, "disk-1", "")] == []
+    keeper.spdk.delay.clear()
+    again = await instances.create_v2(replica("x0"))
+    assert again.state == ProcessState.RUNNING
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,21 @@ DOCUMENTED = {
     Status.UNAVAILABLE,  # preempted by a delete; no replica attachable
 }
 SECONDS = 15
+
+
+def describe(call: Any) -> str:
+    """The RPC a pending coroutine makes (grpclib's method objects carry its
+    path and the request), or the coroutine's name."""
+    frame = getattr(call, "cr_frame", None)
+    local = frame.f_locals if frame is not None else {}
+    method = getattr(local.get("self"), "name", None)
+    if method is not None:
+        request = str(local.get("message", "")).replace("\n", " ")
+        return f"{method} {request}"
+    args = {k: v for k, v in local.items() if k != "self" and isinstance(v, (str, int, list))}
+    return f"{getattr(call, '__qualname__', call)} {args}"
+
+
 SIZE = 16 * MIB
 
 
@@ -58,12 +74,14 @@ async def test_concurrent_v2_operations_keep_every_invariant(daemon_factory: Dae
     deadline = loop.time() + SECONDS
 
     async def attempt(call: Any) -> Any:
+        what = describe(call)  # before the call runs: a cancelled coroutine forgets
+        started = time.strftime("%H:%M:%S")
         try:
             result = await asyncio.wait_for(call, 60)
             counts["ok"] += 1
             return result
         except TimeoutError:
-            unexpected.append(f"hang: {call}")
+            unexpected.append(f"hang: {what}, started {started}")
             return None
         except GRPCError as exc:
             counts["refused"] += 1
