@@ -11,13 +11,26 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
 
-_spec = importlib.util.spec_from_file_location("_spdk_build", Path(__file__).parent / "spdk_ffi" / "_build.py")
-assert _spec is not None and _spec.loader is not None
-_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_build)
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str, path: Path) -> Any:
+    """A build helper, by path: pip's isolated build cannot import the package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build = _load("_spdk_build", HERE / "spdk_ffi" / "_build.py")
+
+# The git commit and build date that VersionGet reports (imd.buildinfo).
+_load("_imd_buildstamp", HERE / "imd" / "_buildstamp.py").stamp(HERE / "imd")
 
 try:
     _build.find_spdk()

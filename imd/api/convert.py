@@ -11,7 +11,7 @@ from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.api.gen.ptypes import controller_pb2 as ctl
 from imd.errors import InvalidArgument
 from imd.services.disks import DiskVersion
-from imd.services.instances import V2Request
+from imd.services.instances import V2Request, v1_instance_type, v1_target_ports
 from imd.services.processes import VersionInfo
 from imd.services.rates import Rates
 from imd.supervisor.model import InstanceInfo, ProcessSpec, ProcessView
@@ -78,16 +78,18 @@ def instance_spec(
 
 
 def instance_response(view: ProcessView) -> inst.InstanceResponse:
+    instance_type = v1_instance_type(view.name, view.instance.type)
+    target_start, target_end = v1_target_ports(instance_type, view.port_start, view.port_end)
     return inst.InstanceResponse(
         spec=inst.InstanceSpec(
             name=view.name,
-            type=view.instance.type,
+            type=instance_type,
             volume_name=view.instance.volume_name,
             port_count=view.port_count,
             port_args=view.port_args,
             process_instance_spec=inst.ProcessInstanceSpec(binary=view.binary, args=view.args),
         ),
-        status=inst.InstanceStatus(**_status_fields(view)),
+        status=inst.InstanceStatus(**_status_fields(view), target_port_start=target_start, target_port_end=target_end),
         deleted=view.deleted,
     )
 

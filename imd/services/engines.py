@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from imd import __version__
+from imd.buildinfo import BUILD
 from imd.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from imd.services.instances import DataEngine, InstanceService, parse_addresses, route
 from imd.services.rates import RateMeter, Rates, Sample
@@ -87,7 +88,13 @@ class EngineService:
         self.instances.processes.durability.check()
 
     def version(self) -> dict[str, Any]:
-        return {"version": __version__, "dataFormatVersion": 1, "dataFormatMinVersion": 1}
+        return {
+            "version": __version__,
+            "gitCommit": BUILD.git_commit,
+            "buildDate": BUILD.build_date,
+            "dataFormatVersion": 1,
+            "dataFormatMinVersion": 1,
+        }
 
     def volume(self, engine_name: str, data_engine: int) -> VolumeInfo:
         engines, engine = self._engine(engine_name, data_engine)

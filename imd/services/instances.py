@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -47,6 +48,27 @@ SPDK_SPEC = "spec.spdk_instance_spec"
 class DataEngine(enum.IntEnum):
     V1 = 0
     V2 = 1
+
+
+# Longhorn's engine process names end in "-e-<n>" (go-common-libs'
+# IsEngineProcess); the Go original types a V1 process by its name.
+ENGINE_PROCESS_NAME = re.compile(r".+?-e-[^-]*$")
+
+
+def v1_instance_type(name: str, recorded: str) -> str:
+    """The type a V1 instance reports: the one it was created with, else (a
+    process made through ProcessCreate, or adopted from before types were
+    recorded) what the Go original infers from the name."""
+    if recorded:
+        return recorded
+    return ENGINE if ENGINE_PROCESS_NAME.match(name) else REPLICA
+
+
+def v1_target_ports(instance_type: str, port_start: int, port_end: int) -> tuple[int, int]:
+    """V1 has no separate target: the Go original reports an engine's own
+    ports as its target ports (the manager copies them into the engine's
+    targetPort) and 0 for anything else."""
+    return (port_start, port_end) if instance_type == ENGINE else (0, 0)
 
 
 def route(engine: int, field: str = "data_engine") -> DataEngine:

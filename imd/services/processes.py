@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 
 from imd import __version__
+from imd.buildinfo import BUILD
 from imd.errors import AlreadyExists, NotFound, Unavailable
 from imd.services.validation import (
     PROCESS_FIELDS,
@@ -30,8 +31,8 @@ API_MIN_VERSION = 1
 
 class VersionInfo(msgspec.Struct, frozen=True):
     version: str = __version__
-    git_commit: str = ""
-    build_date: str = ""
+    git_commit: str = BUILD.git_commit
+    build_date: str = BUILD.build_date
     api_version: int = API_VERSION
     api_min_version: int = API_MIN_VERSION
     proxy_api_version: int = API_VERSION

@@ -512,8 +512,10 @@ class Supervisor:
         request is on disk, without waiting for the child to exit.
 
         With a UUID, only the process of that UUID is touched: a manager
-        holding a stale UUID (the name was re-created since) gets NOT_FOUND
-        and the new process lives on. The intent is committed before the
+        holding a stale UUID (the name was re-created or replaced since)
+        gets NOT_FOUND and the current process lives on. That includes the
+        UUID of a predecessor still exiting after a replace, as in the Go
+        original: it is no longer this name's process. The intent is committed before the
         child is signalled, so a failed write leaves it untouched. The entry
         leaves the registry when the child has exited, with one final event
         carrying ``deleted=true``.
@@ -521,9 +523,6 @@ class Supervisor:
         await self._settled(name)
         proc = self._current.get(name)
         if proc is None or (uuid and proc.uuid != uuid):
-            retiring = next((p for p in self._retiring if p.name == name and p.uuid == uuid), None)
-            if uuid and retiring is not None:
-                return retiring.view(deleted=True)  # already on its way out
             raise NotFound(f"cannot find process {name} with UUID {uuid or '(any)'}", field="uuid" if proc else "name")
         if proc.delete_requested:
             return proc.view(deleted=True)  # already on disk and under way
