@@ -104,8 +104,7 @@ class Replicas:
     # -- create -----------------------------------------------------------------------
 
     async def create(self, spec: ReplicaSpec, field_prefix: str) -> V2InstanceView:
-        if spec.name in self.records:
-            raise AlreadyExists(f"instance {spec.name} already exists", field="spec.name")
+        self._check_free(spec.name)
         disk = self.disks.record(spec.disk_name, f"{field_prefix}.disk_name")
         if spec.size % disk.block_size:
             raise InvalidArgument(
@@ -119,6 +118,10 @@ class Replicas:
                 f"{spec.size} bytes do not fit on disk {disk.name} ({view.total_size} bytes in all)",
                 field=f"{field_prefix}.size",
             )
+        # The name is checked again and taken with no await in between: two
+        # creates of one name both passed the first check while the disk was
+        # looked at, and both built, each undoing the other's export.
+        self._check_free(spec.name)
         port = self.ports.allocate(1).start
         record = ReplicaRecord(
             name=spec.name, uuid=str(uuidlib.uuid4()), spec=spec, disk_uuid=disk.uuid, address=self.address, port=port
@@ -145,6 +148,10 @@ class Replicas:
                 del self._tasks[spec.name]
         return self.view(record)
 
+    def _check_free(self, name: str) -> None:
+        if name in self.records:
+            raise AlreadyExists(f"instance {name} already exists", field="spec.name")
+
     async def _build(self, client: SpdkTargetClient, record: ReplicaRecord) -> None:
         alias = f"{record.spec.disk_name}/{record.name}"
         try:
@@ -161,7 +168,16 @@ class Replicas:
                 if existing.num_blocks * existing.block_size < record.spec.size:
                     await client.lvol_resize(alias, lvol_mib(record.spec.size))
             await self._export(client, record, alias)
+            # Still inside: a delete that cancels the build here, or a state
+            # write that fails, must undo the export like any earlier step.
+            record.state = ProcessState.RUNNING
+            self.hub.publish(self.view(record))
+            await self.hub.durable()
         except BaseException as exc:
+            log.warning(
+                "replica create undone",
+                extra=fields(name=record.name, uuid=record.uuid, why=repr(exc) if str(exc) else type(exc).__name__),
+            )
             await self._undo(client, record)
             if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOSPC:
                 raise ResourceExhausted(
@@ -170,9 +186,6 @@ class Replicas:
             if isinstance(exc, (TargetRpcError, TargetUnreachable)):
                 raise target_failure(f"cannot create replica {record.name}", exc) from exc
             raise
-        record.state = ProcessState.RUNNING
-        self.hub.publish(self.view(record))
-        await self.hub.durable()
         log.info("replica running", extra=fields(name=record.name, uuid=record.uuid, port=record.port))
 
     async def _export(self, client: SpdkTargetClient, record: ReplicaRecord, alias: str) -> None:

@@ -233,6 +233,41 @@ async def test_a_create_preempted_by_a_delete_answers_and_leaves_nothing(tmp_pat
     assert again.state == ProcessState.RUNNING
 
 
+async def test_concurrent_creates_of_one_name_build_it_once(tmp_path: Path) -> None:
+    """Field report 4: both creates passed the name check while the disk was
+    looked at, both built, and one's undo removed the other's export."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    keeper.spdk.delay["bdev_lvol_get_lvstores"] = 0.2
+    results = await asyncio.gather(*(instances.create_v2(replica("x0")) for _ in range(3)), return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(made) == 1 and made[0].state == ProcessState.RUNNING
+    assert len(refused) == 2 and all(isinstance(r, AlreadyExists) for r in refused)
+    assert v2.replicas.records["x0"].uuid == made[0].uuid
+    assert list(keeper.spdk.subsystems) == [nqn_of("x0")]
+    assert len(keeper.spdk.called("nvmf_create_subsystem")) == 1
+
+
+async def test_a_delete_at_the_last_step_of_a_create_undoes_the_export(tmp_path: Path) -> None:
+    """The create's last step is the state write after the export: a delete
+    that preempts it there must not leave a running, exported replica that
+    is marked deleted (no later delete would tear it down)."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    creating = asyncio.ensure_future(instances.create_v2(replica("x0")))
+    while not keeper.spdk.called("nvmf_subsystem_add_listener"):
+        await asyncio.sleep(0)
+    while v2.replicas.records["x0"].state != ProcessState.RUNNING:
+        await asyncio.sleep(0)  # the build now waits for its last state write
+    await instances.delete_v2("x0", "", "", cleanup=True)
+    with pytest.raises(Unavailable, match="preempted by a delete"):
+        await creating
+    await _settled(instances)
+    assert "x0" not in v2.replicas.records and keeper.spdk.subsystems == {}
+    assert [lvol.name for lvol in await disks.replicas(DISK_TYPE_BLOCK, "disk-1", "")] == []
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "error", "field"),
     [

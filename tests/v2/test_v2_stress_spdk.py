@@ -156,13 +156,14 @@ async def test_concurrent_v2_operations_keep_every_invariant(daemon_factory: Dae
     replicas = {name for name, r in listing.items() if r.spec.type == "replica"}
     live_hosts = {host_nqn_of(r.status.uuid) for r in engines.values()}
     target = rpc(node.config)
+    # Every export on the target is a live replica's, and every replica is exported.
+    exports = {s["nqn"] for s in target.call("nvmf_get_subsystems") if s["nqn"].startswith(NQN_PREFIX)}
+    states = {name: (listing[name].status.state, listing[name].status.error_msg) for name in replicas}
+    assert exports == {nqn_of(name) for name in replicas}, states
     # Every controller on the replicas' target belongs to a live engine.
     for name in replicas:
         for controller in target.call("nvmf_subsystem_get_controllers", nqn=nqn_of(name)):
             assert controller["hostnqn"] in live_hosts, (name, controller["hostnqn"])
-    # Every export on the target is a live replica's.
-    exports = {s["nqn"] for s in target.call("nvmf_get_subsystems") if s["nqn"].startswith(NQN_PREFIX)}
-    assert exports == {nqn_of(name) for name in replicas}
     # Every lvol belongs to a replica that was not deleted with cleanup.
     lvols = await node.daemon.disks().DiskReplicaInstanceList(
         dpb.DiskReplicaInstanceListRequest(disk_type=dpb.block, disk_name="d1")
