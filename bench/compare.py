@@ -242,32 +242,21 @@ def _channel(target: str) -> grpc.aio.Channel:
 
 
 class Stub:
+    """ProcessManagerService through grpcio's generic channel methods, with
+    imd's own message classes."""
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
-        self.create = channel.unary_unary(
-            SERVICE + "ProcessCreate",
-            request_serializer=pm.ProcessCreateRequest.SerializeToString,
-            response_deserializer=pm.ProcessResponse.FromString,
-        )
-        self.delete = channel.unary_unary(
-            SERVICE + "ProcessDelete",
-            request_serializer=pm.ProcessDeleteRequest.SerializeToString,
-            response_deserializer=pm.ProcessResponse.FromString,
-        )
-        self.list = channel.unary_unary(
-            SERVICE + "ProcessList",
-            request_serializer=pm.ProcessListRequest.SerializeToString,
-            response_deserializer=pm.ProcessListResponse.FromString,
-        )
-        self.version = channel.unary_unary(
-            SERVICE + "VersionGet",
-            request_serializer=Empty.SerializeToString,
-            response_deserializer=pm.VersionResponse.FromString,
-        )
-        self.watch = channel.unary_stream(
-            SERVICE + "ProcessWatch",
-            request_serializer=Empty.SerializeToString,
-            response_deserializer=pm.ProcessResponse.FromString,
+        self.create = self._method(channel.unary_unary, "ProcessCreate", pm.ProcessCreateRequest, pm.ProcessResponse)
+        self.delete = self._method(channel.unary_unary, "ProcessDelete", pm.ProcessDeleteRequest, pm.ProcessResponse)
+        self.list = self._method(channel.unary_unary, "ProcessList", pm.ProcessListRequest, pm.ProcessListResponse)
+        self.version = self._method(channel.unary_unary, "VersionGet", Empty, pm.VersionResponse)
+        self.watch = self._method(channel.unary_stream, "ProcessWatch", Empty, pm.ProcessResponse)
+
+    @staticmethod
+    def _method(kind: Any, name: str, request: Any, response: Any) -> Any:
+        return kind(
+            SERVICE + name, request_serializer=request.SerializeToString, response_deserializer=response.FromString
         )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import re
 import shutil
@@ -36,6 +35,7 @@ from typing import Any
 import uvloop
 
 from bench.report import RESULTS, environment, markdown_table, save
+from bench.spdkfio import run_spdk_fio
 
 WORKLOADS: list[tuple[str, str, int, int]] = [  # name, bdev, io size, qd
     *((f"4k randread qd{qd}", "null", 4096, qd) for qd in (1, 8, 32, 128)),
@@ -106,30 +106,10 @@ def run_fio(
     """The same workload through fio's SPDK engine (the job files in
     bench/fio/ spell out the same options)."""
     rw = ("write" if write else "read") if seq else ("randwrite" if write else "randread")
-    nqn = NQN[bdev].replace(":", "\\:")  # fio splits file names on ':'
-    cmd = [
-        fio, "--output-format=json", "--name=hotpath", "--ioengine=spdk", "--thread=1", "--direct=1",
-        "--time_based=1", f"--runtime={int(dur * 1000)}ms", f"--ramp_time={int(warm * 1000)}ms",
-        "--norandommap=1", f"--rw={rw}", f"--bs={size}", f"--iodepth={qd}", "--cpus_allowed=1",
-        "--percentile_list=50:99:99.9",
-        f"--filename=trtype=TCP adrfam=IPv4 traddr=127.0.0.1 trsvcid={PORT[bdev]} subnqn={nqn} ns=1",
-    ]  # fmt: skip
-    env = {**spdk_env(prefix), "LD_PRELOAD": str(prefix / "fio" / "spdk_nvme")}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + warm + 60, env=env, check=False)
-    try:
-        job = json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]["write" if write else "read"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}") from exc
-    pct = job["clat_ns"].get("percentile", {})
-    return {
-        "iops": job["iops"],
-        "mib_s": job["bw"] / 1024,
-        "avg_us": job["clat_ns"]["mean"] / 1000,
-        "p50_us": pct.get("50.000000", float("nan")) / 1000,
-        "p99_us": pct.get("99.000000", float("nan")) / 1000,
-        "p99.9_us": pct.get("99.900000", float("nan")) / 1000,
-        "cdf": [(float(q), ns / 1000) for q, ns in sorted(pct.items(), key=lambda kv: float(kv[0]))],
-    }
+    return run_spdk_fio(
+        fio, prefix, port=PORT[bdev], nqn=NQN[bdev], rw=rw, bs=size, qd=qd,
+        duration=dur, warmup=warm, cpu=1, name="hotpath",
+    )  # fmt: skip
 
 
 def fio_unavailable(fio: str | None, prefix: Path) -> str | None:

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.spdkfio import run_spdk_fio
 from tests.spdk.target import JsonRpc, spdk_env, spdk_prefix
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:imd-bench"
@@ -446,31 +447,10 @@ def run_fio(
     cpu: int,
 ) -> dict[str, Any]:
     """fio with SPDK's NVMe plugin (hugepages) against a subsystem."""
-    escaped = subnqn.replace(":", "\\:")  # fio splits file names on ':'
-    cmd = [
-        fio, "--output-format=json", "--name=bench", "--ioengine=spdk", "--thread=1", "--direct=1",
-        "--time_based=1", f"--runtime={int(duration * 1000)}ms", f"--ramp_time={int(warmup * 1000)}ms",
-        "--norandommap=1", f"--rw={workload}", f"--bs={io_size}", f"--iodepth={qd}", f"--cpus_allowed={cpu}",
-        "--mem_size_mb=512", "--percentile_list=50:99:99.9",
-        f"--filename=trtype=TCP adrfam=IPv4 traddr=127.0.0.1 trsvcid={port} subnqn={escaped} ns=1",
-    ]  # fmt: skip
-    env = {**spdk_env(prefix()), "LD_PRELOAD": str(prefix() / "fio" / "spdk_nvme")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 90, env=env, check=False)
-    try:
-        job = json.loads(proc.stdout[proc.stdout.index("{") :])["jobs"][0]["write" if "write" in workload else "read"]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise RuntimeError(f"fio failed: {proc.stdout[-1000:]}{proc.stderr[-2000:]}") from exc
-    pct = job["clat_ns"].get("percentile", {})
-    return {
-        "iops": job["iops"],
-        "mib_s": job["bw"] / 1024,
-        "avg_us": job["clat_ns"]["mean"] / 1000,
-        "max_us": job["clat_ns"]["max"] / 1000,
-        "p50_us": pct.get("50.000000", float("nan")) / 1000,
-        "p99_us": pct.get("99.000000", float("nan")) / 1000,
-        "p99.9_us": pct.get("99.900000", float("nan")) / 1000,
-        "cdf": [(float(q), ns / 1000) for q, ns in sorted(pct.items(), key=lambda kv: float(kv[0]))],
-    }
+    return run_spdk_fio(
+        fio, prefix(), port=port, nqn=subnqn, rw=workload, bs=io_size, qd=qd,
+        duration=duration, warmup=warmup, cpu=cpu, mem_size_mb=512,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

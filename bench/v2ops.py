@@ -314,6 +314,14 @@ class Node:
             disk_pb2.DiskCreateRequest(disk_type=disk_pb2.block, disk_name="d1", disk_path=str(self.disk))
         )
 
+    async def start_mirrored(self, size: int) -> str:
+        """Start the daemon with engine e1 over replicas r1 and r2; the
+        engine's export path, for a host."""
+        await self.start()
+        await self.replica("r1", size)
+        await self.replica("r2", size)
+        return await self.engine("e1", ["r1", "r2"], size)
+
     async def replica(self, name: str, size: int) -> None:
         from imd.api.gen.imrpc import common_pb2
         from imd.api.gen.imrpc import instance_pb2 as inst
@@ -403,10 +411,7 @@ async def expand_bench(args: argparse.Namespace, work: Path, watch: CpuWatch) ->
     node = Node(work / "expand", Path(args.disk_dir))
     results: list[dict[str, Any]] = []
     try:
-        await node.start()
-        await node.replica("r1", size)
-        await node.replica("r2", size)
-        path = await node.engine("e1", ["r1", "r2"], size)
+        path = await node.start_mirrored(size)
         current = size
         for loaded in (False, True):
             host = Host(path, seed=31, qd=4) if loaded else None
@@ -463,10 +468,7 @@ async def restart_bench(args: argparse.Namespace, work: Path, watch: CpuWatch) -
     node = Node(work / "restart", Path(args.disk_dir), stop_children_on_exit=False)
     results: list[dict[str, Any]] = []
     try:
-        await node.start()
-        await node.replica("r1", size)
-        await node.replica("r2", size)
-        path = await node.engine("e1", ["r1", "r2"], size)
+        path = await node.start_mirrored(size)
         for rep in range(args.reps):
             host = Host(path, seed=41 + rep, qd=4, opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1})
             await host.start()
