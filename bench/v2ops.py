@@ -284,7 +284,7 @@ class Node:
         from tests.v2.spdk_env import v2_config
 
         self.v2 = v2_config(target_mem_size_mb=1024, engine_mem_size_mb=1024)
-        self.daemon = make_daemon(root, v2=self.v2, port_range="46000-46999", log_level="info", **overrides)
+        self.daemon = make_daemon(root, v2=self.v2, port_range="25000-25999", log_level="info", **overrides)
         fd, name = tempfile.mkstemp(prefix="imd-bench-v2disk-", suffix=".img", dir=disk_dir)
         os.ftruncate(fd, 8 << 30)
         os.close(fd)

@@ -39,6 +39,7 @@ from imd.api.tls import TlsError, client_context, server_context
 from imd.api.transport import Server
 from imd.config import Config, ConfigError
 from imd.edges.metrics_http import MetricsServer
+from imd.edges.netports import ephemeral_ports, overlap
 from imd.edges.sdnotify import Notifier
 from imd.errors import ImdError
 from imd.eventlog import fields
@@ -190,6 +191,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         ssl_ctx = tls_context(cfg.tls.dir) if cfg.tls else None
+        await self._check_port_range()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self.logs.logs_dir.mkdir(parents=True, exist_ok=True)
         # Recovery before listening: the port allocator must know every
@@ -254,6 +256,19 @@ class Daemon:
         )
         # Only now: every listener accepts and recovery is done.
         self.notifier.ready(self.status_line())
+
+    async def _check_port_range(self) -> None:
+        """Say so when the port range shares ports with the kernel's
+        ephemeral range: it works, until a port the daemon hands out is
+        already some connection's local port (see imd.edges.netports)."""
+        ephemeral = await ephemeral_ports()
+        shared = overlap(self.config.port_bounds(), ephemeral) if ephemeral else None
+        if shared is not None:
+            log.warning(
+                "port_range overlaps the kernel's ephemeral ports (net.ipv4.ip_local_port_range):"
+                " a child or an engine export may fail with EADDRINUSE",
+                extra=fields(port_range=self.config.port_range, shared=f"{shared[0]}-{shared[1]}"),
+            )
 
     async def _start_metrics(self) -> None:
         """Facts read at scrape time, and the endpoint (if configured)."""
