@@ -93,6 +93,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fd_reserve: Annotated[int, msgspec.Meta(ge=0)] = 16
     """Descriptors held back for connections, health checks and the state
     file, spent when the limit is hit (see imd/supervisor/resources.py)."""
+    mounts_file: str = "/proc/self/mounts"
+    """The mount table read for engines' FilesystemReadOnly condition."""
+    mount_check_interval_s: Seconds = 10.0
+    """How often it is read (the Go original's MountCheckInterval)."""
     tls: TlsConfig | None = None
     metrics_listen: str | None = None
     """Prometheus endpoint HOST:PORT (GET /metrics); default: the listen

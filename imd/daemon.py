@@ -45,6 +45,7 @@ from imd.errors import ImdError
 from imd.eventlog import fields
 from imd.metrics import Metrics
 from imd.observability import DaemonCollector, DiskStatus, RecentErrors, SpdkCollector, daemon_status
+from imd.services.conditions import MountConditions
 from imd.services.disks import DiskService
 from imd.services.engines import EngineService
 from imd.services.instances import InstanceLogSettings, InstanceService
@@ -247,6 +248,8 @@ class Daemon:
         self.durability.on_change(self._durability_changed)
         self.health_status.set(not self.durability.degraded)
         self._tasks.append(asyncio.ensure_future(self._log_upkeep()))
+        conditions = MountConditions(self.supervisor, Path(cfg.mounts_file), cfg.mount_check_interval_s)
+        self._tasks.append(asyncio.ensure_future(conditions.run()))
         self._tasks.append(asyncio.ensure_future(self._report_status()))
         if self.notifier.watchdog_usec:
             self._tasks.append(asyncio.ensure_future(self._watchdog(self.notifier.watchdog_usec / 1e6)))

@@ -39,6 +39,7 @@ def _status_fields(view: ProcessView) -> dict[str, Any]:
         "port_start": view.port_start,
         "port_end": view.port_end,
         "uuid": view.uuid,
+        "conditions": dict(view.conditions),
     }
 
 

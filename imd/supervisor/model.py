@@ -101,6 +101,8 @@ class ProcessView(msgspec.Struct, frozen=True):
     port_end: int
     deleted: bool
     instance: InstanceInfo
+    conditions: tuple[tuple[str, bool], ...] = ()
+    """Longhorn's engine conditions (``FilesystemReadOnly``), sorted by name."""
 
 
 class ProcessEvent(msgspec.Struct, frozen=True):

@@ -66,6 +66,9 @@ class ManagedProcess:
         self.args = render_args(spec, ports)
         self.state = ProcessState.STARTING
         self.error_msg = ""
+        # Observed, not persisted: the next mount check after a restart
+        # finds them again (as in the Go original, which keeps them in memory).
+        self.conditions: dict[str, bool] = {}
         self.pid = 0
         self.start_time = 0
         # The registry's bookkeeping, written into the state file:
@@ -102,6 +105,7 @@ class ManagedProcess:
             port_end=ports.end if ports else 0,
             deleted=deleted,
             instance=self.instance,
+            conditions=tuple(sorted(self.conditions.items())),
         )
 
     @property

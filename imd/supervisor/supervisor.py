@@ -344,6 +344,17 @@ class Supervisor:
     def views(self) -> list[ProcessView]:
         return [proc.view() for proc in self._current.values()]
 
+    def set_condition(self, name: str, uuid: str, condition: str, value: bool) -> bool:
+        """Record an observed condition of ``name``'s current process (if it
+        is still the one with ``uuid``); watchers see a change as an event.
+        True if something changed."""
+        proc = self._current.get(name)
+        if proc is None or proc.uuid != uuid or proc.conditions.get(condition) is value:
+            return False
+        proc.conditions[condition] = value
+        self._emit(proc)
+        return True
+
     def all_processes(self) -> list[ManagedProcess]:
         """Every process with a live or unreaped child: current, replacing,
         retiring and internal."""
