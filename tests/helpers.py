@@ -305,7 +305,9 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone between the two looks: the open finds no entry, or the read
+        # of an entry already open fails with ESRCH.
         return False
 
 
