@@ -16,14 +16,19 @@ from pathlib import Path
 
 import msgspec
 
+from imd import __version__
 from imd._buildstamp import FILE_NAME, git_commit, rfc3339
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class BuildInfo(msgspec.Struct, frozen=True):
+    """What every version answer (process manager, disk service, engine
+    proxy) says about the build."""
+
     git_commit: str = ""
     build_date: str = ""
+    version: str = __version__
 
 
 def installed_date() -> str:

@@ -16,6 +16,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from imd import buildinfo
+from imd.api import convert
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from tests.helpers import HEALTH_SERVER, PY, RunningDaemon, health_spec, until_event, wait_state, watching
@@ -134,6 +135,18 @@ async def test_version_get_and_imd_version_carry_the_build(daemon: RunningDaemon
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", expected.git_commit)
     version = await daemon.pm().VersionGet(Empty())
     assert (version.gitCommit, version.buildDate) == (expected.git_commit, expected.build_date)
+    disk_version = await daemon.disks().VersionGet(Empty())
+    assert (disk_version.version, disk_version.gitCommit, disk_version.buildDate) == (
+        version.version,
+        expected.git_commit,
+        expected.build_date,
+    )
+    engine_version = convert.engine_version(expected)  # ServerVersionGet's answer for a V2 engine
+    assert (engine_version.gitCommit, engine_version.buildDate, engine_version.dataFormatVersion) == (
+        expected.git_commit,
+        expected.build_date,
+        1,
+    )
     printed = await asyncio.to_thread(
         subprocess.run,
         [PY, "-m", "imd", "--socket", str(daemon.socket), "--json", "version"],

@@ -9,6 +9,7 @@ from imd.api.gen.imrpc import disk_pb2
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.api.gen.ptypes import controller_pb2 as ctl
+from imd.buildinfo import BuildInfo
 from imd.errors import InvalidArgument
 from imd.services.disks import DiskVersion
 from imd.services.instances import V2Request, v1_instance_type, v1_target_ports
@@ -95,11 +96,14 @@ def instance_response(view: ProcessView) -> inst.InstanceResponse:
     )
 
 
+def _build(build: BuildInfo) -> dict[str, str]:
+    """The build fields, spelled as every Longhorn version message spells them."""
+    return {"version": build.version, "gitCommit": build.git_commit, "buildDate": build.build_date}
+
+
 def version_response(info: VersionInfo) -> pm.VersionResponse:
     return pm.VersionResponse(
-        version=info.version,
-        gitCommit=info.git_commit,
-        buildDate=info.build_date,
+        **_build(info.build),
         instanceManagerAPIVersion=info.api_version,
         instanceManagerAPIMinVersion=info.api_min_version,
         instanceManagerProxyAPIVersion=info.proxy_api_version,
@@ -210,11 +214,20 @@ def replica_instance(lvol: ReplicaLvol) -> disk_pb2.ReplicaInstance:
 
 def disk_version_response(info: DiskVersion) -> disk_pb2.DiskVersionResponse:
     return disk_pb2.DiskVersionResponse(
-        version=info.version,
-        gitCommit=info.git_commit,
-        buildDate=info.build_date,
+        **_build(info.build),
         instanceManagerDiskServiceAPIVersion=info.api_version,
         instanceManagerDiskServiceAPIMinVersion=info.api_min_version,
+    )
+
+
+def engine_version(build: BuildInfo) -> ctl.VersionOutput:
+    """An engine's version; its data format is that of the mirror, 1."""
+    return ctl.VersionOutput(
+        version=build.version,
+        gitCommit=build.git_commit,
+        buildDate=build.build_date,
+        dataFormatVersion=1,
+        dataFormatMinVersion=1,
     )
 
 

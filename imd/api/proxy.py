@@ -69,7 +69,9 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
     async def ServerVersionGet(self, stream: Any) -> None:
         r: ppb.ProxyEngineRequest = await recv(stream)
         self.engines.engines(r.engine_name, r.data_engine)
-        await stream.send_message(ppb.EngineVersionProxyResponse(version=ctl.VersionOutput(**self.engines.version())))
+        await stream.send_message(
+            ppb.EngineVersionProxyResponse(version=convert.engine_version(self.engines.version()))
+        )
 
     @rpc
     async def VolumeGet(self, stream: Any) -> None:

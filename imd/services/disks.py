@@ -14,8 +14,7 @@ import uuid as uuidlib
 
 import msgspec
 
-from imd import __version__
-from imd.buildinfo import BUILD
+from imd.buildinfo import BUILD, BuildInfo
 from imd.edges.spdk_target import TargetRpcError, TargetUnreachable
 from imd.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
 from imd.services.rates import RateMeter, Rates, Sample
@@ -32,9 +31,7 @@ DISK_API_MIN_VERSION = 1
 
 
 class DiskVersion(msgspec.Struct, frozen=True):
-    version: str = __version__
-    git_commit: str = BUILD.git_commit
-    build_date: str = BUILD.build_date
+    build: BuildInfo = BUILD
     api_version: int = DISK_API_VERSION
     api_min_version: int = DISK_API_MIN_VERSION
 

@@ -12,12 +12,10 @@ spells it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgspec
 
-from imd import __version__
-from imd.buildinfo import BUILD
+from imd.buildinfo import BUILD, BuildInfo
 from imd.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from imd.services.instances import DataEngine, InstanceService, parse_addresses, route
 from imd.services.rates import RateMeter, Rates, Sample
@@ -87,14 +85,8 @@ class EngineService:
         self.instances.processes.lifecycle.check()
         self.instances.processes.durability.check()
 
-    def version(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "gitCommit": BUILD.git_commit,
-            "buildDate": BUILD.build_date,
-            "dataFormatVersion": 1,
-            "dataFormatMinVersion": 1,
-        }
+    def version(self) -> BuildInfo:
+        return BUILD
 
     def volume(self, engine_name: str, data_engine: int) -> VolumeInfo:
         engines, engine = self._engine(engine_name, data_engine)

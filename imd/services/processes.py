@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
-from imd import __version__
-from imd.buildinfo import BUILD
+from imd.buildinfo import BUILD, BuildInfo
 from imd.errors import AlreadyExists, NotFound, Unavailable
 from imd.services.validation import (
     PROCESS_FIELDS,
@@ -30,9 +29,7 @@ API_MIN_VERSION = 1
 
 
 class VersionInfo(msgspec.Struct, frozen=True):
-    version: str = __version__
-    git_commit: str = BUILD.git_commit
-    build_date: str = BUILD.build_date
+    build: BuildInfo = BUILD
     api_version: int = API_VERSION
     api_min_version: int = API_MIN_VERSION
     proxy_api_version: int = API_VERSION
