@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,10 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from tests.helpers import free_base_port, free_port_block
+
+__all__ = ["LocalDaemon", "free_port_block", "rss_mb"]
+
 
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
@@ -22,32 +25,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port_block(count: int = 5) -> int:
-    """A port P with P to P + count - 1 free. imd listens on P (process
-    manager), P+1 (proxy), P+2 (disk), P+3 (instance) and P+4 (replica)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        if all(_free(base + offset) for offset in range(1, count)):
-            return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as other:
-        try:
-            other.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_base_port() -> int:
-    return free_port_block(5)
 
 
 class LocalDaemon:
@@ -61,7 +38,7 @@ class LocalDaemon:
         self.config.write_text(
             f'listen = "127.0.0.1:{self.base}"\nsocket = "{self.socket}"\n'
             f'state_dir = "{self.root / "state"}"\nlogs_dir = "{self.root / "logs"}"\n'
-            f'port_range = "24000-44000"\nlog_level = "warn"\n{extra_config}'
+            f'port_range = "20000-32000"\nlog_level = "warn"\n{extra_config}'
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -49,17 +49,23 @@ TEST_CONFIG: dict[str, Any] = {
 }
 
 
-def free_base_port() -> int:
-    """A port P with P to P + 3 free (the daemon's listeners)."""
+def free_port_block(count: int) -> int:
+    """A port P with P to P + count - 1 free."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = int(probe.getsockname()[1])
-        if base > 65000:
+        if base + count > 65535:
             continue
-        if all(_free(base + offset) for offset in (1, 2, 3)):
+        if all(_free(base + offset) for offset in range(1, count)):
             return base
-    raise RuntimeError("no free block of four ports")
+    raise RuntimeError(f"no free block of {count} ports")
+
+
+def free_base_port() -> int:
+    """A base port for a daemon: it listens on P (process manager), P+1
+    (proxy), P+2 (disk), P+3 (instance) and P+4 (replica)."""
+    return free_port_block(5)
 
 
 def _free(port: int) -> bool:
