@@ -352,7 +352,7 @@ class Supervisor:
         if proc is None or proc.uuid != uuid or proc.conditions.get(condition) is value:
             return False
         proc.conditions[condition] = value
-        self._emit(proc)
+        self._publish(proc)  # observed, not persisted: no state write
         return True
 
     def all_processes(self) -> list[ManagedProcess]:
@@ -784,6 +784,14 @@ class Supervisor:
         self._emit(proc, deleted=True)
 
     def _emit(self, proc: ManagedProcess, *, deleted: bool = False) -> None:
+        """A change of ``proc`` that the registry records: to watchers and
+        to the state file."""
+        self._publish(proc, deleted=deleted)
+        self._changed(proc.name)
+
+    def _publish(self, proc: ManagedProcess, *, deleted: bool = False) -> None:
+        """A change of ``proc`` to watchers only (what is observed, not
+        recorded, like a condition, costs no state write)."""
         self._seq += 1
         view = proc.view(deleted=deleted)
         self.events.publish(ProcessEvent(self._seq, view))
@@ -792,7 +800,6 @@ class Supervisor:
             self.metrics.transitions.labels("v1", view.instance.type or "process", view.state.value).inc()
         if deleted:
             self._last_state.pop(proc.uuid, None)
-        self._changed(proc.name)
 
     def _changed(self, name: str | None = None, *, internal: bool = False) -> None:
         """The registry changed: ``name``'s entries (in the internal
