@@ -116,7 +116,7 @@ def fio_unavailable(fio: str | None, prefix: Path) -> str | None:
     plugin = prefix / "fio" / "spdk_nvme"
     if not plugin.exists():
         return f"SPDK's fio plugin is not built ({plugin} missing; configure SPDK --with-fio=<fio source>)"
-    if fio is None:
+    if not fio:  # None (not on PATH) or --fio "" (skip the fio tier)
         return "no fio binary (put fio on PATH or pass --fio)"
     free = 0
     with open("/proc/meminfo") as meminfo:
@@ -162,9 +162,11 @@ def _thin(cdf: list[tuple[float, float]], points: int = 400) -> list[tuple[float
 async def run_python(
     native: Any, handle: Any, ns_blocks: int, size: int, qd: int, write: bool, seq: bool, dur: float, warm: float
 ) -> dict[str, Any]:
-    """QD I/Os kept in flight from asyncio, in batches of up to 8; each
-    batch is submitted and awaited as one request. An I/O's latency is its
-    batch's submit-to-completion time."""
+    """QD I/Os kept in flight from asyncio, in lanes of batches of up to 8;
+    each batch is submitted and awaited as one request, with every I/O's
+    LBA chosen in Python. A lane lays its batch out once (IoBatch) and
+    changes the LBAs in place. An I/O's latency is its batch's
+    submit-to-completion time."""
     from spdk_ffi.native import DmaBuffer, Io, IoKind
 
     batch_size = min(8, qd)
@@ -179,23 +181,24 @@ async def run_python(
     async def lane(seed: int) -> None:
         rng = random.Random(seed)
         bufs = [DmaBuffer(size) for _ in range(batch_size)]
-        ios = [Io(kind, 1, 0, blocks, b) for b in bufs]
+        batch = native.io_batch([Io(kind, 1, 0, blocks, b) for b in bufs])
+        entries = list(batch.entries)
         try:
             while time.perf_counter() < stop_at[0]:
-                for io in ios:
+                for entry in entries:
                     if seq:
-                        io.lba = (cursor[0] * blocks) % (ns_blocks - blocks)
+                        entry.lba = (cursor[0] * blocks) % (ns_blocks - blocks)
                         cursor[0] += 1
                     else:
-                        io.lba = rng.randrange(ns_blocks // blocks) * blocks
+                        entry.lba = rng.randrange(ns_blocks // blocks) * blocks
                 t0 = time.perf_counter()
-                await native.io(handle, ios)
+                await native.run(handle, batch)
                 lat = time.perf_counter() - t0
                 if state["measuring"]:
                     bucket = int(lat * 1e7)
-                    lat_100ns[bucket] = lat_100ns.get(bucket, 0) + len(ios)
-                    state["done"] += len(ios)
-                    state["lat_sum"] += lat * len(ios)
+                    lat_100ns[bucket] = lat_100ns.get(bucket, 0) + batch_size
+                    state["done"] += batch_size
+                    state["lat_sum"] += lat * batch_size
         finally:
             for b in bufs:
                 b.free()
@@ -220,7 +223,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", help="run only workloads whose name contains this")
-    parser.add_argument("--fio", default=shutil.which("fio"), help="fio binary for tier (d)")
+    parser.add_argument("--fio", default=shutil.which("fio"), help='fio binary for tier (d); --fio "" skips it')
     args = parser.parse_args()
 
     from tests.spdk.target import skip_reason, spdk_prefix

@@ -48,6 +48,9 @@ log = logging.getLogger("spdk_ffi.native")
 _SCT_GENERIC, _SCT_PATH = 0, 3
 _SC_ABORTED_SQ_DELETION = 0x08
 _PATH_ERRNOS = {errno.ENXIO, errno.ENODEV, errno.ECONNRESET, errno.EPIPE}
+# Finished IMDN_IO requests kept for reuse, and the smallest I/O array one gets.
+_IO_POOL_SIZE = 64
+_IO_POOL_MIN_BATCH = 8
 
 
 class IoError(NvmeError):
@@ -55,6 +58,7 @@ class IoError(NvmeError):
 
     def __init__(self, index: int, sct: int, sc: int, err: int, path: Path | None) -> None:
         self.index, self.sct, self.sc, self.path = index, sct, sc, path
+        self.err = err  # the submission errno; 0 when the NVMe status says it
         what = f"NVMe status sct={sct:#x} sc={sc:#x}" if err == 0 else "submission failed"
         super().__init__(err or errno.EIO, f"I/O {index} failed: {what} on {path}")
 
@@ -93,6 +97,43 @@ class Io(msgspec.Struct):
     offset: int = 0  # byte offset into buf
 
 
+class IoBatch:
+    """I/Os laid out once in C memory, to be submitted again and again: the
+    Python tier's fast path (``NativeBackend.run``).
+
+    ``NativeBackend.io`` copies every I/O into a C array on every call, six
+    cffi stores per I/O, which at a batch of 8 cost more than the rest of
+    the submission together. A batch is built once from ``Io`` templates
+    and changed in place between runs: ``batch.entries[i].lba = lba``
+    (likewise ``kind``, ``nsid``, ``nblocks``). Buffers and offsets stay as
+    built; the batch holds them. One run at a time: a batch whose run was
+    cancelled is in flight until the poller is done with it.
+    """
+
+    def __init__(self, core: NativeCore, ios: Sequence[Io]) -> None:
+        if not ios:
+            raise InvalidOptions("an I/O batch needs at least one I/O")
+        self.ios = list(ios)
+        self.entries = ffi.new("struct imdn_io[]", len(self.ios))
+        for entry, io in zip(self.entries, self.ios, strict=True):
+            entry.kind, entry.nsid, entry.lba, entry.nblocks = io.kind, io.nsid, io.lba, io.nblocks
+            entry.buf = ffi.NULL if io.buf is None else io.buf.ptr + io.offset
+        self.req = core.new_request(lib.IMDN_IO)
+        self.req.ios = self.entries
+        self.req.num_ios = len(self.ios)
+
+    def __len__(self) -> int:
+        return len(self.ios)
+
+    def as_ios(self, indexes: Sequence[int]) -> list[Io]:
+        """The I/Os at ``indexes`` as they are now (for the general path)."""
+        out = []
+        for i in indexes:
+            e, io = self.entries[i], self.ios[i]
+            out.append(Io(e.kind, e.nsid, e.lba, e.nblocks, io.buf, io.offset))
+        return out
+
+
 def _require_core() -> None:
     if lib is None:
         from spdk_ffi import UNAVAILABLE
@@ -115,6 +156,7 @@ class NativeCore:
         self._listeners: dict[int, Callable[[Any], None]] = {}
         self._cookies = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._io_pool: list[tuple[Any, Any]] = []  # finished IMDN_IO requests with their I/O arrays
         self.ticks = 0
 
     @classmethod
@@ -127,22 +169,38 @@ class NativeCore:
         name: str = "imd",
         idle_spin_us: int = 2000,
         poll_sleep_us: int = 0,
+        yield_after: int = 8,
     ) -> NativeCore:
         """Start the poller once per process; later calls return it (their
         options are ignored). ``idle_spin_us``: how long the poller keeps
         busy-polling after its last work before it sleeps. ``poll_sleep_us``:
         0 busy-polls while I/O is outstanding (an engine); > 0 naps that
         long between polls instead (a host sharing a core with another busy
-        poller). See core/poller.c."""
+        poller). ``yield_after``: after that many polls in a row without
+        progress the poller yields its core to any thread waiting for it
+        (this process's asyncio loop, on a small machine); 0 never yields.
+        See core/poller.c."""
         _require_core()
         if cls._instance is not None:
             return cls._instance
-        for what, value in (("idle_spin_us", idle_spin_us), ("poll_sleep_us", poll_sleep_us)):
+        for what, value in (
+            ("idle_spin_us", idle_spin_us),
+            ("poll_sleep_us", poll_sleep_us),
+            ("yield_after", yield_after),
+        ):
             if not 0 <= value <= 10_000_000:
                 raise InvalidOptions(f"{what} must be 0..10000000, not {value}")
         err = ffi.new("char[256]")
         rc = lib.imdn_start(
-            name.encode(), core_mask.encode(), mem_size_mb, int(no_huge), idle_spin_us, poll_sleep_us, err, 256
+            name.encode(),
+            core_mask.encode(),
+            mem_size_mb,
+            int(no_huge),
+            idle_spin_us,
+            poll_sleep_us,
+            yield_after,
+            err,
+            256,
         )
         if rc != 0:
             raise NvmeError(rc, ffi.string(err).decode())
@@ -160,6 +218,9 @@ class NativeCore:
             "spdk_threads": out.spdk_threads,
             "busy_us": out.busy_ticks * 1_000_000 // max(out.ticks_hz, 1),
             "exports": out.exports,
+            "yields": out.yields,
+            "poller_wakeups": out.poller_wakeups,
+            "python_wakeups": out.python_wakeups,
         }
 
     def listen(self, receiver: Callable[[Any], None]) -> int:
@@ -180,8 +241,28 @@ class NativeCore:
         return loop
 
     def _drain(self) -> None:
-        # Events first: a request that completes together with an event (a
-        # rebuild cancel and its "cancelled") then finds the event handled.
+        """The loop's reader on the core's doorbell: reap everything, then
+        re-arm the doorbell, which looks once more (core/doorbell.h). Until
+        it is re-armed the poller does not write the eventfd again, so a
+        return without re-arming would leave later completions unseen."""
+        while True:
+            self._reap_events()
+            while True:
+                n = lib.imdn_reap(self._out, 256)
+                for i in range(n):
+                    req = self._out[i]
+                    entry = self._pending.pop(req.id, None)
+                    if entry is not None and not entry[1].done():
+                        entry[1].set_result(None)
+                if n < 256:
+                    break
+            if not lib.imdn_rearm():
+                return
+
+    def _reap_events(self) -> None:
+        # Events before requests: a request that completes together with an
+        # event (a rebuild cancel and its "cancelled") then finds the event
+        # handled.
         while True:
             n = lib.imdn_reap_events(self._events, 64)
             for i in range(n):
@@ -193,15 +274,6 @@ class NativeCore:
                     except Exception:  # a receiver's bug must not stall the core's completions
                         log.exception("event receiver failed")
             if n < 64:
-                break
-        while True:
-            n = lib.imdn_reap(self._out, 256)
-            for i in range(n):
-                req = self._out[i]
-                entry = self._pending.pop(req.id, None)
-                if entry is not None and not entry[1].done():
-                    entry[1].set_result(None)
-            if n < 256:
                 return
 
     async def call(self, req: Any, what: str, *keep: Any) -> Any:
@@ -219,6 +291,28 @@ class NativeCore:
         req.id = next(self._ids)
         req.op = op
         return req
+
+    def io_request(self, num_ios: int) -> tuple[Any, Any]:
+        """An IMDN_IO request with room for ``num_ios`` I/Os, from the pool
+        of finished ones when it has one that fits. A request is about 2 KiB
+        that cffi zeroes on allocation: with a batch of 8 I/Os, allocating it
+        cost as much as submitting it (bench/README.md)."""
+        for i in range(len(self._io_pool) - 1, -1, -1):
+            req, arr = self._io_pool[i]
+            if len(arr) >= num_ios:
+                del self._io_pool[i]
+                req.id = next(self._ids)
+                return req, arr
+        req = self.new_request(lib.IMDN_IO)
+        arr = ffi.new("struct imdn_io[]", max(num_ios, _IO_POOL_MIN_BATCH))
+        req.ios = arr
+        return req, arr
+
+    def reuse_io_request(self, req: Any, arr: Any) -> None:
+        """Give back a request the poller is done with (never one a
+        cancelled caller left in flight)."""
+        if len(self._io_pool) < _IO_POOL_SIZE:
+            self._io_pool.append((req, arr))
 
     def submit(self, req: Any, *keep: Any) -> asyncio.Future[Any]:
         """Queue ``req``; the future completes when the poller is done with
@@ -487,17 +581,21 @@ class NativeBackend:
                     await asyncio.wait_for(handle.path_changed.wait(), 0.1)
                 continue
             last_path = conn.path
-            req = self.core.new_request(lib.IMDN_IO)
-            arr = ffi.new("struct imdn_io[]", len(todo))
+            req, arr = self.core.io_request(len(todo))
             for slot, index in enumerate(todo):
                 io = ios[index]
                 entry = arr[slot]
                 entry.kind, entry.nsid, entry.lba, entry.nblocks = io.kind, io.nsid, io.lba, io.nblocks
                 entry.buf = ffi.NULL if io.buf is None else io.buf.ptr + io.offset
             req.ctrlr = conn.ctrlr
-            req.ios = arr
             req.num_ios = len(todo)
-            await asyncio.shield(self.core.submit(req, arr, [ios[i].buf for i in todo]))
+            # Not shielded: a cancelled caller cancels only this future; the
+            # request stays in the core's pending map, holding ``ios`` (and so
+            # their buffers), until the poller is done with it.
+            await self.core.submit(req, arr, ios)
+            if req.status == 0 and req.ios_failed == 0:
+                self.core.reuse_io_request(req, arr)
+                return
             retry = []
             for slot, index in enumerate(todo):
                 entry = arr[slot]
@@ -513,6 +611,51 @@ class NativeBackend:
                 if conn.down_since is None:
                     conn.down_since = time.monotonic()
             todo = retry
+
+    def io_batch(self, ios: Sequence[Io]) -> IoBatch:
+        """Lay ``ios`` out once for ``run`` (see IoBatch)."""
+        return IoBatch(self.core, ios)
+
+    async def run(self, handle: NativeController, batch: IoBatch) -> None:
+        """Run ``batch`` as it is now, like ``io``: path failures move to
+        another path, and the first other failure raises IoError with its
+        index in the batch. The common case (a live path, no failure) does
+        no per-I/O work in Python."""
+        req = batch.req
+        if req.id in self.core._pending:
+            raise InvalidOptions("this I/O batch is still in flight (one run at a time)")
+        conn = self._pick(handle)
+        if conn is None or handle.lost:
+            await self._run_indexes(handle, batch, range(len(batch)))  # waits for a path, or fails
+            return
+        req.id = next(self.core._ids)
+        req.ctrlr = conn.ctrlr
+        await self.core.submit(req, batch)  # not shielded: see io()
+        if req.status == 0 and req.ios_failed == 0:
+            return
+        retry = []
+        for index in range(len(batch)):
+            entry = batch.entries[index]
+            if entry.status == 0 and req.status == 0:
+                continue
+            if self._path_failure(req.status, entry) or lib.imdn_ctrlr_failed(conn.ctrlr):
+                retry.append(index)
+                continue
+            handle.counters["io_errors"] += 1
+            raise IoError(index, entry.sct, entry.sc, -entry.status if entry.status < 0 else 0, conn.path)
+        handle.counters["failovers"] += 1
+        if conn.down_since is None:
+            conn.down_since = time.monotonic()
+        await self._run_indexes(handle, batch, retry)
+
+    async def _run_indexes(self, handle: NativeController, batch: IoBatch, indexes: Sequence[int]) -> None:
+        """The general path for part of a batch, with IoError indexes
+        mapped back to the batch's."""
+        indexes = list(indexes)
+        try:
+            await self.io(handle, batch.as_ios(indexes))
+        except IoError as e:
+            raise IoError(indexes[e.index], e.sct, e.sc, e.err, e.path) from None
 
     @staticmethod
     def _path_failure(status: int, entry: Any) -> bool:

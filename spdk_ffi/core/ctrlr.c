@@ -285,10 +285,11 @@ void qpair_disconnected(struct spdk_nvme_qpair *qpair, void *group_ctx)
 	}
 }
 
-void poll_ctrlrs(uint64_t now)
+int64_t poll_ctrlrs(uint64_t now)
 {
+	int64_t completed = 0;
 	if (g_busy > 0) {
-		spdk_nvme_poll_group_process_completions(g_group, 0, qpair_disconnected);
+		completed = spdk_nvme_poll_group_process_completions(g_group, 0, qpair_disconnected);
 	}
 	for (struct imdn_ctrlr *c = g_ctrlrs; c; c = c->next) {
 		if (now >= c->next_admin_tick) {
@@ -299,6 +300,7 @@ void poll_ctrlrs(uint64_t now)
 			}
 		}
 	}
+	return completed;
 }
 
 int imdn_ctrlr_failed(struct imdn_ctrlr *c)

@@ -223,13 +223,19 @@ struct imdn_poller_stats {
 	uint64_t busy_ticks;     /* time in iterations that did work */
 	uint64_t ticks_hz;
 	uint64_t exports;
+	uint64_t yields;         /* sched_yield() calls (yield_after) */
+	uint64_t poller_wakeups; /* eventfd writes that woke the poller (Python's doorbell rings) */
+	uint64_t python_wakeups; /* eventfd writes that woke Python (the poller's doorbell rings) */
 };
 
 int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_huge, uint32_t idle_spin_us,
-	       uint32_t poll_sleep_us, char *err, size_t errlen);
+	       uint32_t poll_sleep_us, uint32_t yield_after, char *err, size_t errlen);
 int imdn_completion_fd(void);
 int imdn_submit(struct imdn_req *req);
+/* Python reaps events, then requests, then calls imdn_rearm; 1 means more
+ * arrived meanwhile (reap again), 0 that the doorbell is armed (sleep). */
 int imdn_reap(struct imdn_req **out, int max);
+int imdn_rearm(void);
 int imdn_reap_events(struct imdn_event *out, int max);
 void *imdn_dma_alloc(size_t size, size_t align);
 void imdn_dma_free(void *buf);

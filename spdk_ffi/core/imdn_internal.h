@@ -3,7 +3,7 @@
  * the poller thread (poller.c) unless a field says otherwise; the other files
  * are that thread's code, split by concern:
  *
- *   poller.c    rings, eventfds, start-up (env, spdk_threads, subsystems), the loop
+ *   poller.c    rings, doorbells (doorbell.h), start-up (env, spdk_threads, subsystems), the loop
  *   ctrlr.c     attach/detach of driver controllers; multipath objects (struct imdn_mpath)
  *   io.c        Python-tier I/O batches on one controller
  *   mirror.c    mirrors: fan-out, read balancing, leg failure, range lock, rebuild, resize
@@ -118,7 +118,7 @@ void start_attach(struct imdn_req *req);
 void start_detach(struct imdn_req *req);
 void poll_attaches(uint64_t now);
 void poll_detaches(uint64_t now);
-void poll_ctrlrs(uint64_t now);
+int64_t poll_ctrlrs(uint64_t now); /* completions processed (< 0: the group failed) */
 bool ctrlr_work_pending(void);
 void qpair_disconnected(struct spdk_nvme_qpair *qpair, void *group_ctx);
 

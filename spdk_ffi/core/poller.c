@@ -33,17 +33,30 @@
  * path (fast_io_fail) caps the sleep at 1 ms, its timer granularity.
  *
  * Finished requests go onto the completion ring and events onto the event
- * ring; either write to the completion eventfd, which wakes the asyncio loop
- * (add_reader) to reap them all.
+ * ring; either rings Python's doorbell, which wakes the asyncio loop
+ * (add_reader on its eventfd) to reap them all. Both directions write their
+ * eventfd only when the other side has armed its doorbell to sleep
+ * (doorbell.h): a spinning poller and a busy loop cost each other nothing.
+ *
+ * Sharing a core. While I/O is outstanding the poller spins, and on a small
+ * machine it may share its core with the Python thread that waits for that
+ * I/O. The scheduler then splits the core evenly, and Python, which has real
+ * work, waits in the run queue behind a poller that has none. So after
+ * yield_after iterations in a row that made no progress (no request, no
+ * completion, no spdk_thread work), the poller calls sched_yield(): a thread
+ * that is runnable on its core runs now, and on a core of its own the call
+ * returns at once. 0 turns this off.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* ppoll */
 #endif
+#include "doorbell.h"
 #include "imdn_internal.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,7 +116,8 @@ struct event_ring {
 
 static struct ring g_sub, g_cpl;
 static struct event_ring g_events;
-static int g_sub_efd = -1, g_cpl_efd = -1;
+static struct doorbell g_sub_bell = {.efd = -1}; /* Python rings, the poller sleeps on it */
+static struct doorbell g_cpl_bell = {.efd = -1}; /* the poller rings, Python sleeps on it */
 static pthread_t g_thread;
 static _Atomic int g_state; /* 0 none, 1 starting, 2 running, -1 failed */
 static char g_init_err[256];
@@ -111,6 +125,7 @@ static const char *g_name, *g_core_mask;
 static int g_mem_size, g_no_huge;
 static uint32_t g_idle_spin_us;
 static uint32_t g_poll_sleep_us;
+static uint32_t g_yield_after;
 
 uint64_t g_ticks_hz;
 uint64_t g_busy;
@@ -118,16 +133,14 @@ uint64_t g_waiting_io;
 uint32_t g_exports;
 struct spdk_nvme_poll_group *g_group;
 
-static _Atomic uint64_t g_iterations, g_sleeps, g_busy_ticks;
+static _Atomic uint64_t g_iterations, g_sleeps, g_busy_ticks, g_yields;
 static _Atomic int g_stop, g_stopped; /* process exit: see stop_at_exit() */
 
 /* -- completion and events ---------------------------------------------------- */
 
 static void wake_python(void)
 {
-	uint64_t one = 1;
-	ssize_t rc = write(g_cpl_efd, &one, sizeof(one));
-	(void)rc;
+	doorbell_ring(&g_cpl_bell);
 }
 
 void complete(struct imdn_req *req, int status)
@@ -243,18 +256,23 @@ static void handle(struct imdn_req *req)
 
 /* -- the loop ------------------------------------------------------------------ */
 
-/* Sleep up to wait_us on the submission eventfd (a request ends it). */
+/* Sleep up to wait_us on the submission doorbell (a request ends it). */
 static void nap(uint64_t wait_us)
 {
+	doorbell_arm(&g_sub_bell);
+	if (!ring_empty(&g_sub) || atomic_load_explicit(&g_stop, memory_order_relaxed)) {
+		doorbell_disarm(&g_sub_bell); /* the second look found work */
+		return;
+	}
 	CTR_ADD(g_sleeps, 1);
 	/* poll() takes milliseconds; ppoll() takes the sub-millisecond waits that
 	 * a timed spdk_poller or a polite poller ask for. */
 	struct timespec ts = {.tv_sec = (time_t)(wait_us / 1000000), .tv_nsec = (long)(wait_us % 1000000) * 1000};
-	struct pollfd pfd = {.fd = g_sub_efd, .events = POLLIN};
-	if (ppoll(&pfd, 1, &ts, NULL) > 0) {
-		uint64_t drained;
-		ssize_t rc = read(g_sub_efd, &drained, sizeof(drained));
-		(void)rc;
+	struct pollfd pfd = {.fd = g_sub_bell.efd, .events = POLLIN};
+	int woken = ppoll(&pfd, 1, &ts, NULL);
+	doorbell_disarm(&g_sub_bell);
+	if (woken > 0) {
+		doorbell_clear(&g_sub_bell);
 	}
 }
 
@@ -306,17 +324,22 @@ static void *poller_main(void *arg)
 
 	uint64_t spin_ticks = us_to_ticks(g_idle_spin_us);
 	uint64_t last_work = spdk_get_ticks();
+	uint32_t unproductive = 0; /* iterations in a row with work pending but no progress */
 	for (;;) {
 		uint64_t begin = spdk_get_ticks();
 		bool work = false;
+		bool progress = false;
 		struct imdn_req *req;
 		while ((req = ring_pop(&g_sub)) != NULL) {
 			handle(req);
 			work = true;
+			progress = true;
 		}
 		uint64_t now = spdk_get_ticks();
 		poll_attaches(now);
-		poll_ctrlrs(now);
+		if (poll_ctrlrs(now) > 0) {
+			progress = true;
+		}
 		poll_detaches(now);
 		if (g_waiting_io > 0) {
 			mpath_poll(now);
@@ -324,6 +347,7 @@ static void *poller_main(void *arg)
 		uint64_t next_timer = 0;
 		if (frontend_poll(now, &next_timer)) {
 			work = true;
+			progress = true;
 		}
 		if (g_busy > 0 || ctrlr_work_pending()) {
 			work = true;
@@ -336,6 +360,13 @@ static void *poller_main(void *arg)
 		if (work) {
 			last_work = end;
 			CTR_ADD(g_busy_ticks, end - begin);
+			if (progress) {
+				unproductive = 0;
+			} else if (g_yield_after > 0 && ++unproductive >= g_yield_after) {
+				unproductive = 0;
+				CTR_ADD(g_yields, 1);
+				sched_yield(); /* see "Sharing a core" above */
+			}
 			if (g_poll_sleep_us > 0 && ring_empty(&g_sub)) {
 				nap(g_poll_sleep_us);
 			}
@@ -357,7 +388,7 @@ static void stop_at_exit(void)
 {
 	atomic_store(&g_stop, 1);
 	uint64_t one = 1;
-	ssize_t rc = write(g_sub_efd, &one, sizeof(one));
+	ssize_t rc = write(g_sub_bell.efd, &one, sizeof(one)); /* armed or not */
 	(void)rc;
 	for (int i = 0; i < 2000 && !atomic_load(&g_stopped); i++) {
 		usleep(500);
@@ -367,7 +398,7 @@ static void stop_at_exit(void)
 /* -- API for Python -------------------------------------------------------- */
 
 int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_huge, uint32_t idle_spin_us,
-	       uint32_t poll_sleep_us, char *err, size_t errlen)
+	       uint32_t poll_sleep_us, uint32_t yield_after, char *err, size_t errlen)
 {
 	int expected = 0;
 	if (!atomic_compare_exchange_strong(&g_state, &expected, 1)) {
@@ -380,8 +411,10 @@ int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_
 	g_no_huge = no_huge;
 	g_idle_spin_us = idle_spin_us;
 	g_poll_sleep_us = poll_sleep_us;
-	g_sub_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	g_cpl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	g_yield_after = yield_after;
+	g_sub_bell.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	g_cpl_bell.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	atomic_store(&g_cpl_bell.armed, 1); /* Python waits from the start */
 	if (pthread_create(&g_thread, NULL, poller_main, NULL) != 0) {
 		snprintf(err, errlen, "cannot create the poller thread");
 		atomic_store(&g_state, -1);
@@ -402,7 +435,7 @@ int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_
 
 int imdn_completion_fd(void)
 {
-	return g_cpl_efd;
+	return g_cpl_bell.efd;
 }
 
 int imdn_submit(struct imdn_req *req)
@@ -413,17 +446,29 @@ int imdn_submit(struct imdn_req *req)
 	if (!ring_push(&g_sub, req)) {
 		return -EAGAIN;
 	}
-	uint64_t one = 1;
-	ssize_t rc = write(g_sub_efd, &one, sizeof(one));
-	(void)rc;
+	doorbell_ring(&g_sub_bell);
+	return 0;
+}
+
+static bool events_empty(void)
+{
+	return atomic_load_explicit(&g_events.head, memory_order_relaxed) ==
+	       atomic_load_explicit(&g_events.tail, memory_order_acquire);
+}
+
+int imdn_rearm(void)
+{
+	doorbell_clear(&g_cpl_bell);
+	doorbell_arm(&g_cpl_bell);
+	if (!ring_empty(&g_cpl) || !events_empty()) {
+		doorbell_disarm(&g_cpl_bell);
+		return 1;
+	}
 	return 0;
 }
 
 int imdn_reap(struct imdn_req **out, int max)
 {
-	uint64_t drained;
-	ssize_t rc = read(g_cpl_efd, &drained, sizeof(drained));
-	(void)rc;
 	int n = 0;
 	struct imdn_req *req;
 	while (n < max && (req = ring_pop(&g_cpl)) != NULL) {
@@ -463,6 +508,9 @@ void imdn_poller_stats(struct imdn_poller_stats *out)
 	out->iterations = CTR_GET(g_iterations);
 	out->sleeps = CTR_GET(g_sleeps);
 	out->busy_ticks = CTR_GET(g_busy_ticks);
+	out->yields = CTR_GET(g_yields);
+	out->poller_wakeups = atomic_load_explicit(&g_sub_bell.rings, memory_order_relaxed);
+	out->python_wakeups = atomic_load_explicit(&g_cpl_bell.rings, memory_order_relaxed);
 	out->ticks_hz = g_ticks_hz;
 	out->spdk_threads = frontend_thread_count();
 	out->exports = g_exports;

@@ -106,10 +106,14 @@ async def test_idempotent_reattach_and_stale_controller_cleanup(target: Target) 
     assert target.host_controllers(NULL_NQN) == []
 
 
-async def test_multipath_failover_while_io_runs(target: Target) -> None:
+@pytest.mark.parametrize("api", ["io", "batch"])
+async def test_multipath_failover_while_io_runs(target: Target, api: str) -> None:
+    """Both Python-tier entry points: io() copies the I/Os each call, run()
+    submits a prebuilt IoBatch and falls back to io()'s path handling."""
     from spdk_ffi.native import Io, IoKind
 
-    ini = Initiator(backend())
+    native = backend()
+    ini = Initiator(native)
     opts = ControllerOpts(
         ctrlr_loss_timeout_sec=30, reconnect_delay_sec=1, fast_io_fail_timeout_sec=20, policy=MultipathPolicy.FAILOVER
     )
@@ -120,10 +124,15 @@ async def test_multipath_failover_while_io_runs(target: Target) -> None:
 
     async def io_loop() -> None:
         nonlocal done
+        prebuilt = native.io_batch([Io(IoKind.READ, 1, lba=0, nblocks=1, buf=b) for b in bufs])  # type: ignore[attr-defined]
         while not stop.is_set():
-            batch = [Io(IoKind.READ, 1, lba=random.randrange(16384), nblocks=1, buf=b) for b in bufs]
-            await ini.io("mp", batch)
-            done += len(batch)
+            if api == "io":
+                await ini.io("mp", [Io(IoKind.READ, 1, lba=random.randrange(16384), nblocks=1, buf=b) for b in bufs])
+            else:
+                for entry in prebuilt.entries:
+                    entry.lba = random.randrange(16384)
+                await native.run(ini.handle("mp"), prebuilt)  # type: ignore[attr-defined]
+            done += len(bufs)
 
     runner = asyncio.ensure_future(io_loop())
     try:
@@ -233,3 +242,161 @@ async def test_c_tier_benchmark_runs(target: Target) -> None:
         assert sum(n for _, n in timed.histogram_100ns) == round(timed.iops * timed.seconds)
     finally:
         await ini.detach("b")
+
+
+async def test_lanes_reusing_pooled_requests_read_back_what_they_wrote(target: Target) -> None:
+    """io() reuses finished requests and their I/O arrays: eight lanes in
+    flight at once, each writing its own region then reading it back,
+    must never see another lane's I/Os in a reused array."""
+    from spdk_ffi.native import Io, IoKind
+
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("p", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    core = native.core  # type: ignore[attr-defined]
+
+    async def lane(n: int) -> None:
+        rng = random.Random(n)
+        out, back = buffers(4, BLOCK), buffers(4, BLOCK)
+        try:
+            for round_ in range(200):
+                lbas = [n * 1024 + round_ % 64 * 8 + i for i in range(4)]
+                for b in out:
+                    b.view[:] = rng.randbytes(BLOCK)
+                await ini.io(
+                    "p", [Io(IoKind.WRITE, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, out, strict=True)]
+                )
+                await ini.io(
+                    "p", [Io(IoKind.READ, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, back, strict=True)]
+                )
+                assert [bytes(b.view) for b in back] == [bytes(b.view) for b in out], f"lane {n} round {round_}"
+        finally:
+            for b in out + back:
+                b.free()
+
+    try:
+        await asyncio.gather(*(lane(n) for n in range(8)))
+        # Every lane's requests went back to the pool: at most one per lane
+        # was ever in flight, so the pool holds no more than that.
+        assert 1 <= len(core._io_pool) <= 8
+    finally:
+        await ini.detach("p")
+
+
+async def test_a_cancelled_io_keeps_its_request_until_the_poller_is_done(target: Target) -> None:
+    from spdk_ffi.native import Io, IoKind
+
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("c", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    core = native.core  # type: ignore[attr-defined]
+    bufs = buffers(8, BLOCK)
+    try:
+        ios = [Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b) for i, b in enumerate(bufs)]
+        core._io_pool.clear()
+        task = asyncio.ensure_future(ini.io("c", ios))
+        await asyncio.sleep(0)  # submitted; the poller has it
+        in_flight = [entry[0] for entry in core._pending.values()]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The cancelled request is not reusable: the poller may still write
+        # its statuses. It leaves the pending map (with the buffers it
+        # holds) only once the poller has finished it.
+        assert all(req not in [r for r, _ in core._io_pool] for req in in_flight)
+        for _ in range(200):
+            if not core._pending:
+                break
+            await asyncio.sleep(0.005)
+        assert not core._pending, "the cancelled request was never reaped"
+        await ini.io("c", ios)  # the controller and the pool still work
+    finally:
+        await ini.detach("c")
+        for b in bufs:
+            b.free()
+
+
+async def test_a_burst_of_submissions_wakes_the_poller_at_most_once_per_sleep(target: Target) -> None:
+    """The doorbell (core/doorbell.h): Python writes the poller's eventfd
+    only when the poller has armed it to sleep. 256 batches submitted in one
+    go reach a poller that is awake after the first of them."""
+    from spdk_ffi.native import Io, IoKind
+
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("w", [path(NULL_NQN, 4420)], HOST_NQN)
+    core = native.core  # type: ignore[attr-defined]
+    bufs = buffers(256, BLOCK)
+    try:
+        before = core.poller_stats()
+        await asyncio.gather(*(ini.io("w", [Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b)]) for i, b in enumerate(bufs)))
+        after = core.poller_stats()
+        woke_poller = after["poller_wakeups"] - before["poller_wakeups"]
+        woke_python = after["python_wakeups"] - before["python_wakeups"]
+        assert 0 <= woke_poller < 256, woke_poller
+        assert 0 < woke_python <= 256, woke_python  # Python slept at least once, for the completions
+    finally:
+        await ini.detach("w")
+        for b in bufs:
+            b.free()
+
+
+async def test_io_batch_runs_again_and_again_with_its_data(target: Target) -> None:
+    """An IoBatch changed in place between runs: writes land where the
+    entries say at each run, and reads through another batch see them."""
+    from spdk_ffi.native import Io, IoKind
+
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("b", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    handle = ini.handle("b")
+    out, back = buffers(4, BLOCK), buffers(4, BLOCK)
+    writes = native.io_batch([Io(IoKind.WRITE, 1, lba=0, nblocks=1, buf=b) for b in out])  # type: ignore[attr-defined]
+    reads = native.io_batch([Io(IoKind.READ, 1, lba=0, nblocks=1, buf=b) for b in back])  # type: ignore[attr-defined]
+    rng = random.Random(7)
+    try:
+        for round_ in range(50):
+            lbas = rng.sample(range(4096), 4)
+            for b in out:
+                b.view[:] = rng.randbytes(BLOCK)
+            for batch in (writes, reads):
+                for entry, lba in zip(batch.entries, lbas, strict=True):
+                    entry.lba = lba
+            await native.run(handle, writes)  # type: ignore[attr-defined]
+            await native.run(handle, reads)  # type: ignore[attr-defined]
+            assert [bytes(b.view) for b in back] == [bytes(b.view) for b in out], f"round {round_}"
+    finally:
+        await ini.detach("b")
+        for b in out + back:
+            b.free()
+
+
+async def test_io_batch_errors_name_the_io_and_refuse_a_second_run(target: Target) -> None:
+    from spdk_ffi import InvalidOptions
+    from spdk_ffi.native import Io, IoError, IoKind
+
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach("e", [path(MALLOC_NQN, 4421)], HOST_NQN)
+    handle = ini.handle("e")
+    bufs = buffers(3, BLOCK)
+    try:
+        with pytest.raises(InvalidOptions, match="at least one I/O"):
+            native.io_batch([])  # type: ignore[attr-defined]
+        batch = native.io_batch([Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b) for i, b in enumerate(bufs)])  # type: ignore[attr-defined]
+        batch.entries[2].lba = 10**9  # past the end: the third I/O fails
+        with pytest.raises(IoError) as exc:
+            await native.run(handle, batch)  # type: ignore[attr-defined]
+        assert (exc.value.index, exc.value.sct, exc.value.sc) == (2, 0, 0x80)
+        batch.entries[2].lba = 2
+        first = asyncio.ensure_future(native.run(handle, batch))  # type: ignore[attr-defined]
+        await asyncio.sleep(0)  # submitted; its completion needs another turn of the loop
+        assert not first.done()
+        with pytest.raises(InvalidOptions, match="still in flight"):
+            await native.run(handle, batch)  # type: ignore[attr-defined]
+        await first
+        await native.run(handle, batch)  # type: ignore[attr-defined]  # free again once it completed
+    finally:
+        await ini.detach("e")
+        for b in bufs:
+            b.free()
