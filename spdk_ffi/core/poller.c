@@ -38,14 +38,14 @@
  * eventfd only when the other side has armed its doorbell to sleep
  * (doorbell.h): a spinning poller and a busy loop cost each other nothing.
  *
- * Sharing a core. While I/O is outstanding the poller spins, and on a small
- * machine it may share its core with the Python thread that waits for that
- * I/O. The scheduler then splits the core evenly, and Python, which has real
- * work, waits in the run queue behind a poller that has none. So after
- * yield_after iterations in a row that made no progress (no request, no
- * completion, no spdk_thread work), the poller calls sched_yield(): a thread
- * that is runnable on its core runs now, and on a core of its own the call
- * returns at once. 0 turns this off.
+ * Sharing a core. While I/O is outstanding, and for idle_spin_us after, the
+ * poller spins, and on a small machine it may share its core with the Python
+ * thread that waits for that I/O. The scheduler then splits the core evenly,
+ * and Python, which has real work, waits in the run queue behind a poller
+ * that has none. So after yield_after iterations in a row that made no
+ * progress (no request, no completion, no spdk_thread work), the poller calls
+ * sched_yield(): a thread that is runnable on its core runs now, and on a
+ * core of its own the call returns at once. 0 turns this off.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* ppoll */
@@ -357,16 +357,20 @@ static void *poller_main(void *arg)
 		if (atomic_load_explicit(&g_stop, memory_order_relaxed)) {
 			break;
 		}
+		/* Waiting on the network or spinning idle alike: see "Sharing a
+		 * core" above. The idle spin counts too: it is up to idle_spin_us
+		 * of polling nothing, and a thread that waits for this core would
+		 * otherwise wait all of it (the 2 ms tail of an early version). */
+		if (progress) {
+			unproductive = 0;
+		} else if (g_yield_after > 0 && ++unproductive >= g_yield_after) {
+			unproductive = 0;
+			CTR_ADD(g_yields, 1);
+			sched_yield();
+		}
 		if (work) {
 			last_work = end;
 			CTR_ADD(g_busy_ticks, end - begin);
-			if (progress) {
-				unproductive = 0;
-			} else if (g_yield_after > 0 && ++unproductive >= g_yield_after) {
-				unproductive = 0;
-				CTR_ADD(g_yields, 1);
-				sched_yield(); /* see "Sharing a core" above */
-			}
 			if (g_poll_sleep_us > 0 && ring_empty(&g_sub)) {
 				nap(g_poll_sleep_us);
 			}
