@@ -214,28 +214,15 @@ async def run_python(
     saved_affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {INITIATOR_CORE})
     try:
-        return await _run_lanes(lane, lanes, dur, warm, stop_at, state, size, lat_100ns)
+        tasks = [asyncio.ensure_future(lane(i)) for i in range(lanes)]
+        await asyncio.sleep(warm)
+        state["measuring"] = True
+        started = time.perf_counter()
+        stop_at[0] = started + dur
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
     finally:
         os.sched_setaffinity(0, saved_affinity)
-
-
-async def _run_lanes(
-    lane: Any,
-    lanes: int,
-    dur: float,
-    warm: float,
-    stop_at: list[float],
-    state: dict[str, Any],
-    size: int,
-    lat_100ns: dict[int, int],
-) -> dict[str, Any]:
-    tasks = [asyncio.ensure_future(lane(i)) for i in range(lanes)]
-    await asyncio.sleep(warm)
-    state["measuring"] = True
-    started = time.perf_counter()
-    stop_at[0] = started + dur
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
     done = int(state["done"])
     return _summary(done / elapsed, size, state["lat_sum"] / max(done, 1) * 1e6, sorted(lat_100ns.items()))
 

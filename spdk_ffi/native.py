@@ -28,7 +28,7 @@ import errno
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,12 +301,20 @@ class NativeCore:
             req, arr = self._io_pool[i]
             if len(arr) >= num_ios:
                 del self._io_pool[i]
-                req.id = next(self._ids)
+                self.reissue(req)
                 return req, arr
         req = self.new_request(lib.IMDN_IO)
         arr = ffi.new("struct imdn_io[]", max(num_ios, _IO_POOL_MIN_BATCH))
         req.ios = arr
         return req, arr
+
+    def in_flight(self, req: Any) -> bool:
+        """Whether the poller still has ``req`` (submitted, not yet reaped)."""
+        return req.id in self._pending
+
+    def reissue(self, req: Any) -> None:
+        """Give a finished request a new id, to submit it again."""
+        req.id = next(self._ids)
 
     def reuse_io_request(self, req: Any, arr: Any) -> None:
         """Give back a request the poller is done with (never one a
@@ -596,21 +604,7 @@ class NativeBackend:
             if req.status == 0 and req.ios_failed == 0:
                 self.core.reuse_io_request(req, arr)
                 return
-            retry = []
-            for slot, index in enumerate(todo):
-                entry = arr[slot]
-                if entry.status == 0 and req.status == 0:
-                    continue
-                if self._path_failure(req.status, entry) or lib.imdn_ctrlr_failed(conn.ctrlr):
-                    retry.append(index)
-                    continue
-                handle.counters["io_errors"] += 1
-                raise IoError(index, entry.sct, entry.sc, -entry.status if entry.status < 0 else 0, conn.path)
-            if retry:
-                handle.counters["failovers"] += 1
-                if conn.down_since is None:
-                    conn.down_since = time.monotonic()
-            todo = retry
+            todo = self._to_retry(handle, conn, req, zip(arr, todo, strict=False))
 
     def io_batch(self, ios: Sequence[Io]) -> IoBatch:
         """Lay ``ios`` out once for ``run`` (see IoBatch)."""
@@ -622,20 +616,28 @@ class NativeBackend:
         index in the batch. The common case (a live path, no failure) does
         no per-I/O work in Python."""
         req = batch.req
-        if req.id in self.core._pending:
+        if self.core.in_flight(req):
             raise InvalidOptions("this I/O batch is still in flight (one run at a time)")
         conn = self._pick(handle)
         if conn is None or handle.lost:
             await self._run_indexes(handle, batch, range(len(batch)))  # waits for a path, or fails
             return
-        req.id = next(self.core._ids)
+        self.core.reissue(req)
         req.ctrlr = conn.ctrlr
         await self.core.submit(req, batch)  # not shielded: see io()
         if req.status == 0 and req.ios_failed == 0:
             return
+        retry = self._to_retry(handle, conn, req, zip(batch.entries, range(len(batch)), strict=True))
+        await self._run_indexes(handle, batch, retry)
+
+    def _to_retry(
+        self, handle: NativeController, conn: _PathConn, req: Any, done: Iterable[tuple[Any, int]]
+    ) -> list[int]:
+        """Sort a finished request's I/Os (C entry, caller's index): the
+        indexes of those that failed with their path, to move to another
+        one; IoError for the first that failed for another reason."""
         retry = []
-        for index in range(len(batch)):
-            entry = batch.entries[index]
+        for entry, index in done:
             if entry.status == 0 and req.status == 0:
                 continue
             if self._path_failure(req.status, entry) or lib.imdn_ctrlr_failed(conn.ctrlr):
@@ -643,10 +645,11 @@ class NativeBackend:
                 continue
             handle.counters["io_errors"] += 1
             raise IoError(index, entry.sct, entry.sc, -entry.status if entry.status < 0 else 0, conn.path)
-        handle.counters["failovers"] += 1
-        if conn.down_since is None:
-            conn.down_since = time.monotonic()
-        await self._run_indexes(handle, batch, retry)
+        if retry:
+            handle.counters["failovers"] += 1
+            if conn.down_since is None:
+                conn.down_since = time.monotonic()
+        return retry
 
     async def _run_indexes(self, handle: NativeController, batch: IoBatch, indexes: Sequence[int]) -> None:
         """The general path for part of a batch, with IoError indexes
