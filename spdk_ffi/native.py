@@ -181,8 +181,8 @@ class NativeCore:
         (this process's asyncio loop, on a small machine); 0 never yields.
         See core/poller.c."""
         _require_core()
-        if cls._instance is not None:
-            return cls._instance
+        # Checked before the "once per process" return: bad options are an
+        # error on any call, not silently ignored after the first.
         for what, value in (
             ("idle_spin_us", idle_spin_us),
             ("poll_sleep_us", poll_sleep_us),
@@ -190,6 +190,8 @@ class NativeCore:
         ):
             if not 0 <= value <= 10_000_000:
                 raise InvalidOptions(f"{what} must be 0..10000000, not {value}")
+        if cls._instance is not None:
+            return cls._instance
         err = ffi.new("char[256]")
         rc = lib.imdn_start(
             name.encode(),

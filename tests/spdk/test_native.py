@@ -428,3 +428,15 @@ async def test_the_poller_yields_while_it_spins_for_nothing(target: Target) -> N
     finally:
         await ini.detach("y")
         buf.free()
+
+
+@pytest.mark.parametrize("option", ["idle_spin_us", "poll_sleep_us", "yield_after"])
+@pytest.mark.parametrize("value", [-1, 10_000_001])
+async def test_poller_options_out_of_range_are_refused_by_name(target: Target, option: str, value: int) -> None:
+    from spdk_ffi import InvalidOptions
+    from spdk_ffi.native import NativeCore
+
+    backend()  # the core runs already: the options are checked all the same
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(InvalidOptions, match=f"{option} must be 0..10000000, not {value}"):
+        NativeCore.start(**options)
