@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import sys
 
 import uvloop
@@ -34,6 +35,16 @@ def run_serve(a: argparse.Namespace) -> int:
     # A watchdog abort (SIGABRT) or a fatal signal leaves a Python traceback.
     faulthandler.enable()
     eventlog.configure(config.log_level)
+    # Garbage collection, tuned for a daemon holding a thousand children.
+    # With CPython's defaults (a young collection every 700 allocations)
+    # a bench/compare run of 1000 creates and deletes spent 80 ms in the
+    # collector, 29 ms of it in one full collection that stalled the loop;
+    # with these, 22 ms and no full collection. Cycles are still collected:
+    # request objects mostly die by reference counting, so the collector
+    # only needs to run for the rare cycle. freeze() moves everything built
+    # at start (modules, config) out of the collector's sight for good.
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     try:
         uvloop.run(serve(config))
     except ConfigError as exc:
