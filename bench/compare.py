@@ -32,6 +32,17 @@ The daemon's CPU time and everything else the machine ran meanwhile
 client) are recorded with each run: a run with other CPU well above zero
 shared the cores with someone else's work.
 
+Per phase (creates up to every watcher seeing every process running;
+deletes up to every watcher seeing every process deleted), the CPU is also
+split per operation: **daemon ms/create** and **daemon ms/delete** are the
+daemon's; **client+child ms/create** and **/delete** are this client's and
+the child's (its exec, from /proc/PID/schedstat while it sleeps; its exit,
+from the daemon's reaped-children time). That second share is work no
+daemon can save, so the goals table says, for the creates and delete-all
+goals, how much CPU per operation the two cores leave a daemon at the pace
+asked (its **reach** column, beside what each daemon used), or OUT OF
+REACH when the client and the children alone need more (see _ceiling).
+
 Medians over the repetitions are reported with their spread (min-max), and
 each ratio imd/Go is taken per repetition (same repetition, same watcher
 count) before its median is taken. Results: ``results/compare.json`` and
