@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,6 +30,34 @@ def buffers(count: int, size: int) -> list[Any]:
     from spdk_ffi.native import DmaBuffer
 
     return [DmaBuffer(size) for _ in range(count)]
+
+
+@dataclass
+class OnePath:
+    native: Any
+    ini: Initiator
+    bufs: list[Any]
+
+    @property
+    def core(self) -> Any:
+        return self.native.core
+
+
+@contextlib.asynccontextmanager
+async def one_path(name: str, nqn: str, port: int, *, bufs: int = 0) -> AsyncIterator[OnePath]:
+    """A native backend with ``name`` attached on one path, and ``bufs``
+    DMA buffers of a block; at the end the controller is detached, then the
+    buffers freed (no I/O can still point at them)."""
+    native = backend()
+    ini = Initiator(native)
+    await ini.attach(name, [path(nqn, port)], HOST_NQN)
+    allocated = buffers(bufs, BLOCK)
+    try:
+        yield OnePath(native, ini, allocated)
+    finally:
+        await ini.detach(name)
+        for b in allocated:
+            b.free()
 
 
 async def test_attach_detach_namespaces(target: Target) -> None:
@@ -227,10 +258,8 @@ async def test_ten_thousand_random_ios_verified(target: Target) -> None:
 
 
 async def test_c_tier_benchmark_runs(target: Target) -> None:
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("b", [path(NULL_NQN, 4420)], HOST_NQN)
-    try:
+    async with one_path("b", NULL_NQN, 4420) as t:
+        native, ini = t.native, t.ini
         result = await native.bench(ini.handle("b"), qd=8, ios=20_000, warmup=1_000)
         assert result.iops > 0
         assert sum(n for _, n in result.histogram_100ns) == 20_000
@@ -240,8 +269,6 @@ async def test_c_tier_benchmark_runs(target: Target) -> None:
         )
         assert timed.seconds >= 0.3 and timed.iops > 0
         assert sum(n for _, n in timed.histogram_100ns) == round(timed.iops * timed.seconds)
-    finally:
-        await ini.detach("b")
 
 
 async def test_lanes_reusing_pooled_requests_read_back_what_they_wrote(target: Target) -> None:
@@ -250,48 +277,39 @@ async def test_lanes_reusing_pooled_requests_read_back_what_they_wrote(target: T
     must never see another lane's I/Os in a reused array."""
     from spdk_ffi.native import Io, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("p", [path(MALLOC_NQN, 4421)], HOST_NQN)
-    core = native.core  # type: ignore[attr-defined]
+    async with one_path("p", MALLOC_NQN, 4421) as t:
+        ini, core = t.ini, t.core
 
-    async def lane(n: int) -> None:
-        rng = random.Random(n)
-        out, back = buffers(4, BLOCK), buffers(4, BLOCK)
-        try:
-            for round_ in range(200):
-                lbas = [n * 1024 + round_ % 64 * 8 + i for i in range(4)]
-                for b in out:
-                    b.view[:] = rng.randbytes(BLOCK)
-                await ini.io(
-                    "p", [Io(IoKind.WRITE, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, out, strict=True)]
-                )
-                await ini.io(
-                    "p", [Io(IoKind.READ, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, back, strict=True)]
-                )
-                assert [bytes(b.view) for b in back] == [bytes(b.view) for b in out], f"lane {n} round {round_}"
-        finally:
-            for b in out + back:
-                b.free()
+        async def lane(n: int) -> None:
+            rng = random.Random(n)
+            out, back = buffers(4, BLOCK), buffers(4, BLOCK)
+            try:
+                for round_ in range(200):
+                    lbas = [n * 1024 + round_ % 64 * 8 + i for i in range(4)]
+                    for b in out:
+                        b.view[:] = rng.randbytes(BLOCK)
+                    await ini.io(
+                        "p", [Io(IoKind.WRITE, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, out, strict=True)]
+                    )
+                    await ini.io(
+                        "p", [Io(IoKind.READ, 1, lba=lba, nblocks=1, buf=b) for lba, b in zip(lbas, back, strict=True)]
+                    )
+                    assert [bytes(b.view) for b in back] == [bytes(b.view) for b in out], f"lane {n} round {round_}"
+            finally:
+                for b in out + back:
+                    b.free()
 
-    try:
         await asyncio.gather(*(lane(n) for n in range(8)))
         # Every lane's requests went back to the pool: at most one per lane
         # was ever in flight, so the pool holds no more than that.
         assert 1 <= len(core._io_pool) <= 8
-    finally:
-        await ini.detach("p")
 
 
 async def test_a_cancelled_io_keeps_its_request_until_the_poller_is_done(target: Target) -> None:
     from spdk_ffi.native import Io, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("c", [path(MALLOC_NQN, 4421)], HOST_NQN)
-    core = native.core  # type: ignore[attr-defined]
-    bufs = buffers(8, BLOCK)
-    try:
+    async with one_path("c", MALLOC_NQN, 4421, bufs=8) as t:
+        ini, core, bufs = t.ini, t.core, t.bufs
         ios = [Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b) for i, b in enumerate(bufs)]
         core._io_pool.clear()
         task = asyncio.ensure_future(ini.io("c", ios))
@@ -310,10 +328,6 @@ async def test_a_cancelled_io_keeps_its_request_until_the_poller_is_done(target:
             await asyncio.sleep(0.005)
         assert not core._pending, "the cancelled request was never reaped"
         await ini.io("c", ios)  # the controller and the pool still work
-    finally:
-        await ini.detach("c")
-        for b in bufs:
-            b.free()
 
 
 async def test_a_burst_of_submissions_wakes_the_poller_at_most_once_per_sleep(target: Target) -> None:
@@ -322,12 +336,8 @@ async def test_a_burst_of_submissions_wakes_the_poller_at_most_once_per_sleep(ta
     go reach a poller that is awake after the first of them."""
     from spdk_ffi.native import Io, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("w", [path(NULL_NQN, 4420)], HOST_NQN)
-    core = native.core  # type: ignore[attr-defined]
-    bufs = buffers(256, BLOCK)
-    try:
+    async with one_path("w", NULL_NQN, 4420, bufs=256) as t:
+        ini, core, bufs = t.ini, t.core, t.bufs
         before = core.poller_stats()
         await asyncio.gather(*(ini.io("w", [Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b)]) for i, b in enumerate(bufs)))
         after = core.poller_stats()
@@ -335,10 +345,6 @@ async def test_a_burst_of_submissions_wakes_the_poller_at_most_once_per_sleep(ta
         woke_python = after["python_wakeups"] - before["python_wakeups"]
         assert 0 <= woke_poller < 256, woke_poller
         assert 0 < woke_python <= 256, woke_python  # Python slept at least once, for the completions
-    finally:
-        await ini.detach("w")
-        for b in bufs:
-            b.free()
 
 
 async def test_io_batch_runs_again_and_again_with_its_data(target: Target) -> None:
@@ -346,15 +352,12 @@ async def test_io_batch_runs_again_and_again_with_its_data(target: Target) -> No
     entries say at each run, and reads through another batch see them."""
     from spdk_ffi.native import Io, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("b", [path(MALLOC_NQN, 4421)], HOST_NQN)
-    handle = ini.handle("b")
-    out, back = buffers(4, BLOCK), buffers(4, BLOCK)
-    writes = native.io_batch([Io(IoKind.WRITE, 1, lba=0, nblocks=1, buf=b) for b in out])  # type: ignore[attr-defined]
-    reads = native.io_batch([Io(IoKind.READ, 1, lba=0, nblocks=1, buf=b) for b in back])  # type: ignore[attr-defined]
-    rng = random.Random(7)
-    try:
+    async with one_path("b", MALLOC_NQN, 4421, bufs=8) as t:
+        native, handle = t.native, t.ini.handle("b")
+        out, back = t.bufs[:4], t.bufs[4:]
+        writes = native.io_batch([Io(IoKind.WRITE, 1, lba=0, nblocks=1, buf=b) for b in out])  # type: ignore[attr-defined]
+        reads = native.io_batch([Io(IoKind.READ, 1, lba=0, nblocks=1, buf=b) for b in back])  # type: ignore[attr-defined]
+        rng = random.Random(7)
         for round_ in range(50):
             lbas = rng.sample(range(4096), 4)
             for b in out:
@@ -365,22 +368,14 @@ async def test_io_batch_runs_again_and_again_with_its_data(target: Target) -> No
             await native.run(handle, writes)  # type: ignore[attr-defined]
             await native.run(handle, reads)  # type: ignore[attr-defined]
             assert [bytes(b.view) for b in back] == [bytes(b.view) for b in out], f"round {round_}"
-    finally:
-        await ini.detach("b")
-        for b in out + back:
-            b.free()
 
 
 async def test_io_batch_errors_name_the_io_and_refuse_a_second_run(target: Target) -> None:
     from spdk_ffi import InvalidOptions
     from spdk_ffi.native import Io, IoError, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("e", [path(MALLOC_NQN, 4421)], HOST_NQN)
-    handle = ini.handle("e")
-    bufs = buffers(3, BLOCK)
-    try:
+    async with one_path("e", MALLOC_NQN, 4421, bufs=3) as t:
+        native, handle, bufs = t.native, t.ini.handle("e"), t.bufs
         with pytest.raises(InvalidOptions, match="at least one I/O"):
             native.io_batch([])  # type: ignore[attr-defined]
         batch = native.io_batch([Io(IoKind.READ, 1, lba=i, nblocks=1, buf=b) for i, b in enumerate(bufs)])  # type: ignore[attr-defined]
@@ -396,10 +391,6 @@ async def test_io_batch_errors_name_the_io_and_refuse_a_second_run(target: Targe
             await native.run(handle, batch)  # type: ignore[attr-defined]
         await first
         await native.run(handle, batch)  # type: ignore[attr-defined]  # free again once it completed
-    finally:
-        await ini.detach("e")
-        for b in bufs:
-            b.free()
 
 
 async def test_the_poller_yields_while_it_spins_for_nothing(target: Target) -> None:
@@ -410,12 +401,8 @@ async def test_the_poller_yields_while_it_spins_for_nothing(target: Target) -> N
     the Python tier's p99.9 was 2 ms at every queue depth."""
     from spdk_ffi.native import Io, IoKind
 
-    native = backend()
-    ini = Initiator(native)
-    await ini.attach("y", [path(NULL_NQN, 4420)], HOST_NQN)
-    core = native.core  # type: ignore[attr-defined]
-    (buf,) = buffers(1, BLOCK)
-    try:
+    async with one_path("y", NULL_NQN, 4420, bufs=1) as t:
+        ini, core, (buf,) = t.ini, t.core, t.bufs
         for _ in range(20):
             await ini.io("y", [Io(IoKind.READ, 1, lba=0, nblocks=1, buf=buf)])
             before = core.poller_stats()
@@ -425,9 +412,6 @@ async def test_the_poller_yields_while_it_spins_for_nothing(target: Target) -> N
                 break  # the poller ran in the window (a loaded machine may not let it)
         assert after["iterations"] - before["iterations"] >= 100, "the poller never ran"
         assert after["yields"] > before["yields"], (before, after)
-    finally:
-        await ini.detach("y")
-        buf.free()
 
 
 @pytest.mark.parametrize("option", ["idle_spin_us", "poll_sleep_us", "yield_after"])
