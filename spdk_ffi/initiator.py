@@ -95,7 +95,12 @@ class Initiator:
     ) -> AttachResult:
         """Attach ``name`` to ``paths`` (one subsystem); see the module doc.
         With ``take_over=False`` a leftover is not cleaned up: the call fails
-        with AlreadyExists (EALREADY), as bdev_nvme does."""
+        with AlreadyExists (EALREADY), as bdev_nvme does.
+
+        A caller cancelled in the loop turn in which the attach completes
+        sees only the cancellation, while the controller stays registered
+        under ``owner``: an owner that gives up cleans up with
+        ``detach(name, owner=...)``, which is a no-op if it holds nothing."""
         request = self._request(name, paths, hostnqn, opts, owner, take_over)
         pending = self._attaching.get(name)
         if pending is not None:

@@ -86,7 +86,7 @@ class Engine:
     def __init__(self, record: EngineRecord) -> None:
         self.record = record
         self.mirror: Mirror | None = None
-        self.attached: set[str] = set()  # controllers this engine attached
+        self.attached: set[str] = set()  # controllers this engine attached, or is attaching
         self.errors: dict[str, str] = {}  # why a replica is ERR
         self.op: asyncio.Task[Any] | None = None
         self.op_kind = ""
@@ -260,6 +260,12 @@ class Engines:
         record = engine.record
         holder = next((c for c in data.initiator.controllers() if c.name == replica), None)
         take_over = holder is None or holder.owner not in self.live_uuids() or holder.owner == record.uuid
+        # Counted as this engine's before the attach is awaited: if the engine
+        # is preempted in the loop turn in which the attach completes, the
+        # controller is registered under its UUID though this coroutine only
+        # sees the cancellation, and the teardown must still detach it. A
+        # detach by owner of a name the engine does not hold is a no-op.
+        engine.attached.add(replica)
         try:
             result = await data.initiator.attach(
                 replica,
@@ -270,12 +276,13 @@ class Engines:
                 take_over=take_over,
             )
         except ControllerHeld:
+            engine.attached.discard(replica)
             owner = holder.owner if holder else "?"
             engine_name = next((e.name for e in self.engines.values() if e.uuid == owner), owner)
             raise FailedPrecondition(f"replica {replica} is attached by live engine {engine_name}") from None
         except NvmeError as exc:
+            engine.attached.discard(replica)
             raise datapath_error(f"replica {replica}", exc) from exc
-        engine.attached.add(replica)
         if result.cleaned_up:
             log.warning(
                 "stale controller cleaned up", extra=fields(name=record.name, replica=replica, why=result.cleaned_up)

@@ -281,6 +281,33 @@ async def test_engines_without_the_native_core_say_why(tmp_path: Path) -> None:
         await instances.create_v2(engine("e1", {"r1": "127.0.0.1:4420"}))
 
 
+async def test_a_create_preempted_as_an_attach_completes_leaves_no_controller(tmp_path: Path) -> None:
+    """Field reports 3 and 4: the cancel of a delete (or a shutdown) reaches
+    the create in the very loop turn in which a replica's attach completed. The controller is already
+    registered under the engine's UUID while the create only sees the
+    cancellation; the teardown must still detach it (found in CI by the
+    concurrency test below, once in a few dozen runs)."""
+    v2, data, _, instances = await started(tmp_path)
+    address = data.replica_target("r1", 4420)
+    connect = data.backend.connect
+    loop = asyncio.get_running_loop()
+
+    async def connect_then_cancel(*args: object) -> object:
+        handle = await connect(*args)  # type: ignore[arg-type]
+        # Runs before the create's task wakes up with the attach's result.
+        loop.call_soon(v2.engines.engines["e1"].op.cancel)  # type: ignore[union-attr]
+        return handle
+
+    data.backend.connect = connect_then_cancel  # type: ignore[method-assign]
+    create = asyncio.ensure_future(instances.create_v2(engine("e1", {"r1": address})))
+    with pytest.raises(asyncio.CancelledError):
+        await create
+    await settled(v2)
+    assert "e1" not in v2.engines.engines
+    assert data.path.initiator.controllers() == [] and data.backend.driver == {}
+    assert data.backend.connects() == data.backend.disconnects() == 1
+
+
 async def test_concurrent_creates_and_deletes_keep_every_invariant(tmp_path: Path) -> None:
     """Field report 4, over the fakes: several clients create and delete
     engines on shared names and shared replicas for a while. Afterwards every
