@@ -148,6 +148,27 @@ class FakeData:
         self.mirrors.append(mirror)
         return mirror
 
+    def cancel_when_connected(self, task: Callable[[], asyncio.Future[Any] | None]) -> None:
+        """Cancel ``task()`` in the loop turn in which the next connect
+        completes, before the task awaiting the attach wakes up with its
+        result: the narrowest window a preempting delete can land in.
+        ``task`` is looked up then, as it may not exist yet."""
+        connect = self.backend.connect
+        loop = asyncio.get_running_loop()
+
+        def cancel() -> None:
+            target = task()
+            assert target is not None, "nothing to cancel when the connect completed"
+            target.cancel()
+
+        async def connect_then_cancel(*args: Any) -> Any:
+            self.backend.connect = connect  # type: ignore[method-assign]
+            handle = await connect(*args)
+            loop.call_soon(cancel)
+            return handle
+
+        self.backend.connect = connect_then_cancel  # type: ignore[method-assign,assignment]
+
     def replica_target(self, name: str, port: int, size: int = 1 << 30, address: str = "127.0.0.1") -> str:
         """Make replica ``name`` reachable at ``address:port``; its address."""
         from imd.v2.model import nqn_of

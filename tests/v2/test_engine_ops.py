@@ -193,6 +193,21 @@ async def test_replica_remove_preempts_the_rebuild_at_once(tmp_path: Path) -> No
     assert v2.engines.engines["e1"].op is None
 
 
+async def test_a_replica_add_preempted_as_its_attach_completes_leaves_no_controller(tmp_path: Path) -> None:
+    """Field reports 3 and 4: the ReplicaAdd's attach completes in the loop
+    turn in which it is preempted; the controller it made is detached anyway
+    and the engine goes on with the replicas it had."""
+    v2, data, _, _, engines = await setup(tmp_path)
+    address = data.replica_target("r3", 4433)
+    data.cancel_when_connected(lambda: v2.engines.engines["e1"].op)
+    with pytest.raises(Unavailable, match=r"adding replica r3 was preempted"):
+        await engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    assert sorted(c.name for c in data.path.initiator.controllers()) == ["r1", "r2"]
+    assert data.backend.connects() - data.backend.disconnects() == 2
+    assert v2.engines.engines["e1"].record.modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW}
+    assert "r3" not in data.mirrors[0].modes and v2.engines.engines["e1"].op is None
+
+
 async def test_an_engine_delete_preempts_the_rebuild(tmp_path: Path) -> None:
     v2, data, _, instances, engines = await setup(tmp_path)
     await engines.add_replica("e1", V2, "r3", data.replica_target("r3", 4433), restore=False, linked=False)

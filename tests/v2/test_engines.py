@@ -289,16 +289,7 @@ async def test_a_create_preempted_as_an_attach_completes_leaves_no_controller(tm
     concurrency test below, once in a few dozen runs)."""
     v2, data, _, instances = await started(tmp_path)
     address = data.replica_target("r1", 4420)
-    connect = data.backend.connect
-    loop = asyncio.get_running_loop()
-
-    async def connect_then_cancel(*args: object) -> object:
-        handle = await connect(*args)  # type: ignore[arg-type]
-        # Runs before the create's task wakes up with the attach's result.
-        loop.call_soon(v2.engines.engines["e1"].op.cancel)  # type: ignore[union-attr]
-        return handle
-
-    data.backend.connect = connect_then_cancel  # type: ignore[method-assign]
+    data.cancel_when_connected(lambda: v2.engines.engines["e1"].op)
     create = asyncio.ensure_future(instances.create_v2(engine("e1", {"r1": address})))
     with pytest.raises(asyncio.CancelledError):
         await create
