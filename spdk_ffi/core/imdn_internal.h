@@ -1,14 +1,16 @@
 /*
  * The core's shared state, declared in one place. Everything here belongs to
- * the poller thread (poller.c) unless a field says otherwise; the other files
- * are that thread's code, split by concern:
+ * the poller thread unless a field says otherwise; the files are that
+ * thread's code, split by concern and stacked in floors (base.c lists them),
+ * each calling only the floors below it:
  *
- *   poller.c    rings, doorbells (doorbell.h), start-up (env, spdk_threads, subsystems), the loop
- *   ctrlr.c     attach/detach of driver controllers; multipath objects (struct imdn_mpath)
- *   io.c        Python-tier I/O batches on one controller
- *   mirror.c    mirrors: fan-out, read balancing, leg failure, range lock, rebuild, resize
- *   frontend.c  spdk_thread integration, the "imd_mirror" bdev module, the embedded NVMe-oF/TCP target
+ *   poller.c    start-up (env, spdk_threads, subsystems), the loop, the dispatch of requests
  *   bench.c     the C-tier benchmark, on a controller or through a mirror
+ *   frontend.c  spdk_thread integration, the "imd_mirror" bdev module, the embedded NVMe-oF/TCP target
+ *   mirror.c    mirrors: fan-out, read balancing, leg failure and silence, range lock, rebuild, resize
+ *   io.c        Python-tier I/O batches on one controller
+ *   ctrlr.c     attach/detach of driver controllers, silence detection; multipath objects
+ *   base.c      the rings, completions and events, the shared globals
  *
  * No locks: one OS thread runs all of it. Asynchronous steps continue in
  * their completion callbacks; long operations are small state machines.
@@ -42,15 +44,22 @@
 #define CTR_GET(field) atomic_load_explicit(&(field), memory_order_relaxed)
 #define CTR_SET(field, v) atomic_store_explicit(&(field), (v), memory_order_relaxed)
 
-/* -- poller.c --------------------------------------------------------------- */
+/* -- base.c ------------------------------------------------------------------- */
 
+struct doorbell;
+extern struct doorbell g_sub_bell;  /* Python rings it; the poller sleeps on it */
+extern struct doorbell g_cpl_bell;  /* the poller rings it; Python sleeps on it */
 extern uint64_t g_ticks_hz;
 extern uint64_t g_busy;           /* NVMe commands outstanding, all controllers */
 extern uint64_t g_waiting_io;     /* mpath I/Os queued for a path or for request memory */
 extern uint32_t g_exports;        /* mirrors exported through the NVMe-oF target */
-extern struct spdk_thread *g_app_thread; /* "imd": the nvmf poll group, bdevs, mirrors' timers */
+extern struct spdk_thread *g_app_thread; /* "imd" (frontend.c makes it): the nvmf poll group, bdevs, mirrors' timers */
 extern struct spdk_nvme_poll_group *g_group;
 
+int base_init(void); /* the eventfds; 0 or -errno */
+bool submission_push(struct imdn_req *req);
+struct imdn_req *submission_pop(void);
+bool submission_empty(void);
 void complete(struct imdn_req *req, int status);
 void complete_msg(struct imdn_req *req, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void post_event(const struct imdn_event *ev);
@@ -180,6 +189,13 @@ struct mirror_leg {
 
 struct mirror_frontend; /* frontend.c */
 
+/* What a mirror tells its export. frontend.c sits above mirror.c and gives
+ * an exported mirror these (with m->fe); the mirror never calls it by name. */
+struct mirror_export_ops {
+	void (*resized)(struct imdn_mirror *m);              /* the mirror grew */
+	void (*unexport_for_destroy)(struct imdn_mirror *m); /* sets m->fe = NULL, then mirror_destroy_kick(m) */
+};
+
 struct rebuild {
 	bool active;
 	int dst, src;
@@ -215,6 +231,7 @@ struct imdn_mirror {
 	struct mirror_io_list inflight_writes; /* writes in flight, for the range lock */
 	struct rebuild rb;
 	struct mirror_frontend *fe;
+	const struct mirror_export_ops *fe_ops; /* set with fe */
 	struct imdn_req *destroy_req;
 	int destroy_step;
 	bool destroy_kicked;
@@ -258,9 +275,6 @@ bool frontend_poll(uint64_t now, uint64_t *next_tick);
 uint32_t frontend_thread_count(void);
 void frontend_export(struct imdn_req *req);
 void frontend_unexport(struct imdn_req *req);
-/* Unexport for a mirror being destroyed; sets m->fe = NULL and calls mirror_destroy_kick(m) when done. */
-void frontend_unexport_for_destroy(struct imdn_mirror *m);
-void frontend_resized(struct imdn_mirror *m);
 
 /* -- bench.c ------------------------------------------------------------------- */
 

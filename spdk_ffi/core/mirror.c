@@ -596,7 +596,7 @@ void mirror_resize(struct imdn_req *req)
 		CTR_SET(m->rb_bytes_total, req->num_blocks * m->block_size);
 	}
 	if (m->fe != NULL) {
-		frontend_resized(m);
+		m->fe_ops->resized(m);
 	}
 	complete(req, 0);
 }
@@ -649,7 +649,7 @@ static void mirror_destroy_continue(struct imdn_mirror *m)
 		}
 		m->destroy_step = 1;
 		if (m->fe != NULL) {
-			frontend_unexport_for_destroy(m); /* resumes us once m->fe is NULL */
+			m->fe_ops->unexport_for_destroy(m); /* resumes us once m->fe is NULL */
 			return;
 		}
 	}
