@@ -108,7 +108,7 @@ def make_builder(*, relative: bool = True) -> Any:
         '#include "imdn.h"',
         # setuptools wants paths relative to setup.py (the working directory).
         sources=[where(HERE / "core" / name) for name in SOURCES],
-        depends=[where(HERE / "core" / name) for name in ("imdn.h", "imdn_internal.h", "doorbell.h")],
+        depends=[where(HERE / "core" / name) for name in ("imdn.h", "imdn_internal.h", "doorbell.h", "silence.h")],
         include_dirs=[where(HERE / "core"), *spdk["include_dirs"]],
         library_dirs=spdk["library_dirs"],
         libraries=["pthread"],

@@ -20,6 +20,7 @@
 #define IMDN_INTERNAL_H
 
 #include "imdn.h"
+#include "silence.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -31,6 +32,7 @@
 #include "spdk/thread.h"
 
 #define ADMIN_POLL_US 10000
+#define WATCHDOG_US 10000 /* how often mirror.c looks for silent legs (ctrlr.c looks with its admin polling) */
 #define IDLE_SLEEP_MAX_US 10000      /* idle, nothing exported */
 #define IDLE_SLEEP_EXPORTED_US 1000  /* idle with an exported mirror: a host's first I/O waits at most this */
 #define DETACH_DRAIN_US 5000000
@@ -72,7 +74,7 @@ static inline uint64_t us_to_ticks(uint64_t us)
 
 struct imdn_ctrlr {
 	struct spdk_nvme_ctrlr *ctrlr;
-	struct spdk_nvme_qpair *qpair;
+	struct spdk_nvme_qpair *qpair; /* NULL once the path was declared silent (or is detaching) */
 	struct imdn_ctrlr *next;
 	struct imdn_mpath *mpath; /* the multipath object this path belongs to, if any */
 	uint64_t next_admin_tick;
@@ -80,7 +82,21 @@ struct imdn_ctrlr {
 	_Atomic int failed;           /* read by Python */
 	_Atomic uint64_t counters[4]; /* read by Python */
 	uint32_t outstanding;
+	/* Silence (ctrlr.c, "silence"): a path whose peer stops answering. */
+	uint64_t silence_ticks;    /* declare the path lost after this long without an answer; 0 = never */
+	uint64_t answered;         /* commands that came back, whatever their status */
+	struct quiet_watch quiet;
+	bool timed_out;            /* SPDK's timeout callback fired: a command or a keep-alive went unanswered */
+	bool admin_cut;            /* the admin queue was disconnected, so a detach skips the shutdown handshake */
+	_Atomic uint64_t silent_us; /* read by Python: how long it had been silent when declared lost (0: never) */
 };
+
+/* Every command that comes back from a controller passes here. */
+static inline void ctrlr_answered(struct imdn_ctrlr *c)
+{
+	c->outstanding--;
+	c->answered++;
+}
 
 struct mpath_io;
 typedef void (*mpath_done_fn)(struct mpath_io *io, int status, uint16_t sct, uint16_t sc);
@@ -113,6 +129,7 @@ struct imdn_mpath {
 	uint32_t rr;
 	uint32_t policy;
 	uint64_t fast_fail_ticks; /* 0: fail at once without a live path */
+	uint64_t silent_us;       /* a path of it was declared silent, after this long (0: none was) */
 	bool lost;
 	bool destroyed;  /* Python let go of it; freed once unreferenced and idle */
 	uint32_t refs;   /* Python's handle + mirror legs */
@@ -140,6 +157,11 @@ void mpath_unref(struct imdn_mpath *mp);
 void mpath_submit(struct mpath_io *io);
 struct spdk_nvme_ns *mpath_ns(struct imdn_mpath *mp, uint32_t nsid); /* of any current path */
 void mpath_poll(uint64_t now); /* retries and fast_io_fail timeouts, when g_waiting_io */
+uint32_t mpath_live_paths(struct imdn_mpath *mp);
+/* Give up on every path of mp: it is lost, its queued I/O fails now, and each
+ * path's commands come back now (its queue pair is dropped). From the loop
+ * only, never from inside a completion callback. */
+void mpath_abandon(struct imdn_mpath *mp);
 
 /* -- io.c ---------------------------------------------------------------------- */
 
@@ -185,6 +207,10 @@ struct mirror_leg {
 	_Atomic int err_status;
 	_Atomic int err_sct, err_sc;
 	_Atomic uint64_t reads, writes, bytes_read, bytes_written, errors;
+	/* the watchdog (mirror.c, "silence") */
+	uint64_t answered; /* commands to this leg that came back, whatever their status */
+	struct quiet_watch quiet;
+	_Atomic uint64_t silent_us; /* went ERR for answering nothing this long (0: it did not) */
 };
 
 struct mirror_frontend; /* frontend.c */
@@ -236,6 +262,7 @@ struct imdn_mirror {
 	int destroy_step;
 	bool destroy_kicked;
 	struct imdn_mirror *next;
+	uint64_t leg_timeout_ticks; /* the watchdog's bound; 0 = no watchdog */
 	/* Python reads these (imdn_mirror_stats) */
 	_Atomic uint64_t reads, writes, other_ops, bytes_read, bytes_written, errors, held_writes;
 	_Atomic uint64_t lat_hist[IMDN_LAT_BUCKETS];
@@ -261,6 +288,9 @@ void mirror_submit(struct mirror_io *mio);
 bool mirror_write_admit(struct imdn_mirror *m, struct mirror_io *mio);
 /* Resume a pending destroy from a fresh stack (a message to the app thread). */
 void mirror_destroy_kick(struct imdn_mirror *m);
+/* Fail legs that stopped answering while another leg works (every
+ * WATCHDOG_US, from the loop). */
+void mirror_watchdog(uint64_t now);
 
 /* -- frontend.c ------------------------------------------------------------ */
 

@@ -13,6 +13,9 @@
  *   - poll the NVMe poll group while commands are outstanding;
  *   - retry multipath I/O that waits for request memory, and fail I/O that
  *     waited for a path past fast_io_fail;
+ *   - every 10 ms, look for silence: paths whose commands or keep-alives go
+ *     unanswered (ctrlr.c, with the admin polling) and mirror legs that
+ *     answer nothing while another leg works (mirror.c's watchdog);
  *   - poll every spdk_thread once (the NVMe-oF target, bdevs, timers).
  *
  * A polite poller (poll_sleep_us > 0, for hosts that share a core with
@@ -225,6 +228,7 @@ static void *poller_main(void *arg)
 	uint64_t spin_ticks = us_to_ticks(g_idle_spin_us);
 	uint64_t last_work = spdk_get_ticks();
 	uint32_t unproductive = 0; /* iterations in a row with work pending but no progress */
+	uint64_t next_watch = 0;
 	for (;;) {
 		uint64_t begin = spdk_get_ticks();
 		bool work = false;
@@ -243,6 +247,10 @@ static void *poller_main(void *arg)
 		poll_detaches(now);
 		if (g_waiting_io > 0) {
 			mpath_poll(now);
+		}
+		if (now >= next_watch) {
+			next_watch = now + us_to_ticks(WATCHDOG_US);
+			mirror_watchdog(now); /* after poll_ctrlrs: paths declared silent this turn count */
 		}
 		uint64_t next_timer = 0;
 		if (frontend_poll(now, &next_timer)) {
