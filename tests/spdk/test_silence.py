@@ -275,7 +275,10 @@ async def test_a_silent_path_fails_over_to_the_live_one_and_the_leg_stays(env: E
     """Path 0 of replica "mp" goes silent (our neighbour entry for the
     target's address now points at a MAC nobody has: frames vanish, no RST,
     no ICMP). The path is declared silent and its I/O moves to path 1; the
-    leg never leaves the mirror and the writer sees no error."""
+    leg never leaves the mirror and the writer sees no error. The keeper's
+    reconnects to the silent path go on meanwhile and must not stop the
+    poller (SPDK's connect() blocks: each attempt is first probed from the
+    loop), so writes keep completing after several of them."""
     from spdk_ffi.mirror import NativeMirror
 
     opts = ControllerOpts(
@@ -284,6 +287,7 @@ async def test_a_silent_path_fails_over_to_the_live_one_and_the_leg_stays(env: E
         ctrlr_loss_timeout_sec=30,
         reconnect_delay_sec=1,
         fast_io_fail_timeout_sec=20,
+        attach_timeout_sec=2,
     )
     await env.ini.attach("live", [path(nqn("live"), PORTS["live"])], HOST_NQN, opts, owner="test")
     paths = [f"TCP/IPv4/{theirs}/4450/{nqn('mp')}" for _, theirs in ADDR.values()]
@@ -301,10 +305,18 @@ async def test_a_silent_path_fails_over_to_the_live_one_and_the_leg_stays(env: E
     run = asyncio.ensure_future(writer.run())
     _, theirs = ADDR[0]
     _ip("neigh", "replace", theirs, "lladdr", "02:00:00:00:5e:5e", "dev", "imds-h0", "nud", "permanent")
+
+    def attempts() -> int:
+        return int(next(i for i in env.ini.controllers() if i.name == "mp").counters["reconnect_attempts"])
+
     try:
         await until(declared)
         steps = writer.ios
         await until(lambda: writer.ios > steps + 50)  # going on through path 1
+        tried = attempts()
+        await until(lambda: attempts() >= tried + 2)  # two more reconnects to the silent path...
+        steps = writer.ios
+        await until(lambda: writer.ios > steps + 50)  # ...and the poller still serves the writes
     finally:
         _ip("neigh", "del", theirs, "dev", "imds-h0")
         writer.stop.set()
