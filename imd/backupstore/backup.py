@@ -78,6 +78,7 @@ log = logging.getLogger("imd.backupstore")
 
 DEFAULT_CONCURRENT_LIMIT = 5
 DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
+MAX_PREFETCH_BLOCKS = 64
 
 
 class BackupSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -250,7 +251,7 @@ class _Run:
         self.block_count = checked.volume_size // checked.block_size
         self.zero = bytes(checked.block_size)
         # Before the gate opens (lock held, plan known): prefetch slots.
-        self.workers = checked.concurrent_limit + max(1, prefetch_bytes // checked.block_size)
+        self.workers = checked.concurrent_limit + min(MAX_PREFETCH_BLOCKS, max(1, prefetch_bytes // checked.block_size))
         self.upload_slots = asyncio.Semaphore(checked.concurrent_limit)
         self.gate = asyncio.Event()
         self.plan: _Plan | None = None
@@ -370,6 +371,10 @@ class _Run:
         return data
 
     async def _worker(self) -> None:
+        if self.speculative_method is None:
+            # Likely incremental: the plan (and the source's changed blocks)
+            # decides what to read; nothing is read before it.
+            await self.gate.wait()
         while (index := self._take()) is not None:
             data = await self._read(index)
             self.blocks_read += 1

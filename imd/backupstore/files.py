@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterable
+from typing import Self
 
 from imd.backupstore.seams import Buffer
 
@@ -40,7 +41,7 @@ class FileBlockSource:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> FileBlockSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,7 +103,7 @@ class FileBlockSink:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> FileBlockSink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
