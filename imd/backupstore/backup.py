@@ -214,8 +214,15 @@ class _Prepared(msgspec.Struct):
     method: str = ""
 
 
+def _is_zero(data: Buffer, zero: bytes) -> bool:
+    if isinstance(data, memoryview):
+        # A memoryview compares item by item; a copy compares with memcmp.
+        return data.nbytes == len(zero) and data.tobytes() == zero
+    return data == zero
+
+
 def _prepare(data: Buffer, zero: bytes, method: str | None) -> _Prepared:
-    if data == zero:
+    if _is_zero(data, zero):
         return _Prepared(None)
     digest = checksum(data)
     if method is None:

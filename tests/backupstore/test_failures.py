@@ -306,3 +306,22 @@ async def test_restore_of_a_backup_in_progress_is_refused(vfs_target: str) -> No
         sink = stack.enter_context(FileBlockSink(f"{vfs_target.removeprefix('vfs://')}-out", BS))
         with pytest.raises(FailedPrecondition, match="still in progress"):
             await restore(f"{vfs_target}?backup=backup-busy&volume=vol-f", sink, options=FAST)
+
+
+class ViewSource(FileBlockSource):
+    """A source that hands out memoryviews (as a DMA-buffer source would)."""
+
+    async def read(self, offset: int, length: int) -> Buffer | None:
+        data = await super().read(offset, length)
+        return None if data is None else memoryview(bytearray(data))
+
+
+async def test_a_source_of_memoryviews(vfs_target: str, tmp_path: Path) -> None:
+    path = tmp_path / "img"
+    data = write_image(path, [random_block(1, BS), None, random_block(2, BS), None], BS)
+    with ViewSource(str(path)) as source:
+        result = await create_backup(spec(vfs_target, "backup-views"), source, options=FAST)
+    assert (result.blocks, result.blocks_read) == (2, 4)  # zeros seen as zeros in a view too
+    with FileBlockSink(str(tmp_path / "out"), len(data)) as sink:
+        await restore(result.url, sink, options=FAST)
+    assert (tmp_path / "out").read_bytes() == data
