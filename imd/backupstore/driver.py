@@ -50,8 +50,9 @@ class Driver(Protocol):
         """The target as Longhorn's driver reports it (``GetURL``)."""
         ...
 
-    async def read(self, path: str) -> bytes:
-        """The whole file; NotFound if there is none."""
+    async def read(self, path: str) -> Buffer:
+        """The whole file (bytes, or a view of the client's buffer); NotFound
+        if there is none."""
         ...
 
     async def write(self, path: str, data: Buffer) -> None:

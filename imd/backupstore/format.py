@@ -434,7 +434,7 @@ def _unquote_str(value: str | None) -> str:
     return value
 
 
-def decode_volume(data: bytes) -> VolumeConfig:
+def decode_volume(data: bytes | bytearray | memoryview) -> VolumeConfig:
     """volume.cfg; an empty CompressionMethod reads as gzip and an empty
     DataEngine as v1, as ``loadVolume`` does."""
     wire = msgspec.json.decode(data, type=_VolumeWire)
@@ -454,7 +454,7 @@ def decode_volume(data: bytes) -> VolumeConfig:
     )
 
 
-def decode_backup(data: bytes) -> BackupConfig:
+def decode_backup(data: bytes | bytearray | memoryview) -> BackupConfig:
     """A backup's config; an empty CompressionMethod reads as gzip, as
     ``loadBackup`` does."""
     wire = msgspec.json.decode(data, type=_BackupWire)
@@ -476,5 +476,5 @@ def decode_backup(data: bytes) -> BackupConfig:
     )
 
 
-def decode_lock(data: bytes) -> LockFile:
+def decode_lock(data: bytes | bytearray | memoryview) -> LockFile:
     return msgspec.json.decode(data, type=LockFile)

@@ -50,7 +50,7 @@ from imd.backupstore.format import (
     check_name,
 )
 from imd.backupstore.locks import RESTORE_LOCK, FileLock, _shielded
-from imd.backupstore.seams import BlockSink, Progress, ProgressCallback
+from imd.backupstore.seams import BlockSink, Buffer, Progress, ProgressCallback
 from imd.backupstore.urls import parse_backup_url
 from imd.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -137,7 +137,7 @@ class _Run:
             Progress(percent=percent, blocks_done=self.done, blocks_total=self.total, bytes_transferred=self.downloaded)
         )
 
-    async def _fetch(self, path: str) -> bytes:
+    async def _fetch(self, path: str) -> Buffer:
         for delay in (*READ_RETRY_DELAYS, None):
             try:
                 return await self.driver.read(path)

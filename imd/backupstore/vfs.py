@@ -60,7 +60,7 @@ class VfsDriver:
     def local(self, path: str) -> str:
         return os.path.join(self.root, path)
 
-    async def read(self, path: str) -> bytes:
+    async def read(self, path: str) -> Buffer:
         try:
             return await asyncio.to_thread(_read, self.local(path))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
