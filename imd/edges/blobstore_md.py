@@ -39,10 +39,13 @@ The format facts relied on, from SPDK v24.01 (``lib/blob/blobstore.h`` is
   page index and page count; page 0 means a run of unallocated extent
   pages) and EXTENT_PAGE (32-bit first cluster, then one 32-bit cluster
   number per cluster, 0 for not allocated). Parsing as c:606-860.
-* An extent page covers 512 clusters (h:391-394); it is a single page of
-  the blob's id, sequence number 0, no next, one EXTENT_PAGE descriptor
-  (c:4361-4398); an unallocated one stands for min(512, clusters left)
-  unallocated clusters (c:1544-1570). Blobs made by v24.01 use extent
+* An extent page covers 512 clusters (h:391-394); it is a single page
+  with sequence number 0, no next, one EXTENT_PAGE descriptor whose first
+  cluster is 512 x its slot (c:4361-4398, c:798-803); an unallocated one
+  stands for min(512, clusters left) unallocated clusters (c:1544-1570).
+  Its blob id is that of the blob that wrote it, not always its owner's: a
+  snapshot takes over its origin's extent pages unchanged (c:6252-6264),
+  and SPDK does not check that id. Blobs made by v24.01 use extent
   tables (c:253); blobs of older SPDK versions may use RLE: both are read.
 * The lvol layer keeps the lvol's name (NUL-padded, up to 64 bytes:
   lvol.c:1126-1141) and UUID (a 36-character string and a NUL) as the
@@ -73,15 +76,16 @@ rewritten in place, after the rest of its new chain was written to pages
 that were free; its old chain pages are zeroed only after that
 (c:2039-2145). An extent page is rewritten in place (c:7910-7949). So a
 blob is read as: its first page, its chain (each page's CRC, blob id and
-sequence number checked), its extent pages (CRC, id, sequence number,
-first cluster checked), then its first page again, which must be
-unchanged. A page with a bad CRC (caught mid-write) is read again a few
-times; a chain that does not hold together is read again from its first
-page; a blob that still cannot be read consistently is reported with
-``error`` set and no counts (never a guess). A blob whose first page is
-gone by then was deleted meanwhile and is left out. Counts are as of some
-moment during the read: a thin blob's extent page is written before the
-write that allocated the cluster completes (c:2549-2611, c:7952-7994).
+sequence number checked), its extent pages (CRC, sequence number, first
+cluster checked), then its first page again, which must be unchanged
+(every change of a blob's chain or extent table rewrites it). A page with
+a bad CRC (caught mid-write) is read again a few times; a chain that does
+not hold together is read again from its first page; a blob that still
+cannot be read consistently is reported with ``error`` set and no counts
+(never a guess). A blob whose first page is gone by then was deleted
+meanwhile and is left out. Counts are as of some moment during the read:
+a thin blob's extent page is written before the write that allocated the
+cluster completes (c:2549-2611, c:7952-7994).
 
 Not supported: blobstores on a device whose logical blocks are larger than
 4 KiB, and counting what an external snapshot (esnap clone's parent) holds.
@@ -707,8 +711,17 @@ class _BlobReader:
                 continue
             what = f"extent page {slot} (md page {index})"
             page = self.stable_page(index, what)
-            if _check_chain_page(page, blob_id, 0, what) != INVALID_MD_PAGE:
-                raise _Retry(f"{what} has a next page")
+            if not page_crc_ok(page):
+                raise _Retry(f"{what}: CRC mismatch")
+            # Its blob id is not checked: a snapshot takes over its origin's
+            # extent pages as they are (c:6252-6264), so they keep the id
+            # of the blob that wrote them; SPDK does not check it either.
+            # An extent page freed and reused meanwhile shows as a changed
+            # first page.
+            _, ep_seq = _PAGE_HEAD.unpack_from(page)
+            (ep_next,) = struct.unpack_from("<I", page, PAGE - 8)
+            if ep_seq != 0 or ep_next != INVALID_MD_PAGE:
+                raise _Retry(f"{what} is not an extent page (sequence {ep_seq}, next {ep_next})")
             descriptors = list(_descriptors(page))
             if len(descriptors) != 1 or descriptors[0][0] != DESC_EXTENT_PAGE:
                 raise _Retry(f"{what} is not a single EXTENT_PAGE descriptor")

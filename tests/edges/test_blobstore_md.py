@@ -236,6 +236,32 @@ def test_a_chain_leading_into_another_blobs_page_is_not_merged(tmp_path: Path) -
     assert found[blobs["fragmented"].blob_id].allocated_clusters == 500
 
 
+def test_extent_pages_written_by_another_blob_count(tmp_path: Path) -> None:
+    # A snapshot takes over its origin's extent pages as they are, with the
+    # origin's blob id in them (blobstore.c:6252-6264): they are its own.
+    img, blobs = make_image(tmp_path)
+    snap = blobs["thin-et"]
+    for index in snap.extent_pages.values():
+        page = bytearray(img.pages[index])
+        struct.pack_into("<Q", page, 0, blobs["thick-et"].blob_id)
+        img.pages[index] = seal(page)
+    img.write(clean=False)
+    assert by_name(read_allocation(img.path))["thin-et"].allocated_clusters == 5
+
+
+def test_an_extent_page_that_is_not_one_makes_the_blob_unknown(tmp_path: Path) -> None:
+    # The table points at another blob's chain page (sequence number 1).
+    img, blobs = make_image(tmp_path)
+    blob = blobs["thin-et"]
+    page = bytearray(img.pages[blob.extent_pages[0]])
+    struct.pack_into("<I", page, 8, 1)
+    img.pages[blob.extent_pages[0]] = seal(page)
+    img.write(clean=False)
+    found = {b.blob_id: b for b in read_allocation(img.path, retries=1).blobs}
+    assert "extent page 0 (md page" in (found[blob.blob_id].error or "")
+    assert found[blob.blob_id].allocated_clusters is None
+
+
 def test_unsupported_blob_flags_make_that_blob_unknown(tmp_path: Path) -> None:
     img = Image(tmp_path / "disk.img", size=256 << 20)
     future = img.add(Blob("future", 4, {1}, extra_invalid_flags=1 << 9))
