@@ -12,7 +12,7 @@ The format facts relied on, from SPDK v24.01 (``lib/blob/blobstore.h`` is
 "h", ``lib/blob/blobstore.c`` is "c", ``lib/lvol/lvol.c`` is "lvol.c"):
 
 * Everything is little-endian and packed (h:249), in 4 KiB pages counted
-  from the start of the device (h:386, h:466-492: a page is 4 KiB whatever
+  from the start of the device (h:386, h:469-487: a page is 4 KiB whatever
   the device's block size).
 * Page 0 is the super block (h:398-427): "SPDKBLOB", version 1..3 (h:246),
   ``clean``, the lvstore's super blob id, cluster size, the used md page /
@@ -28,7 +28,7 @@ The format facts relied on, from SPDK v24.01 (``lib/blob/blobstore.h`` is
   bytes of descriptors, ``next`` md page (0xFFFFFFFF: none), CRC. A blob's
   id is 2**32 + the index of its first page in the md region (h:571-590),
   and its pages form a chain with sequence numbers 0, 1, 2, ...
-  (c:877-928, c:1581-1668).
+  (c:877-928, c:1582-1668).
 * Descriptors (h:261-345), each a type byte and a 32-bit length: padding
   (type 0 and length 0 ends a page), flags (invalid / data_ro / md_ro, 64
   bits each: THIN_PROV 1, INTERNAL_XATTR 2, EXTENT_TABLE 4,
@@ -42,7 +42,7 @@ The format facts relied on, from SPDK v24.01 (``lib/blob/blobstore.h`` is
 * An extent page covers 512 clusters (h:391-394); it is a single page
   with sequence number 0, no next, one EXTENT_PAGE descriptor whose first
   cluster is 512 x its slot (c:4361-4398, c:798-803); an unallocated one
-  stands for min(512, clusters left) unallocated clusters (c:1544-1570).
+  stands for min(512, clusters left) unallocated clusters (c:1555-1570).
   Its blob id is that of the blob that wrote it, not always its owner's: a
   snapshot takes over its origin's extent pages unchanged (c:6252-6264),
   and SPDK does not check that id. Blobs made by v24.01 use extent
@@ -59,17 +59,18 @@ The format facts relied on, from SPDK v24.01 (``lib/blob/blobstore.h`` is
 
 Which blobs exist. The masks on the device are written only when the
 blobstore is unloaded cleanly (c:5555-5620, then ``clean`` = 1); the first
-metadata change after a load writes ``clean`` = 0 first (c:2441-2500), and
+metadata change after a load writes ``clean`` = 0 first (c:2445-2500), and
 a new blobstore starts with ``clean`` = 0 (c:5337). So:
 
 * ``clean`` (and a v3 blob id mask): the masks are exact, and the blob ids
   are the bits of the used blob id mask. Cheap.
 * not clean (the target is running, or died): like SPDK's own recovery
-  (c:4712-4734, c:4570-4610) the md region is scanned for first pages (id
+  (c:4712-4734, c:4570-4609) the md region is scanned for first pages (id
   matching the page's index, sequence number 0). Md pages are handed out
   lowest free first (c:2301-2313, c:6009), so in practice they sit at the
-  region's start; the scan stops at ``max_md_bytes / 2`` (the region is one
-  page per cluster, 1/256 of the disk) and says so (``complete`` False).
+  region's start; the scan stops at ``max_md_bytes / 2`` (an lvstore's
+  region is one page per cluster, lvol.c:623 and lvol.c:671: 1/256 of the
+  disk at 1 MiB clusters) and says so (``complete`` False).
 
 Why reading while the target writes is safe. A blob's first page is
 rewritten in place, after the rest of its new chain was written to pages
@@ -85,7 +86,10 @@ cannot be read consistently is reported with ``error`` set and no counts
 (never a guess). A blob whose first page is gone by then was deleted
 meanwhile and is left out. Counts are as of some moment during the read:
 a thin blob's extent page is written before the write that allocated the
-cluster completes (c:2549-2611, c:7952-7994).
+cluster completes (c:2549-2611, c:7952-7994). Each blob's counts hold
+together; blobs are read one after another, so a sum over blobs taken
+while a snapshot is being merged into its clone (c:7261-7330) may count a
+moving cluster twice or not at all.
 
 Not supported: blobstores on a device whose logical blocks are larger than
 4 KiB, and counting what an external snapshot (esnap clone's parent) holds.
@@ -470,7 +474,7 @@ def _read_super(dev: _Device, retries: int) -> _Super:
     ) = _SUPER.unpack_from(raw)
     if version not in VERSIONS:
         raise BlobstoreError(f"{dev.path}: unsupported blobstore version {version}")
-    if size == 0:  # version 1 kept no size (c:4673-4675)
+    if size == 0:  # version 1 kept no size (c:4676-4678)
         size = dev.size
     sb = _Super(
         raw=raw,
@@ -609,7 +613,7 @@ def _parse_page(page: bytes, parsed: _Parsed) -> None:
                 else:
                     parsed.et_slots.extend([0] * count)
         # EXTENT_PAGE belongs in extent pages only; unknown types are skipped,
-        # as SPDK does (c:850-857): a feature that matters sets an invalid flag.
+        # as SPDK does (c:842-849): a feature that matters sets an invalid flag.
 
 
 def _check_chain_page(page: bytes, blob_id: int, seq: int, what: str) -> int:
@@ -739,7 +743,7 @@ class _BlobReader:
         cluster_size = self.sb.cluster_size
         unknown = parsed.invalid_flags & ~KNOWN_INVALID_FLAGS
         if unknown:
-            # SPDK itself will not open such a blob (c:630-633).
+            # SPDK itself will not open such a blob (c:629-632).
             return BlobAllocation(
                 blob_id=blob_id,
                 cluster_size=cluster_size,
@@ -782,7 +786,7 @@ def _uuid(value: bytes | None) -> str | None:
 def _scan_first_pages(dev: _Device, sb: _Super, limit_bytes: int) -> tuple[list[int], int]:
     """Blob ids whose first page lies in the md region's first pages (all of
     them if ``limit_bytes`` allows), as SPDK's recovery finds them
-    (c:4401-4420): id = 2**32 + the page's index, sequence number 0. The
+    (c:4401-4419): id = 2**32 + the page's index, sequence number 0. The
     pages themselves are checked when each blob is read."""
     pages = min(sb.md_len, max(limit_bytes // PAGE, 1))
     found = []

@@ -130,7 +130,10 @@ class Image:
         return i
 
     def _cluster(self) -> int:
-        c = next(c for c in range(self.total_clusters) if c not in self.used_clusters)
+        c = self.md_clusters
+        while c in self.used_clusters:
+            c += 1
+        assert c < self.total_clusters, "the image is full"
         self.used_clusters.add(c)
         return c
 

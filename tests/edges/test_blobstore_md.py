@@ -428,6 +428,16 @@ def test_the_read_budget_bounds_the_blobs_too(tmp_path: Path) -> None:
     assert all(b.allocated_clusters == 1 for b in known)
 
 
+def test_masks_larger_than_the_budget_raise(tmp_path: Path) -> None:
+    # 17 million md pages: the blob id mask alone is over 2 MiB.
+    img = Image(tmp_path / "huge.img", size=80 << 30, md_len=17 << 20)
+    img.add(Blob("a", 4, {1}))
+    img.write(clean=True)
+    with pytest.raises(BlobstoreError, match=f"more than {2 * MIB} bytes of metadata"):
+        read_allocation(img.path, max_md_bytes=2 * MIB)
+    assert read_allocation(img.path, max_md_bytes=16 * MIB).by_name()["a"].allocated_clusters == 1
+
+
 # -- not a blobstore ------------------------------------------------------------------------
 
 
