@@ -73,7 +73,7 @@ from imd.v2.model import (
     nguid_of,
     nqn_of,
 )
-from imd.v2.replicas import Replicas
+from imd.v2.replicas import MIB, Replicas
 from imd.v2.target import TargetKeeper
 from spdk_ffi import NvmeError
 from spdk_ffi.mirror import RebuildState
@@ -117,6 +117,14 @@ def lvol_name_of(replica: str, snapshot: str) -> str:
     return "snap-" + hashlib.sha1(f"{replica}\0{snapshot}".encode()).hexdigest()[:24]
 
 
+REVERT_PREFIX = "rv-"
+
+
+def revert_lvol_of(replica: str) -> str:
+    """The clone a revert of ``replica`` makes beside its head."""
+    return REVERT_PREFIX + hashlib.sha1(replica.encode()).hexdigest()[:24]
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -153,6 +161,18 @@ class _Tree:
             stack.extend(self.children(name))
 
 
+class _Export:
+    """A snapshot served for copies and hashes. Several may read it at once
+    (a backup and a rebuild carrying the same snapshot): it goes when the
+    last of them is done. ``ready`` resolves once the target serves it, so
+    a second user never attaches to a half-made export."""
+
+    def __init__(self, replica: str, lvol: str, port: int) -> None:
+        self.replica, self.lvol, self.port = replica, lvol, port
+        self.users = 1
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class _Hash:
     def __init__(self, task: asyncio.Task[None], previous: str) -> None:
         self.task = task
@@ -185,7 +205,7 @@ class Chains:
         self.hash_rate_bytes_per_s = hash_rate_bytes_per_s
         self.meta: dict[str, SnapshotMeta] = {}  # by disk/lvol name
         self._busy: dict[str, str] = {}  # replica -> the operation running on its chain
-        self._exports: dict[str, tuple[str, str, int]] = {}  # nqn -> (replica, snapshot lvol, port)
+        self._exports: dict[str, _Export] = {}  # by NQN
         self._hashes: dict[str, _Hash] = {}  # by disk/lvol name
 
     # -- reading the chain ----------------------------------------------------------
@@ -472,11 +492,18 @@ class Chains:
             client = self.target.require()
             tree = await self._tree(client, disk)
             lvol = self._find(tree, disk, replica, name)
-            temp = "rv-" + hashlib.sha1(replica.encode()).hexdigest()[:24]
+            temp = revert_lvol_of(replica)
             try:
                 if temp in tree.lvols:
                     await client.lvol_delete(f"{disk}/{temp}")  # a failed earlier try's
                 await client.lvol_clone(f"{disk}/{lvol}", temp)
+                # A clone is its snapshot's size: one taken before the volume
+                # grew makes a head smaller than the volume, which no engine
+                # could attach again. It grows to the head's size first.
+                head = tree.lvols.get(replica)
+                snap = tree.lvols[lvol]
+                if head is not None and head.num_blocks * head.block_size > snap.num_blocks * snap.block_size:
+                    await client.lvol_resize(f"{disk}/{temp}", -(-head.num_blocks * head.block_size // MIB))
             except (TargetRpcError, TargetUnreachable) as exc:
                 raise target_failure(f"cannot clone snapshot {name} of replica {replica}", exc) from exc
             record.reverting_to = temp
@@ -530,22 +557,47 @@ class Chains:
         size = tree.lvols[lvol].num_blocks * tree.lvols[lvol].block_size
         held = self._exports.get(nqn)
         if held is not None:
-            return SnapshotExport(address=record.address, port=held[2], nqn=nqn, size=size)
+            held.users += 1
+            try:
+                await asyncio.shield(held.ready)
+            except BaseException:
+                await self._release(nqn, held)
+                raise
+            return SnapshotExport(address=record.address, port=held.port, nqn=nqn, size=size)
         port = self.ports.allocate(1).start
-        self._exports[nqn] = (replica, lvol, port)
+        export = self._exports[nqn] = _Export(replica, lvol, port)
         try:
             await client.subsystem_create(nqn, serial=SERIAL, model=MODEL)
             await client.subsystem_add_ns(nqn, f"{disk}/{lvol}", nguid_of(f"{replica}/{name}"))
             await client.subsystem_add_listener(nqn, record.address, port)
         except BaseException as exc:
-            await self._drop_export(nqn)
+            failure = (
+                target_failure(f"cannot expose snapshot {name} of replica {replica}", exc)
+                if isinstance(exc, (TargetRpcError, TargetUnreachable))
+                else Unavailable(f"exposing snapshot {name} of replica {replica} was interrupted")
+            )
+            export.ready.set_exception(failure)
+            export.ready.exception()  # retrieved: the other users see it through their own await
+            await asyncio.shield(self._drop_export(nqn))
             if isinstance(exc, (TargetRpcError, TargetUnreachable)):
-                raise target_failure(f"cannot expose snapshot {name} of replica {replica}", exc) from exc
+                raise failure from exc
             raise
+        export.ready.set_result(None)
         return SnapshotExport(address=record.address, port=port, nqn=nqn, size=size)
 
     async def unexpose(self, replica: str, name: str) -> None:
-        await self._drop_export(nqn_of(f"{replica}-snap-{name}"[:200]))
+        """One user of the export is done; the last one takes it down."""
+        nqn = nqn_of(f"{replica}-snap-{name}"[:200])
+        held = self._exports.get(nqn)
+        if held is not None:
+            await self._release(nqn, held)
+
+    async def _release(self, nqn: str, held: _Export) -> None:
+        if self._exports.get(nqn) is not held:
+            return  # gone already (it failed, or its replica went); a new one is someone else's
+        held.users -= 1
+        if held.users <= 0:
+            await asyncio.shield(self._drop_export(nqn))
 
     async def _drop_export(self, nqn: str) -> None:
         held = self._exports.pop(nqn, None)
@@ -553,7 +605,7 @@ class Chains:
             return
         with contextlib.suppress(TargetRpcError, TargetUnreachable, FailedPrecondition):
             await self.target.require().subsystem_delete(nqn)
-        self.ports.release(PortBlock(held[2], held[2]))
+        self.ports.release(PortBlock(held.port, held.port))
 
     # -- hash --------------------------------------------------------------------------------------
 
@@ -597,12 +649,15 @@ class Chains:
         data = self._data()
         assert data is not None
         owner = f"hash-{uuidlib.uuid4().hex[:12]}"
+        exposed = False
         try:
             export = await self.expose(record.name, name)
-            attached = await data.initiator.attach(
-                owner, [export_path(export)], f"nqn.2014-08.org.nvmexpress:uuid:{owner}", data.opts, owner=owner
-            )
+            exposed = True
             try:
+                # Inside the try: an attach cancelled part way is detached too.
+                attached = await data.initiator.attach(
+                    owner, [export_path(export)], f"nqn.2014-08.org.nvmexpress:uuid:{owner}", data.opts, owner=owner
+                )
                 handle = data.initiator.handle(owner)
                 ns = attached.info.namespaces[0]
                 running = data.jobs.hash(
@@ -617,7 +672,7 @@ class Chains:
                     await running.cancel()
                     raise
             finally:
-                await data.initiator.detach(owner, owner=owner)
+                await asyncio.shield(data.initiator.detach(owner, owner=owner))  # done even if cancelled again
         except asyncio.CancelledError:
             if job is not None:
                 job.status = HashStatus(state="error", error="preempted (the snapshot or its replica went)")
@@ -628,7 +683,8 @@ class Chains:
             log.warning("snapshot hash failed", extra=fields(replica=record.name, snapshot=name, error=str(exc)))
             return
         finally:
-            await self.unexpose(record.name, name)
+            if exposed:
+                await asyncio.shield(self.unexpose(record.name, name))
         if result.state is not RebuildState.COMPLETE:
             if job is not None:
                 job.status = HashStatus(state="error", error=result.error or f"hash {result.state}")
@@ -670,8 +726,8 @@ class Chains:
         the replica reuses them, as it reuses the head."""
         replica, disk = record.name, record.spec.disk_name
         await self.cancel_hashes(replica)
-        for nqn, (owner, _, _) in list(self._exports.items()):
-            if owner == replica:
+        for nqn, export in list(self._exports.items()):
+            if export.replica == replica:
                 await self._drop_export(nqn)
         if not delete_lvols:
             return
@@ -688,8 +744,9 @@ class Chains:
     async def recover(self, records: list[SnapshotMeta]) -> dict[str, int]:
         """Join the records with the lvstores: a record whose lvol is not
         there (a create that never made it, a delete that did) is dropped;
-        a replica left mid-revert is finished."""
-        report = {"snapshots": 0, "snapshot_records_dropped": 0, "reverts_finished": 0}
+        a replica left mid-revert is finished, and a revert's clone made
+        before its intent was on disk is deleted."""
+        report = {"snapshots": 0, "snapshot_records_dropped": 0, "reverts_finished": 0, "revert_clones_dropped": 0}
         client = self.target.require()
         try:
             lvols = await client.lvol_bdevs()
@@ -705,6 +762,12 @@ class Chains:
             meta.lvol_uuid = lvol.uuid or lvol.name
             self.meta[meta.key] = meta
             report["snapshots"] += 1
+        reverting = {f"{r.spec.disk_name}/{r.reverting_to}" for r in self.replicas.records.values() if r.reverting_to}
+        for lvol in lvols:
+            if lvol.lvol_name.startswith(REVERT_PREFIX) and lvol.alias not in reverting:
+                with contextlib.suppress(TargetRpcError, TargetUnreachable):
+                    await client.lvol_delete(lvol.alias)
+                    report["revert_clones_dropped"] += 1
         for record in list(self.replicas.records.values()):
             if record.reverting_to and not record.delete_requested:
                 with contextlib.suppress(ImdError):

@@ -68,11 +68,15 @@ async def copy_snapshot(
     head), ``blocks`` blocks from LBA 0. ``on_job`` sees the running job
     (for progress)."""
     host = src_address.rpartition(":")[0].strip("[]")
-    export = await nodes.snapshot_expose(src_address, src_replica, snapshot)
     name = f"{owner}-src"
+    exposed = False
     try:
-        await data.initiator.attach(name, [export_path(export, host)], hostnqn, data.opts, owner=owner)
+        export = await nodes.snapshot_expose(src_address, src_replica, snapshot)
+        exposed = True
         try:
+            # Inside the try: an attach cancelled part way (a delete preempting
+            # the copy) must not leave the controller behind under this name.
+            await data.initiator.attach(name, [export_path(export, host)], hostnqn, data.opts, owner=owner)
             job = data.jobs.copy(
                 data.initiator.handle(name),
                 dst,
@@ -91,12 +95,13 @@ async def copy_snapshot(
                 raise
         finally:
             with contextlib.suppress(NvmeError):
-                await data.initiator.detach(name, owner=owner)
+                await asyncio.shield(data.initiator.detach(name, owner=owner))  # done even if cancelled again
     except NvmeError as exc:
         raise datapath_error(f"copying snapshot {snapshot} of {src_replica}", exc) from exc
     finally:
-        with contextlib.suppress(ImdError):
-            await nodes.snapshot_unexpose(src_address, src_replica, snapshot)
+        if exposed:
+            with contextlib.suppress(ImdError):
+                await asyncio.shield(nodes.snapshot_unexpose(src_address, src_replica, snapshot))
     if result.state is not RebuildState.COMPLETE:
         raise Unavailable(f"copying snapshot {snapshot} of {src_replica}: {result.error or result.state}")
 

@@ -38,7 +38,7 @@ import datetime
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -78,6 +78,9 @@ class Engine:
         self.mirror: Mirror | None = None
         self.attached: set[str] = set()  # controllers this engine attached, or is attaching
         self.errors: dict[str, str] = {}  # why a replica is ERR
+        # Replicas a ReplicaRemove is taking out: no longer counted as healthy,
+        # so two removes at once cannot both pass the last-healthy check.
+        self.leaving: set[str] = set()
         self.op: asyncio.Task[Any] | None = None
         self.op_kind = ""
         self.teardown: asyncio.Task[None] | None = None
@@ -92,6 +95,7 @@ class Engine:
         # out of the mirror, answers ``ack`` and waits for ``release``.
         self.hold: tuple[asyncio.Future[None], asyncio.Future[None]] | None = None
         self.hold_requested = asyncio.Event()
+        self.snapshots_begun = 0  # snapshots taken during a rebuild, counted as they begin
         self.mirror_made_at = 0.0  # time.monotonic() when the mirror (and its counters) began
 
     @property
@@ -133,6 +137,9 @@ class Engines:
         self.metrics = metrics if metrics is not None else Metrics()
         self.engines: dict[str, Engine] = {}
         self.on_deleted: Callable[[str], None] | None = None  # what else goes with an engine (its statuses)
+        # Finishes or undoes a snapshot operation a restart interrupted
+        # (EngineRecord.intent), before the engine's replicas are attached.
+        self.finish_intent: Callable[[Engine], Awaitable[None]] | None = None
 
     # -- queries ------------------------------------------------------------------
 
@@ -472,7 +479,17 @@ class Engines:
         try:
             while True:
                 engine.rebuild_phase = "chain"
+                taken = engine.snapshots_begun
                 await self._carry_chain(engine, replica, handle)
+                if engine.hold is not None:
+                    await asyncio.shield(engine.hold[1])
+                if engine.snapshots_begun != taken:
+                    # A snapshot was taken while the chain was carried,
+                    # perhaps after its last look at the source: carry it
+                    # too. Checked and switched with no await between, so
+                    # a later snapshot finds the head phase and asks it to
+                    # step back.
+                    continue
                 engine.rebuild_phase = "head"
                 if replica not in {leg.name for leg in mirror.legs()}:
                     await mirror.add_leg(replica, handle, LegMode.WO)
@@ -591,20 +608,44 @@ class Engines:
         replica = self.replica_of(engine, replica, address)
         record = engine.record
         if record.modes.get(replica) == ReplicaMode.RW and not any(
-            mode == ReplicaMode.RW for other, mode in record.modes.items() if other != replica
+            mode == ReplicaMode.RW
+            for other, mode in record.modes.items()
+            if other != replica and other not in engine.leaving
         ):
             raise FailedPrecondition(f"replica {replica} is engine {name}'s last healthy one", field="replica_name")
         op = engine.op
-        if op is not None:
-            if engine.op_kind != "rebuild":
-                self._busy(engine)
-            op.cancel()
-            with contextlib.suppress(BaseException):
-                await op
-        await self._drop_replica(engine, replica)
+        if op is not None and engine.op_kind != "rebuild":
+            self._busy(engine)
+        rebuilding = engine.rebuild_dst if op is not None else ""
+        engine.leaving.add(replica)
+        try:
+            if op is not None:
+                op.cancel()
+                with contextlib.suppress(BaseException):
+                    await op
+            await self._drop_replica(engine, replica)
+            if rebuilding and rebuilding != replica:
+                # The rebuild may have read from the replica that went; its
+                # own replica cannot stay write-only with nothing copying to it.
+                await self._abandon_rebuild(engine, rebuilding, f"rebuild stopped: replica {replica} was removed")
+        finally:
+            engine.leaving.discard(replica)
         self.hub.publish(self.view(engine))
         await self.hub.durable()
         log.info("replica removed", extra=fields(name=name, replica=replica))
+
+    async def _abandon_rebuild(self, engine: Engine, replica: str, why: str) -> None:
+        """A rebuild that stopped for another reason than its own replica's
+        removal: the replica leaves the mirror and is ERR, saying why, for
+        the manager to add again."""
+        if engine.record.modes.get(replica) != ReplicaMode.WO:
+            return
+        if engine.mirror is not None and replica in {leg.name for leg in engine.mirror.legs()}:
+            with contextlib.suppress(NvmeError):
+                await engine.mirror.remove_leg(replica)
+        engine.record.modes[replica] = ReplicaMode.ERR
+        engine.errors[replica] = why
+        log.error("rebuild abandoned", extra=fields(name=engine.name, replica=replica, error=why))
 
     async def _drop_replica(self, engine: Engine, replica: str) -> None:
         record = engine.record
@@ -860,12 +901,15 @@ class Engines:
                 report["engines_failed"] += 1
                 continue
             restoring.append(engine)
+        # Each restore is its engine's op until it ends (a resync may then
+        # become the op), so the tasks are kept here to be awaited.
+        tasks = []
         for engine in restoring:
             engine.op, engine.op_kind = asyncio.ensure_future(self._restore(engine)), "restore"
-        for engine in restoring:
-            assert engine.op is not None
+            tasks.append(engine.op)
+        for engine, task in zip(restoring, tasks, strict=True):
             try:
-                await asyncio.shield(engine.op)
+                await asyncio.shield(task)
                 report["engines_restored"] += 1
             except Exception as exc:  # the engine says why; the daemon goes on
                 self._fail(engine, f"not restored after the daemon restarted: {exc}")
@@ -887,6 +931,8 @@ class Engines:
         data = self.require()
         record = engine.record
         try:
+            if record.intent is not None and self.finish_intent is not None:
+                await self.finish_intent(engine)
             names = sorted(n for n, mode in record.modes.items() if mode == ReplicaMode.RW)
             for name, mode in record.modes.items():
                 if mode == ReplicaMode.WO:

@@ -220,6 +220,21 @@ class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """From the InstanceSpec (0: Longhorn's default, 250)."""
 
 
+class SnapshotIntent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An engine-wide snapshot operation that changes several replicas,
+    written before the first replica changes and cleared once the last has:
+    if the daemon dies part way (the engine lives in it), the restore
+    finishes it or undoes it before the engine serves again, so replicas
+    never come back disagreeing. ``kind``: "snapshot" (undone unless every
+    replica took it), "remove" (finished), "revert" (finished: the engine
+    has no frontend, so reverting a replica again changes nothing a host
+    saw), "clone" (reported failed: the copy has to start over)."""
+
+    kind: str
+    snapshots: tuple[str, ...]
+    source: str = ""  # a clone's from_engine_address
+
+
 class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One engine. ``port`` is its frontend's (0 with no frontend);
     ``modes`` is the engine's view of each replica; ``size`` the volume's
@@ -248,6 +263,7 @@ class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Set when the daemon took the engine down cleanly (no write in flight),
     so its replicas hold the same bytes; a restore after anything else
     resyncs them from one replica first."""
+    intent: SnapshotIntent | None = None
 
 
 # -- what clients see ----------------------------------------------------------------

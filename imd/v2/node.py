@@ -134,6 +134,7 @@ class V2Node:
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.snapshots = Snapshots(self.engines)
         self.engines.on_deleted = self.snapshots.forget
+        self.engines.finish_intent = self.snapshots.finish_intent
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE

@@ -27,6 +27,15 @@ Every operation that changes a chain is the engine's one long operation
 (``Engines._run``): another one at the same time is ABORTED, to be retried,
 and an engine delete preempts it. The exception is a snapshot during a
 rebuild, which the rebuild makes room for (imd.v2.engines, ``_rebuild``).
+
+The engine lives in the daemon, so a daemon that dies part way through an
+operation that changes several replicas would leave them disagreeing. Take,
+remove, revert and clone therefore write their intent in the engine's
+record before the first replica changes and clear it after the last
+(``_intent``); the restore after a restart (``finish_intent``) finishes or
+undoes what the intent names before the engine attaches its replicas. A
+cancelled operation (a daemon shutdown) keeps its intent for the same
+reason.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import contextlib
 import functools
 import logging
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -55,7 +64,15 @@ from imd.v2.chains import now_rfc3339, validate_snapshot_name
 from imd.v2.copies import copy_snapshot
 from imd.v2.datapath import ReplicaNodes, datapath_error
 from imd.v2.engines import Engine, Engines
-from imd.v2.model import VOLUME_HEAD, HashStatus, ReplicaChain, ReplicaMode, SnapshotInfo, host_nqn_of
+from imd.v2.model import (
+    VOLUME_HEAD,
+    HashStatus,
+    ReplicaChain,
+    ReplicaMode,
+    SnapshotInfo,
+    SnapshotIntent,
+    host_nqn_of,
+)
 from spdk_ffi import NvmeError
 
 log = logging.getLogger("imd.v2.snapshots")
@@ -151,6 +168,91 @@ class Snapshots:
             raise Unavailable(f"engine {engine.name}: no replica's chain could be read ({why})", field="engine_name")
         return chains
 
+    # -- intents: what a restart finishes or undoes ----------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _intent(self, engine: Engine, kind: str, snapshots: list[str], source: str = "") -> AsyncIterator[None]:
+        """Keep ``kind`` on ``snapshots`` durable in the engine's record while
+        the body changes replicas. Cleared when the body ends by itself (done,
+        or failed and undone: its error says what is left); kept when it is
+        cancelled part way, for the restore to resolve."""
+        hub = self.engines.hub
+        engine.record.intent = SnapshotIntent(kind=kind, snapshots=tuple(snapshots), source=source)
+        hub.changed()
+        try:
+            await hub.durable()
+        except BaseException:
+            engine.record.intent = None
+            hub.changed()
+            raise
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self._clear_intent(engine)
+            raise
+        await self._clear_intent(engine)
+
+    async def _clear_intent(self, engine: Engine) -> None:
+        engine.record.intent = None
+        self.engines.hub.changed()
+        with contextlib.suppress(ImdError):  # a stale intent is resolved again at restart: harmless
+            await self.engines.hub.durable()
+
+    async def finish_intent(self, engine: Engine) -> None:
+        """At restore, before the replicas are attached: resolve the snapshot
+        operation the daemon died in (see ``SnapshotIntent``). A replica that
+        cannot be reached is left as it is: it cannot be attached either, so
+        it goes to ERR and is rebuilt from the others."""
+        intent = engine.record.intent
+        if intent is None:
+            return
+        nodes = self._nodes()
+        rw = self._rw(engine)
+        if intent.kind == "snapshot":
+            (snapshot,) = intent.snapshots
+            chains = await self._chains(engine)
+            having = [r for r, c in chains.items() if snapshot in {s.name for s in c.snapshots}]
+            if having and len(having) < len(rw):
+                await self._each(engine, having, lambda a, r: nodes.snapshot_delete(a, r, snapshot))
+                log.warning(
+                    "snapshot undone: the daemon stopped before every replica took it",
+                    extra=fields(name=engine.name, snapshot=snapshot, had=",".join(having)),
+                )
+        elif intent.kind == "remove":
+            chains = await self._chains(engine)
+            for snapshot in intent.snapshots:
+                having = [r for r, c in chains.items() if snapshot in {s.name for s in c.snapshots}]
+
+                def delete(address: str, replica: str, snapshot: str = snapshot) -> Awaitable[bool]:
+                    return nodes.snapshot_delete(address, replica, snapshot)
+
+                await self._each(engine, having, delete)
+            log.info("snapshot removal finished after a restart", extra=fields(name=engine.name))
+        elif intent.kind == "revert":
+            (snapshot,) = intent.snapshots
+            outcomes = await self._each(engine, rw, lambda a, r: nodes.snapshot_revert(a, r, snapshot))
+            for replica, outcome in outcomes.items():
+                if isinstance(outcome, BaseException):
+                    engine.record.modes[replica] = ReplicaMode.ERR
+                    engine.errors[replica] = f"revert to {snapshot} not finished after a restart: {outcome}"
+            log.info("revert finished after a restart", extra=fields(name=engine.name, snapshot=snapshot))
+        elif intent.kind == "clone":
+            (snapshot,) = intent.snapshots
+            self._clones[engine.name] = {
+                f"tcp://{self._address(engine, r)}": CloneStatus(
+                    is_cloning=False,
+                    progress=0,
+                    state="error",
+                    error="the daemon restarted during the clone: start it again",
+                    from_address=intent.source,
+                    snapshot=snapshot,
+                )
+                for r in rw
+            }
+        await self._clear_intent(engine)
+
     # -- take ---------------------------------------------------------------------------------
 
     async def create(self, name: str, snapshot: str, labels: dict[str, str]) -> str:
@@ -194,6 +296,7 @@ class Snapshots:
         ack: asyncio.Future[None] = loop.create_future()
         release: asyncio.Future[None] = loop.create_future()
         engine.hold = (ack, release)
+        engine.snapshots_begun += 1
         try:
             if engine.rebuild_phase == "head":
                 engine.hold_requested.set()
@@ -207,6 +310,10 @@ class Snapshots:
                 release.set_result(None)
 
     async def _take(self, engine: Engine, snapshot: str, labels: dict[str, str]) -> None:
+        async with self._intent(engine, "snapshot", [snapshot]):
+            await self._take_everywhere(engine, snapshot, labels)
+
+    async def _take_everywhere(self, engine: Engine, snapshot: str, labels: dict[str, str]) -> None:
         mirror = engine.mirror
         assert mirror is not None
         nodes = self._nodes()
@@ -303,12 +410,16 @@ class Snapshots:
         await self.engines._run(engine, "snapshot removal", self._remove(engine, snapshots))
 
     async def _remove(self, engine: Engine, snapshots: list[str]) -> None:
-        nodes = self._nodes()
-        rw = self._rw(engine)
         chains = await self._chains(engine)
         for snapshot in snapshots:
             if not any(snapshot in {s.name for s in c.snapshots} for c in chains.values()):
                 raise NotFound(f"engine {engine.name} has no snapshot {snapshot}", field="names")
+        async with self._intent(engine, "remove", snapshots):
+            await self._remove_everywhere(engine, snapshots, chains)
+
+    async def _remove_everywhere(self, engine: Engine, snapshots: list[str], chains: dict[str, ReplicaChain]) -> None:
+        nodes = self._nodes()
+        rw = self._rw(engine)
         for snapshot in snapshots:
             having = [r for r in rw if r in chains and snapshot in {s.name for s in chains[r].snapshots}]
 
@@ -400,8 +511,14 @@ class Snapshots:
             )
         # The mirror goes and the replicas are detached: their heads are about
         # to be swapped, and no I/O may reach the old ones meanwhile.
-        await self.engines.take_down(engine)
-        outcomes = await self._each(engine, rw, lambda a, r: nodes.snapshot_revert(a, r, snapshot))
+        async with self._intent(engine, "revert", [snapshot]):
+            await self.engines.take_down(engine)
+            outcomes = await self._each(engine, rw, lambda a, r: nodes.snapshot_revert(a, r, snapshot))
+            await self._bring_up_reverted(engine, snapshot, rw, outcomes)
+
+    async def _bring_up_reverted(
+        self, engine: Engine, snapshot: str, rw: list[str], outcomes: dict[str, BaseException | None]
+    ) -> None:
         failed = {r: o for r, o in outcomes.items() if isinstance(o, BaseException)}
         reverted = [r for r in rw if r not in failed]
         for replica, exc in failed.items():
@@ -438,10 +555,12 @@ class Snapshots:
         engine = self.engines.running(name)
         validate_snapshot_name(snapshot, "snapshot_name")
         nodes = self._nodes()
-        outcomes = await self._each(engine, self._rw(engine), lambda a, r: nodes.snapshot_hash_status(a, r, snapshot))
+        rw = self._rw(engine)
+        addresses = {r: self._address(engine, r) for r in rw}  # a replica may leave the engine meanwhile
+        outcomes = await self._each(engine, rw, lambda a, r: nodes.snapshot_hash_status(a, r, snapshot))
         result: dict[str, HashStatus] = {}
         for replica, outcome in outcomes.items():
-            address = self._address(engine, replica)
+            address = addresses[replica]
             if isinstance(outcome, BaseException):
                 result[address] = HashStatus(state="error", error=str(outcome))
             else:
@@ -484,11 +603,7 @@ class Snapshots:
     async def _clone(
         self, engine: Engine, snapshot: str, source_replica: tuple[str, str], started: asyncio.Future[None]
     ) -> None:
-        data = self.engines.require()
-        nodes = self._nodes()
-        mirror = engine.mirror
-        assert mirror is not None
-        source, from_address = source_replica
+        from_address = source_replica[1]
         status = self._clones[engine.name] = {}
         jobs = self._clone_jobs[engine.name] = {}
         replicas = self._rw(engine)
@@ -496,7 +611,25 @@ class Snapshots:
             status[f"tcp://{self._address(engine, replica)}"] = CloneStatus(
                 is_cloning=True, progress=0, state="in_progress", error="", from_address=from_address, snapshot=snapshot
             )
-        started.set_result(None)
+        async with self._intent(engine, "clone", [snapshot], from_address):
+            started.set_result(None)
+            await self._copy_clone(engine, snapshot, source_replica, replicas, status, jobs)
+        log.info("clone finished", extra=fields(name=engine.name, snapshot=snapshot))
+
+    async def _copy_clone(
+        self,
+        engine: Engine,
+        snapshot: str,
+        source_replica: tuple[str, str],
+        replicas: list[str],
+        status: dict[str, CloneStatus],
+        jobs: dict[str, Any],
+    ) -> None:
+        data = self.engines.require()
+        nodes = self._nodes()
+        mirror = engine.mirror
+        assert mirror is not None
+        source, from_address = source_replica
         handles = self.engines.leg_handles(engine)
         blocks = engine.record.size // mirror.block_size
         for replica in replicas:
@@ -530,7 +663,6 @@ class Snapshots:
             status[key] = CloneStatus(
                 is_cloning=False, progress=100, state="complete", error="", from_address=from_address, snapshot=snapshot
             )
-        log.info("clone finished", extra=fields(name=engine.name, snapshot=snapshot))
 
     def clone_status(self, name: str) -> dict[str, CloneStatus]:
         """SnapshotCloneStatus by ``tcp://`` replica address; before any

@@ -18,6 +18,7 @@ import asyncio
 import errno
 import os
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -365,14 +366,59 @@ class FakeSpdk:
         return True
 
 
+async def bury_the_dead(rounds: int = 100) -> None:
+    """End the tasks a test left (a killed daemon's among them) before its
+    loop closes.
+
+    The loop's shutdown cancels the tasks it finds once. A dead daemon's
+    task, cancelled, starts its shielded clean-up as new tasks, which wait
+    on the dead client for ever (a dead process never answers) and would
+    keep the loop from closing. Here every task left is cancelled, round
+    after round, until none is (a real dead daemon has no tasks at all)."""
+    me = asyncio.current_task()
+    for _ in range(rounds):
+        left = [task for task in asyncio.all_tasks() if task is not me and not task.done()]
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=0.1)
+
+
 class FakeTargetClient(SpdkTargetClient):
     """imd's own client with the socket replaced by ``FakeSpdk``."""
 
     def __init__(self, spdk: FakeSpdk) -> None:
         super().__init__("/nonexistent/fake-spdk.sock")
         self.spdk = spdk
+        self.dead = False
+        self.crashed = asyncio.Event()
+        self.on_crash: list[Callable[[], None]] = []
+        self._crash_at: tuple[str, int] | None = None
+
+    def crash_at(self, method: str, after: int = 0) -> None:
+        """The daemon dies (kill -9) when it sends its ``after + 1``-th
+        ``method`` from now: that call and every later one never reach the
+        target and never answer (the dead daemon's tasks stay parked), while
+        the target keeps what earlier calls did, as a real one outlives imd."""
+        self._crash_at = (method, len(self.spdk.called(method)) + after)
+
+    def crash(self) -> None:
+        """The daemon dies now."""
+        self.dead = True
+        self.crashed.set()
+        for callback in self.on_crash:
+            callback()
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        crash = self._crash_at
+        if crash is not None and method == crash[0] and len(self.spdk.called(method)) >= crash[1]:
+            self.crash()
+        if self.dead:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # the test's loop is closing: let the dead daemon's tasks end
+            await asyncio.Future()  # a dead process never hears back
         return await self.spdk.call(method, params or {})
 
     async def close(self) -> None:

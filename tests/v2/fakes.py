@@ -47,7 +47,8 @@ class FakeKeeper(TargetKeeper):
     def __init__(self, supervisor: Supervisor, spdk: FakeSpdk) -> None:
         super().__init__(supervisor, TargetSettings(binary="/fake/nvmf_tgt", rpc_socket="/nonexistent.sock"))
         self.spdk = spdk
-        self.client = FakeTargetClient(spdk)
+        self.fake_client = FakeTargetClient(spdk)
+        self.client = self.fake_client
         self.fresh = True
         self.refuse = ""
 

@@ -16,20 +16,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import pytest_asyncio
 
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from imd.services.engines import EngineService
 from imd.services.instances import InstanceService, V2Request
 from imd.services.processes import Lifecycle, ProcessService
 from imd.v2 import state as v2state
-from imd.v2.chains import LocalReplicaNodes, lvol_name_of
-from imd.v2.model import VOLUME_HEAD, ReplicaMode
+from imd.v2.chains import LocalReplicaNodes, lvol_name_of, revert_lvol_of
+from imd.v2.model import VOLUME_HEAD, ReplicaMode, SnapshotIntent
+from tests.v2.fake_spdk import FakeSpdk, bury_the_dead
 from tests.v2.fakes import link, node, progress
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _no_dead_daemon_left() -> Any:
+    """A test that killed a daemon ends its parked tasks before its loop closes."""
+    yield
+    await bury_the_dead()
+
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,15 +51,23 @@ V2 = 1  # DATA_ENGINE_V2 (imrpc.DataEngine)
 class World:
     """A started fake node with disk d1, its services, and helpers."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, spdk: FakeSpdk | None = None, run: int = 0) -> None:
         self.tmp_path = tmp_path
-        self.v2, self.keeper, self.data, self.store = node(tmp_path)
+        self.run = run
+        self.v2, self.keeper, self.data, self.store = node(tmp_path / f"run{run}", spdk)
         self.spdk = self.keeper.spdk
         link(self.data, self.spdk)
         self.data.expander.nodes = LocalReplicaNodes({"127.0.0.1": self.v2.chains}, {"127.0.0.1": self.v2.engines})
         self.v2.chains._allocation = self.allocation
         self.instances = InstanceService(ProcessService(self.v2.supervisor, Lifecycle()), self.v2, "")
         self.engines = EngineService(self.instances)
+        self.durable_at_crash = 0
+        self.report: dict[str, int] = {}
+        self.unanswered: list[asyncio.Future[Any]] = []
+        self.keeper.fake_client.on_crash.append(self._crashed)
+
+    def _crashed(self) -> None:
+        self.durable_at_crash = len(self.store.snapshots)
 
     async def start(self) -> World:
         await self.v2.start(self.v2.load())
@@ -57,6 +76,46 @@ class World:
             f.truncate(1 << 30)
         await self.v2.disks.create("d1", "", str(path), 4096)
         return self
+
+    async def resynced(self, engine: str) -> None:
+        """The resync a restart after a crash starts (one replica copied
+        from another) done, every replica RW again."""
+        record = self.v2.engines.engines[engine].record
+        mirror = self.mirror(engine)
+        async with asyncio.timeout(10):
+            while ReplicaMode.WO in record.modes.values():
+                if mirror._rebuild is not None and not mirror._rebuild.done.done():
+                    mirror.finish_rebuild()
+                await asyncio.sleep(0.01)
+
+    async def dies_during(self, call: Coroutine[Any, Any, Any]) -> None:
+        """Start ``call`` and return once the daemon died in it (``crash_at``);
+        the call never answers."""
+        task = asyncio.ensure_future(call)
+        self.unanswered.append(task)
+        await asyncio.wait(
+            {task, asyncio.ensure_future(self.keeper.fake_client.crashed.wait())},
+            timeout=10,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        assert not task.done(), f"the call ended before the daemon died: {task}"
+        assert self.keeper.fake_client.dead
+
+    def crash_at(self, method: str, after: int = 0) -> None:
+        """imd dies when it sends its ``after + 1``-th ``method`` from now."""
+        self.keeper.fake_client.crash_at(method, after)
+
+    async def restarted(self) -> World:
+        """imd after a kill -9: a new daemon from what the dead one had made
+        durable, over the same target (which outlived it)."""
+        client = self.keeper.fake_client
+        if not client.dead:
+            client.crash()
+        persisted = v2state.decode(self.store.snapshots[self.durable_at_crash - 1])
+        again = World(self.tmp_path, self.spdk, self.run + 1)
+        again.keeper.fresh = False
+        again.report = await again.v2.start(persisted)
+        return again
 
     async def replica(self, name: str) -> str:
         view = await self.instances.create_v2(V2Request(name=name, type="replica", disk_name="d1", size=SIZE))
@@ -257,6 +316,20 @@ async def test_revert_needs_no_frontend_and_branches_the_chain(tmp_path: Path) -
     assert {s.state for s in statuses.values()} == {"complete"} and not any(s.is_purging for s in statuses.values())
 
 
+async def test_a_revert_to_a_snapshot_from_before_an_expansion_keeps_the_volume_s_size(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"], frontend="")
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    await w.engines.expand("e1", V2, 2 * SIZE)
+    await w.engines.snapshot_revert("e1", V2, "s1")
+    for replica in ("r1", "r2"):
+        head = w.lvol(replica)
+        assert (head.size_mib << 20, head.content) == (2 * SIZE, a)  # a clone of s1 grown to the volume's size
+    engine = w.v2.engines.engines["e1"]
+    assert engine.record.modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW} and engine.record.size == 2 * SIZE
+
+
 async def test_revert_with_a_frontend_is_refused(tmp_path: Path) -> None:
     w = await world(tmp_path)
     await w.engine("e1", ["r1"])
@@ -358,6 +431,78 @@ async def test_a_snapshot_during_a_rebuild_ends_up_on_the_new_replica(tmp_path: 
     assert "imd/missing-on" not in (await w.names("e1"))["s2"].labels
 
 
+async def test_a_snapshot_begun_as_the_chain_phase_ends_is_carried_before_the_head(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    chains = w.v2.chains
+    real = chains.chain
+    reads: list[str] = []
+    paused, go = asyncio.Event(), asyncio.Event()
+
+    async def chain(replica: str) -> Any:
+        reads.append(replica)
+        # The new replica's third read is the chain phase's last look at it
+        # (the first found it empty, the second answered its copy of s1).
+        if replica == "r3" and reads.count("r3") == 3:
+            paused.set()
+            await go.wait()
+        return await real(replica)
+
+    chains.chain = chain  # type: ignore[method-assign]
+    address = await w.replica("r3")
+    await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    await paused.wait()  # the source was read already: s2 is not in it
+    taking = w.engines.snapshot_create("e1", V2, "s2", {})
+    assert await taking == "s2"  # taken on r1 and r2 while the chain phase looked away
+    go.set()
+    mirror = w.mirror("e1")
+    await until(lambda: bool(mirror.rebuilds))
+    assert [s.name for s in (await real("r3")).snapshots] == ["s1", "s2"]  # carried before the head phase
+    mirror.finish_rebuild()
+    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+
+
+async def test_removing_another_replica_during_a_rebuild_fails_the_rebuild_visibly(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    address = await w.replica("r3")
+    await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    mirror = w.mirror("e1")
+    await until(lambda: bool(mirror.rebuilds))
+    await w.engines.remove_replica("e1", V2, "r2", "")
+    engine = w.v2.engines.engines["e1"]
+    assert engine.record.modes == {"r1": ReplicaMode.RW, "r3": ReplicaMode.ERR}  # never left write-only
+    assert engine.errors["r3"] == "rebuild stopped: replica r2 was removed"
+    assert "r3" not in {leg.name for leg in mirror.legs()}
+
+
+async def test_two_removes_at_once_never_take_the_last_healthy_replica(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    outcomes = await asyncio.gather(
+        w.engines.remove_replica("e1", V2, "r1", ""),
+        w.engines.remove_replica("e1", V2, "r2", ""),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["FailedPrecondition", "NoneType"]
+    assert list(w.v2.engines.engines["e1"].record.modes.values()) == [ReplicaMode.RW]
+
+
+async def test_an_export_two_readers_share_goes_with_the_last(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    chains = w.v2.chains
+    first, second = await asyncio.gather(chains.expose("r1", "s1"), chains.expose("r1", "s1"))
+    assert first == second and first.nqn in w.spdk.subsystems
+    await chains.unexpose("r1", "s1")  # a backup done while a rebuild still reads it
+    assert first.nqn in w.spdk.subsystems
+    await chains.unexpose("r1", "s1")
+    assert first.nqn not in w.spdk.subsystems
+
+
 async def test_a_rebuild_onto_a_replica_with_foreign_snapshots_fails_visibly(tmp_path: Path) -> None:
     w = await world(tmp_path)
     await w.engine("e1", ["r1"])
@@ -419,6 +564,160 @@ async def test_after_a_restart_the_chain_is_read_again_and_metadata_reconciled(t
     assert not listing["stray"].user_created  # a system snapshot, named after its lvol
     await services.snapshot_purge("e1", V2, False)
     assert set(await services.snapshot_list("e1", V2)) == {"s1", VOLUME_HEAD}
+
+
+# -- a daemon that dies in the middle of an operation -----------------------------------------
+
+
+def lvols(w: World) -> list[str]:
+    """Every lvol on the fake target's lvstore, as it stands."""
+    return sorted(w.spdk.devices[next(iter(w.spdk.devices))].lvols)
+
+
+async def chains_of(w: World, *replicas: str) -> dict[str, list[tuple[str, str]]]:
+    return {r: [(s.name, s.parent) for s in (await w.v2.chains.chain(r)).snapshots] for r in replicas}
+
+
+async def test_a_snapshot_half_taken_when_imd_died_is_undone_at_restart(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.crash_at("bdev_lvol_snapshot", after=1)  # r1 takes s2, imd dies before r2 does
+    await w.dies_during(w.engines.snapshot_create("e1", V2, "s2", {}))
+    assert lvol_name_of("r1", "s2") in lvols(w) and lvol_name_of("r2", "s2") not in lvols(w)
+    again = await w.restarted()
+    assert again.v2.engines.engines["e1"].record.intent is None
+    assert await chains_of(again, "r1", "r2") == {"r1": [("s1", "")], "r2": [("s1", "")]}
+    assert set(await again.names("e1")) == {"s1", VOLUME_HEAD}
+    await again.resynced("e1")
+    assert await again.engines.snapshot_create("e1", V2, "s2", {}) == "s2"  # the retry succeeds
+
+
+async def test_a_snapshot_every_replica_took_before_imd_died_is_kept(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    await w.engines.snapshot_create("e1", V2, "s1", {"k": "v"})
+    # The state as it was between the last replica's answer and the intent's clearing.
+    engine = w.v2.engines.engines["e1"]
+    engine.record.intent = SnapshotIntent(kind="snapshot", snapshots=("s1",))
+    w.v2.engines.hub.changed()
+    await w.v2.engines.hub.durable()
+    again = await w.restarted()
+    assert again.v2.engines.engines["e1"].record.intent is None
+    listing = await again.names("e1")
+    assert set(listing) == {"s1", VOLUME_HEAD} and listing["s1"].labels == {"k": "v"}
+
+
+async def test_a_removal_half_done_when_imd_died_is_finished_at_restart(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    b = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    w.crash_at("bdev_lvol_delete", after=1)
+    await w.dies_during(w.engines.snapshot_remove("e1", V2, ["s1"]))
+    again = await w.restarted()
+    assert await chains_of(again, "r1", "r2") == {"r1": [("s2", "")], "r2": [("s2", "")]}
+    assert {again.snapshot_lvol(r, "s2").content for r in ("r1", "r2")} == {b}
+    assert again.v2.engines.engines["e1"].record.intent is None
+
+
+async def test_a_revert_half_done_when_imd_died_is_finished_at_restart(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"], frontend="")
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    w.write("e1")
+    w.crash_at("bdev_lvol_rename", after=1)  # r1's head swapped, r2 has its clone made but not swapped
+    await w.dies_during(w.engines.snapshot_revert("e1", V2, "s1"))
+    assert w.lvol("r1").content == a
+    assert "r2" not in lvols(w) and revert_lvol_of("r2") in lvols(w)  # r2's head is gone, its clone not yet renamed
+    again = await w.restarted()
+    for replica in ("r1", "r2"):
+        head = again.lvol(replica)
+        assert head.parent == lvol_name_of(replica, "s1") and head.content == a
+    assert [n for n in lvols(again) if n.startswith("rv-")] == []
+    engine = again.v2.engines.engines["e1"]
+    assert engine.record.intent is None
+    await again.resynced("e1")
+    assert engine.record.modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW}
+    assert (await again.names("e1"))[VOLUME_HEAD].parent == "s1"
+
+
+async def test_a_revert_clone_made_before_its_intent_was_on_disk_is_dropped_at_restart(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"], frontend="")
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    head = w.lvol("r1").content
+    # The replica's node cloned s1 beside the head; imd died before the
+    # replica's intent (reverting_to) or the engine's was on disk.
+    w.spdk.rpc_bdev_lvol_clone("bdev_lvol_clone", f"d1/{lvol_name_of('r1', 's1')}", revert_lvol_of("r1"))
+    again = await w.restarted()
+    assert again.report["v2_revert_clones_dropped"] == 1
+    assert [n for n in lvols(again) if n.startswith("rv-")] == []
+    assert again.lvol("r1").content == head  # no revert happened
+
+
+async def test_a_purge_half_done_when_imd_died_is_done_by_the_next_one(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    for name in ("s1", "s2"):
+        w.write("e1")
+        await w.engines.snapshot_create("e1", V2, name, {})
+    await w.v2.chains.create("r1", "sys", user_created=False)
+    await w.v2.chains.create("r2", "sys", user_created=False)
+    w.crash_at("bdev_lvol_delete", after=1)
+    await w.dies_during(w.engines.snapshot_purge("e1", V2, False))
+    again = await w.restarted()
+    assert again.engines.snapshot_purge_status("e1", V2) == {}
+    await again.resynced("e1")
+    await again.engines.snapshot_purge("e1", V2, False)
+    assert await chains_of(again, "r1", "r2") == {r: [("s1", ""), ("s2", "s1")] for r in ("r1", "r2")}
+
+
+async def test_a_hash_running_when_imd_died_can_be_asked_again(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.data.jobs.delay = None
+    await w.engines.snapshot_hash("e1", V2, "s1", False)
+    await until(lambda: len(w.data.jobs.jobs) == 1)
+    again = await w.restarted()
+    exports = [nqn for nqn in again.spdk.subsystems if "snap" in nqn]
+    assert exports == []  # the dead daemon's snapshot export went at start-up
+    assert {s.state for s in (await again.engines.snapshot_hash_status("e1", V2, "s1")).values()} == {""}
+    await again.engines.snapshot_hash("e1", V2, "s1", False)
+
+    async def complete() -> bool:
+        status = await again.engines.snapshot_hash_status("e1", V2, "s1")
+        return {s.state for s in status.values()} == {"complete"}
+
+    await until_async(complete)
+    assert {s.checksum for s in (await again.engines.snapshot_hash_status("e1", V2, "s1")).values()} == {digest(a)}
+
+
+async def test_a_clone_running_when_imd_died_is_reported_failed_and_can_start_again(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    await w.engine("e2", ["r4"])
+    w.data.jobs.delay = None  # the copy is in progress when imd dies
+    await w.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
+    await until(lambda: len(w.data.jobs.jobs) == 1)
+    again = await w.restarted()
+    status = again.engines.snapshot_clone_status("e2", V2)
+    assert [(s.state, s.snapshot) for s in status.values()] == [("error", "s1")]
+    assert "restarted" in next(iter(status.values())).error
+    assert again.v2.engines.engines["e2"].record.intent is None
+    await again.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
+    await until(lambda: all(s.state == "complete" for s in again.engines.snapshot_clone_status("e2", V2).values()))
+    assert again.lvol("r4").content == a
 
 
 # -- clone ---------------------------------------------------------------------------------
