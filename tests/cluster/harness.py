@@ -203,9 +203,11 @@ class Node:
     # -- the node's APIs, over its Unix socket ---------------------------------------
 
     def _channel(self) -> Channel:
-        ch = Channel(path=str(self.socket))
-        self.channels.append(ch)
-        return ch
+        """One channel per node, until close_channels() (grpclib's channel
+        connects again by itself after the daemon restarted)."""
+        if not self.channels:
+            self.channels.append(Channel(path=str(self.socket)))
+        return self.channels[0]
 
     def instances(self) -> instance_grpc.InstanceServiceStub:
         return instance_grpc.InstanceServiceStub(self._channel())
@@ -374,10 +376,13 @@ class Cluster:
         }
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
-    async def down(self) -> None:
-        self.net.heal_all()
+    def close_channels(self) -> None:
         for node in self.nodes.values():
             node.close_channels()
+
+    async def down(self) -> None:
+        self.net.heal_all()
+        self.close_channels()
         down(self.prefix, self.run_dir)
 
     # -- the host -------------------------------------------------------------------------
