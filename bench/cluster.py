@@ -231,6 +231,7 @@ async def scenarios(a: argparse.Namespace) -> int:
             "to ERR s": "-" if r["time_to_err_s"] is None else r["time_to_err_s"],
             "to rebuild s": "-" if r["time_to_rebuild_s"] is None else r["time_to_rebuild_s"],
             "IOPS before": r["iops_before_fault"],
+            "outcome": r["outcome"],
         }
         for r in records
     ]

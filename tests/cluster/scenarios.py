@@ -64,7 +64,35 @@ class Record:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "outcome": self.outcome()}
+
+    def outcome(self) -> str:
+        """What happened, in a few words, from the facts."""
+        f = self.facts
+        said = []
+        if "replica_list" in f:
+            modes = "/".join(mode for mode, _ in f["replica_list"].values())
+            said.append(f"ReplicaList {modes}; expand {f.get('expand_s')} s to {f.get('size_after', 0) >> 20} MiB")
+        if "lvol_kept" in f:
+            said.append(f"C ERR, lvol {'kept' if f['lvol_kept'] else 'LOST'} after restart")
+        if "endpoint_after" in f:
+            same = f["endpoint_after"] == f["endpoint_before"]
+            said.append(f"endpoint {'same' if same else 'CHANGED'}, target untouched: {f['target_untouched']}")
+        if "modes_seen" in f:
+            said.append(f"B seen {'/'.join(f['modes_seen'])}, {f['b_mode_at_end']} at the end")
+        if "err_during_outage" in f:
+            when = "during the outage" if f["err_during_outage"] else f"{f.get('err_after_heal_s')} s after the heal"
+            said.append(f"B ERR {when}")
+        if "engine_error_during_outage" in f:
+            if f["engine_error_during_outage"]:
+                said.append(f"engine error: {f.get('engine_error_msg', '')[:80]}")
+            else:
+                said.append(f"no engine error during the outage; after the heal {f.get('modes_after_heal')}")
+            said.append(f"nothing corrupt: {f.get('nothing_corrupt')}")
+        for key in ("b_equals_c", "rebuilt_equal"):
+            if key in f:
+                said.append("B = C" if f[key] else "B != C")
+        return "; ".join(said)
 
 
 @dataclass
