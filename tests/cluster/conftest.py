@@ -10,7 +10,7 @@ of the same checkout left, and nothing of anyone else's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +40,27 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield made
     finally:
         await made.down()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def node_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test prints the tail of each node's imd log (the run
+    directory goes at teardown), which pytest shows with the failure."""
+    yield
+    if not request.node.stash.get(FAILED, False) or "cluster" not in request.fixturenames:
+        return
+    made: Cluster = request.getfixturevalue("cluster")
+    for node in made.nodes.values():
+        tail = "\n".join(node.stderr().splitlines()[-40:])
+        print(f"--- imd on {node.name} ({node.address}), last lines ---\n{tail}")
