@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imd.v2.model import nqn_of
-from tests.cluster.harness import MIB, Cluster, HostLoop, path_of, wait_until
+from tests.cluster.harness import MIB, Cluster, HostLoop, Node, path_of, wait_until
 
 SIZE = 32 * MIB
 SPAN = 4096  # blocks the host writes: 16 MiB
@@ -115,7 +115,7 @@ class Volume:
         return f"{self.name}-d"
 
     @property
-    def a(self) -> Any:
+    def a(self) -> Node:
         return self.cluster["a"]
 
     @property
@@ -180,7 +180,7 @@ class Volume:
         return not (set(self.homes) & await self.cluster[node].names())
 
     @staticmethod
-    async def _gone(node: Any, name: str) -> bool:
+    async def _gone(node: Node, name: str) -> bool:
         return name not in await node.names()
 
 
