@@ -17,6 +17,14 @@
   comparison). The daemon's own log times the phases: the replicas' lvols
   (through imd's replica service on base+4), then the mirror and the
   frontend's namespace.
+* **failover** (two real imds on loopback, each with its own nvmf_tgt: node
+  A holds replica r1 and the engine, node B replica r2): a host does
+  verified I/O through the engine's export while node B's target is lost,
+  silently (SIGSTOP: its connections stay open and answer nothing, as after a
+  power loss or a cut cable) or loudly (SIGKILL: the kernel resets its
+  connections). The host's longest pause and errors, and the time from the
+  fault to ReplicaList showing r2 ERR (polled every 100 ms), with the
+  replica timeout (``--replica-timeout``, the daemon's default 5 s).
 * **restart** (a real imd with V2 and ``stop_children_on_exit = false``): a
   host with a reconnect policy (ctrlr_loss_timeout_sec 30,
   reconnect_delay_sec 1) does verified I/O through the engine's export
@@ -279,12 +287,15 @@ class Node:
     """A real imd with V2 (tests/v2's configuration), a disk on a sparse
     file, replicas and an engine, driven over gRPC."""
 
-    def __init__(self, root: Path, disk_dir: Path, **overrides: Any) -> None:
+    def __init__(
+        self, root: Path, disk_dir: Path, *, port_range: str = "25000-25999", v2: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:  # fmt: skip
         from tests.helpers import make_daemon
         from tests.v2.spdk_env import v2_config
 
-        self.v2 = v2_config(target_mem_size_mb=1024, engine_mem_size_mb=1024)
-        self.daemon = make_daemon(root, v2=self.v2, port_range="25000-25999", log_level="info", **overrides)
+        self.v2 = v2_config(target_mem_size_mb=1024, engine_mem_size_mb=1024, **(v2 or {}))
+        self.daemon = make_daemon(root, v2=self.v2, port_range=port_range, log_level="info", **overrides)
         fd, name = tempfile.mkstemp(prefix="imd-bench-v2disk-", suffix=".img", dir=disk_dir)
         os.ftruncate(fd, 8 << 30)
         os.close(fd)
@@ -333,8 +344,9 @@ class Node:
         made = await self.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))
         self.ports[name] = int(made.status.port_start)
 
-    async def engine(self, name: str, replicas: list[str], size: int) -> str:
-        """Create the engine; the spdk_ffi path of its export."""
+    async def engine(self, name: str, replicas: list[str], size: int, addresses: dict[str, str] | None = None) -> str:
+        """Create the engine; the spdk_ffi path of its export. ``addresses``:
+        replicas of other nodes (``ip:port``)."""
         from imd.api.gen.imrpc import common_pb2
         from imd.api.gen.imrpc import instance_pb2 as inst
         from imd.v2.model import nqn_of
@@ -342,7 +354,8 @@ class Node:
         spec = inst.InstanceSpec(
             name=name, type="engine", volume_name="vol", data_engine=common_pb2.DATA_ENGINE_V2,
             spdk_instance_spec=inst.SpdkInstanceSpec(
-                size=size, replica_address_map={r: f"127.0.0.1:{self.ports[r]}" for r in replicas},
+                size=size,
+                replica_address_map={**{r: f"127.0.0.1:{self.ports[r]}" for r in replicas}, **(addresses or {})},
                 frontend="spdk-tcp-nvmf",
             ),
         )  # fmt: skip
@@ -371,6 +384,18 @@ class Node:
                 proxy_engine_request=self.target(engine), expand=controller_pb2.VolumeExpandRequest(size=size)
             )
         )
+
+    async def target_up(self) -> bool:
+        """Whether the node's SPDK target serves again (DiskGet answers)."""
+        from grpclib.exceptions import GRPCError
+
+        from imd.api.gen.imrpc import disk_pb2
+
+        try:
+            await self.daemon.disks().DiskGet(disk_pb2.DiskGetRequest(disk_type=disk_pb2.block, disk_name="d1"))
+        except GRPCError:
+            return False
+        return True
 
     async def volume_size(self, engine: str) -> int:
         return int((await self.proxy.VolumeGet(self.target(engine))).volume.size)
@@ -460,6 +485,79 @@ async def expand_bench(args: argparse.Namespace, work: Path, watch: CpuWatch) ->
                 print(f"expand host: {row_summary}", flush=True)
     finally:
         await node.close()
+    return results
+
+
+async def failover_bench(args: argparse.Namespace, work: Path, watch: CpuWatch) -> list[dict[str, Any]]:
+    """A replica's node lost under host I/O, silently and loudly (see the
+    module doc). Each repetition builds a fresh engine over fresh replicas."""
+    from imd.api.gen.imrpc import common_pb2
+    from imd.api.gen.imrpc import instance_pb2 as inst
+    from tests.v2.spdk_env import target_pid
+
+    size = args.restart_mib * MIB
+    a = Node(work / "failover-a", Path(args.disk_dir), v2={"replica_timeout_s": args.replica_timeout})
+    b = Node(work / "failover-b", Path(args.disk_dir), port_range="26000-26999")
+    results: list[dict[str, Any]] = []
+    try:
+        await a.start()
+        await b.start()
+        for kind in ("silent", "loud"):
+            for rep in range(args.reps):
+                tag = f"{kind[0]}{rep}"
+                await a.replica(f"r1{tag}", size)
+                await b.replica(f"r2{tag}", size)
+                addresses = {f"r2{tag}": f"127.0.0.1:{b.ports[f'r2{tag}']}"}
+                path = await a.engine(f"e{tag}", [f"r1{tag}"], size, addresses)
+                host = Host(path, seed=61 + rep, qd=4)
+                await host.start()
+                await asyncio.sleep(2)
+                pid = target_pid(b.v2)
+                assert pid is not None
+                watch.start()
+                t_fault = time.monotonic()
+                os.kill(pid, signal.SIGSTOP if kind == "silent" else signal.SIGKILL)
+                async with asyncio.timeout(120):
+                    while (await a.modes(f"e{tag}"))[f"r2{tag}"] != "ERR":
+                        await asyncio.sleep(0.1)
+                t_err = time.monotonic()
+                await asyncio.sleep(2)
+                report = await host.stop()
+                others = watch.stop()
+                row: dict[str, Any] = {
+                    "fault": kind,
+                    "rep": rep + 1,
+                    "replica_timeout_s": args.replica_timeout,
+                    "fault_to_err_s": t_err - t_fault,
+                    "longest_pause_s": longest_gap(report, t_fault - 1, t_err + 1),
+                    "host_iops_before": window_iops(report, t_fault - 1.5, t_fault),
+                    "host_iops_after": window_iops(report, t_err + 0.2, t_err + 1.8),
+                    "writes": report["writes"],
+                    "reads": report["reads"],
+                    "errors": report["errors"],
+                    "mismatches": report["mismatches"],
+                    "errors_seen": report["errors_seen"],
+                    "others_cores": round(others, 2),
+                }
+                results.append(row)
+                print(
+                    f"failover {kind} rep {rep + 1}: ERR after {row['fault_to_err_s']:.2f} s, longest pause "
+                    f"{row['longest_pause_s']:.2f} s, errors {row['errors']}, mismatches {row['mismatches']}",
+                    flush=True,
+                )
+                await a.stub.InstanceDelete(
+                    inst.InstanceDeleteRequest(name=f"e{tag}", data_engine=common_pb2.DATA_ENGINE_V2)
+                )
+                if kind == "silent":
+                    os.kill(pid, signal.SIGCONT)
+                # A killed target is started again by node B's imd; wait for it
+                # before the next repetition makes a replica there.
+                async with asyncio.timeout(120):
+                    while target_pid(b.v2) is None or not await b.target_up():
+                        await asyncio.sleep(0.2)
+    finally:
+        await a.close()
+        await b.close()
     return results
 
 
@@ -586,6 +684,37 @@ def report(data: dict[str, Any]) -> str:
                 for h in hosts
             )
         )
+    failover = data.get("failover", [])
+    if failover:
+        rows = [
+            {
+                "fault": r["fault"],
+                "rep": r["rep"],
+                "fault → ERR s": fmt(r["fault_to_err_s"]),
+                "host longest pause s": fmt(r["longest_pause_s"]),
+                "host IOPS before / after": f"{r['host_iops_before']:,.0f} / {r['host_iops_after']:,.0f}",
+                "I/O errors": r["errors"],
+                "mismatches": r["mismatches"],
+                "others (cores)": f"{r['others_cores']:.2f}",
+            }
+            for r in failover
+        ]
+        summary = []
+        for kind in ("silent", "loud"):
+            reps = [r for r in failover if r["fault"] == kind]
+            if reps:
+                summary.append(
+                    f"{kind}: median fault → ERR {med([r['fault_to_err_s'] for r in reps]):.2f} s, median longest "
+                    f"pause {med([r['longest_pause_s'] for r in reps]):.2f} s, worst "
+                    f"{max(r['longest_pause_s'] for r in reps):.2f} s, I/O errors {sum(r['errors'] for r in reps)}"
+                )
+        parts.append(
+            f"### A replica's node lost (replica timeout {failover[0]['replica_timeout_s']:g} s)\n\n"
+            + markdown_table(rows, list(rows[0]))
+            + "\n\n"
+            + "; ".join(summary)
+            + "."
+        )
     restart = data.get("restart", [])
     if restart:
         rows = [
@@ -625,48 +754,77 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
     except ImportError:
         print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    parts = [k for k in ("rebuild", "expand", "restart", "failover") if data.get(k)]
+    if not parts:
+        return None
+    fig, row = plt.subplots(1, len(parts), figsize=(5.3 * len(parts), 4.5), squeeze=False)
+    axes = dict(zip(parts, row[0], strict=True))
     rebuild = data.get("rebuild", [])
-    ax = axes[0]
-    for loaded, marker in ((False, "o"), (True, "^")):
-        for cap in sorted({r["cap_mib_s"] for r in rebuild}):
-            reps = [r for r in rebuild if r["cap_mib_s"] == cap and r["host"] == loaded]
-            ax.scatter(
-                [cap or -1] * len(reps),
-                [r["mib_s"] for r in reps],
-                marker=marker,
-                label=f"cap {cap or 'off'}, {'host QD' + str(data['args']['host_qd']) if loaded else 'no host'}",
-            )
-            if loaded:
+    if "rebuild" in axes:
+        ax = axes["rebuild"]
+        for loaded, marker in ((False, "o"), (True, "^")):
+            for cap in sorted({r["cap_mib_s"] for r in rebuild}):
+                reps = [r for r in rebuild if r["cap_mib_s"] == cap and r["host"] == loaded]
                 ax.scatter(
-                    [(cap or -1) + 8] * len(reps), [r["host_fraction"] * 1000 for r in reps], marker="x", color="black"
+                    [cap or -1] * len(reps),
+                    [r["mib_s"] for r in reps],
+                    marker=marker,
+                    label=f"cap {cap or 'off'}, {'host QD' + str(data['args']['host_qd']) if loaded else 'no host'}",
                 )
-    ax.set(xlabel="rebuild cap MiB/s (-1: off)", ylabel="rebuild MiB/s   (x: host fraction x 1000)", title="rebuild")
-    ax.legend(fontsize=7)
-    expand = [r for r in data.get("expand", []) if "seconds" in r]
-    ax = axes[1]
-    for loaded, color in ((False, "tab:gray"), (True, "tab:blue")):
-        reps = [r for r in expand if r["host"] == loaded]
-        ax.bar(
-            [i + (0.2 if loaded else -0.2) for i in range(len(reps))],
-            [r["seconds"] * 1e3 for r in reps],
-            width=0.4,
-            color=color,
-            label="host writing" if loaded else "no host",
+                if loaded:
+                    ax.scatter(
+                        [(cap or -1) + 8] * len(reps),
+                        [r["host_fraction"] * 1000 for r in reps],
+                        marker="x",
+                        color="black",
+                    )
+        ax.set(
+            xlabel="rebuild cap MiB/s (-1: off)", ylabel="rebuild MiB/s   (x: host fraction x 1000)", title="rebuild"
         )
-    ax.set(xlabel="expansion #", ylabel="ms", title="VolumeExpand")
-    ax.legend(fontsize=8)
+        if rebuild:
+            ax.legend(fontsize=7)
+    expand = [r for r in data.get("expand", []) if "seconds" in r]
+    if "expand" in axes:
+        ax = axes["expand"]
+        for loaded, color in ((False, "tab:gray"), (True, "tab:blue")):
+            reps = [r for r in expand if r["host"] == loaded]
+            ax.bar(
+                [i + (0.2 if loaded else -0.2) for i in range(len(reps))],
+                [r["seconds"] * 1e3 for r in reps],
+                width=0.4,
+                color=color,
+                label="host writing" if loaded else "no host",
+            )
+        ax.set(xlabel="expansion #", ylabel="ms", title="VolumeExpand")
+        if expand:
+            ax.legend(fontsize=8)
     restart = data.get("restart", [])
-    ax = axes[2]
-    for key, label_ in (
-        ("kill_to_first_io_s", "kill → first I/O"),
-        ("restart_to_first_io_s", "restart → first I/O"),
-        ("restart_to_serving_s", "restart → SERVING"),
-    ):
-        ax.plot([r["rep"] for r in restart], [r[key] or float("nan") for r in restart], marker="o", label=label_)
-    ax.set(xlabel="repetition", ylabel="s", title="kill -9 of imd: the host's pause")
-    ax.legend(fontsize=8)
-    for a in axes:
+    if "restart" in axes:
+        ax = axes["restart"]
+        for key, label_ in (
+            ("kill_to_first_io_s", "kill → first I/O"),
+            ("restart_to_first_io_s", "restart → first I/O"),
+            ("restart_to_serving_s", "restart → SERVING"),
+        ):
+            ax.plot([r["rep"] for r in restart], [r[key] or float("nan") for r in restart], marker="o", label=label_)
+        ax.set(xlabel="repetition", ylabel="s", title="kill -9 of imd: the host's pause")
+        if restart:
+            ax.legend(fontsize=8)
+    failover = data.get("failover", [])
+    if "failover" in axes:
+        ax = axes["failover"]
+        for offset, (kind, color) in enumerate((("silent", "tab:red"), ("loud", "tab:green"))):
+            reps = [r for r in failover if r["fault"] == kind]
+            xs = [r["rep"] + (0.2 if offset else -0.2) for r in reps]
+            ax.bar(
+                xs, [r["longest_pause_s"] for r in reps], width=0.35, color=color, label=f"{kind}: host's longest pause"
+            )
+            ax.scatter(xs, [r["fault_to_err_s"] for r in reps], color="black", marker="x", zorder=3)
+        if failover:
+            ax.axhline(failover[0]["replica_timeout_s"], color="gray", linestyle="--", label="replica timeout")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="repetition (x: fault → ERR)", ylabel="s", title="a replica's node lost under host I/O")
+    for a in axes.values():
         a.grid(True, alpha=0.3)
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -678,7 +836,8 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="rebuild,expand,restart")
+    parser.add_argument("--only", default="rebuild,expand,restart,failover")
+    parser.add_argument("--replica-timeout", type=float, default=5.0, help="failover: the engine's replica timeout")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rebuild-mib", type=int, default=1024)
     parser.add_argument("--caps", type=lambda s: [int(x) for x in s.split(",")], default=[0, 64])
@@ -704,6 +863,8 @@ async def main() -> int:
         data["expand"] = await expand_bench(args, work, watch)
     if "restart" in only:
         data["restart"] = await restart_bench(args, work, watch)
+    if "failover" in only:
+        data["failover"] = await failover_bench(args, work, watch)
     if "rebuild" in only:
         data["rebuild"] = await rebuild_bench(args, work, watch)
     md = report(data)

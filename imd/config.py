@@ -60,6 +60,13 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     replica_reconnect_delay_s: Annotated[int, msgspec.Meta(ge=0)] = 1
     replica_fast_io_fail_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 2
     replica_attach_timeout_s: Seconds = 10.0
+    replica_timeout_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
+    """How long an engine waits for a replica that answers nothing (its node
+    lost power, hangs, or is cut off: no RST, no ICMP) before it fails the
+    replica (ERR) and completes the host's writes from the others; also the
+    bound after which such a path is declared lost and reconnected, and the
+    keep-alive timeout engines ask replicas' targets for (capped at 10 s).
+    Longhorn's V1 counterpart is its engine-replica-timeout setting."""
     rebuild_chunk_kib: Annotated[int, msgspec.Meta(ge=4, le=65536)] = 1024
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the

@@ -148,6 +148,7 @@ class Daemon:
             expander=RemoteReplicas(base, client_context(self.config.tls.dir) if self.config.tls else None),
             rebuild_chunk_bytes=cfg.rebuild_chunk_kib * 1024,
             rebuild_rate_bytes_per_s=cfg.rebuild_rate_mib_s * (1 << 20),
+            replica_timeout_ms=round(cfg.replica_timeout_s * 1000),
             metrics=self.metrics,
             data=data,
             data_unavailable=data_reason,
@@ -170,7 +171,12 @@ class Daemon:
     def _native_data_path(self) -> DataPath:
 
         cfg = self.config.v2
+        timeout_ms = round(cfg.replica_timeout_s * 1000)
         opts = ControllerOpts(
+            silence_timeout_ms=timeout_ms,
+            # A keep-alive every half of this: an idle replica's silence is
+            # seen within 1.5 times the timeout.
+            keep_alive_timeout_ms=min(max(timeout_ms, 1000), 10_000),
             ctrlr_loss_timeout_sec=cfg.replica_ctrlr_loss_timeout_s,
             reconnect_delay_sec=cfg.replica_reconnect_delay_s,
             fast_io_fail_timeout_sec=cfg.replica_fast_io_fail_timeout_s,

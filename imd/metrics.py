@@ -31,6 +31,9 @@ from prometheus_client.registry import Collector
 # that waits for a health check); state commits are an fsync or two.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# A silent peer is declared after the replica timeout (default 5 s), give or
+# take the keep-alive interval.
+SILENCE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60, 120)
 
 
 class Metrics:
@@ -86,6 +89,20 @@ class Metrics:
             registry=r,
         )
 
+        self.replica_silence = Histogram(
+            "imd_engine_replica_silence_seconds",
+            "How long a replica had answered nothing when its engine failed it for that (the time to detect a "
+            "silent replica).",
+            buckets=SILENCE_BUCKETS,
+            registry=r,
+        )
+        self.path_silence = Histogram(
+            "imd_spdk_path_silence_seconds",
+            "How long an NVMe-oF path's peer had answered nothing when the path was declared lost.",
+            buckets=SILENCE_BUCKETS,
+            registry=r,
+        )
+
         self._described: list[Any] = [
             self.rpc_requests,
             self.rpc_duration,
@@ -96,6 +113,8 @@ class Metrics:
             self.watchers_dropped,
             self.commits,
             self.commit_duration,
+            self.replica_silence,
+            self.path_silence,
         ]
 
     def register(self, collector: Collector) -> None:

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 # own subsystem, which would create a second target on init.
 PACKAGES = ["spdk_nvme", "spdk_env_dpdk", "spdk_event_bdev", "spdk_nvmf"]
 # The C core, one file per concern (see core/imdn_internal.h).
-SOURCES = ["poller.c", "ctrlr.c", "io.c", "mirror.c", "frontend.c", "bench.c"]
+SOURCES = ["base.c", "ctrlr.c", "io.c", "mirror.c", "frontend.c", "bench.c", "poller.c"]
 # spdk_bdev's pkg-config file drags in every bdev module SPDK built (and
 # blobstore, lvol, ftl for them). Linked with --no-as-needed their
 # constructors would register them, and they would examine every bdev we
@@ -108,7 +108,7 @@ def make_builder(*, relative: bool = True) -> Any:
         '#include "imdn.h"',
         # setuptools wants paths relative to setup.py (the working directory).
         sources=[where(HERE / "core" / name) for name in SOURCES],
-        depends=[where(HERE / "core" / name) for name in ("imdn.h", "imdn_internal.h", "doorbell.h")],
+        depends=[where(HERE / "core" / name) for name in ("imdn.h", "imdn_internal.h", "doorbell.h", "silence.h")],
         include_dirs=[where(HERE / "core"), *spdk["include_dirs"]],
         library_dirs=spdk["library_dirs"],
         libraries=["pthread"],

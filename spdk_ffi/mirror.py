@@ -63,6 +63,7 @@ class LegStatus(msgspec.Struct, frozen=True):
     bytes_written: int
     errors: int
     error: str  # why the leg went ERR ("" while it works)
+    silent_s: float = 0.0  # it went ERR for answering nothing this long (0.0: it did not)
 
 
 class RebuildState(enum.StrEnum):
@@ -107,6 +108,9 @@ class RebuildHandle(Protocol):
     async def cancel(self) -> None: ...
 
 
+DEFAULT_LEG_TIMEOUT_MS = 5000
+
+
 class Mirror(Protocol):
     on_leg_failed: Callable[[str, str], None] | None
 
@@ -141,18 +145,27 @@ class Mirror(Protocol):
 
 class MirrorFactory(Protocol):
     async def create_mirror(
-        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1
+        self,
+        name: str,
+        legs: Sequence[tuple[str, Any]],
+        num_blocks: int,
+        *,
+        nsid: int = 1,
+        leg_timeout_ms: int = DEFAULT_LEG_TIMEOUT_MS,
     ) -> Mirror: ...
 
 
 # -- the native implementation ----------------------------------------------------------
 
 
-def _reason(status: int, sct: int, sc: int) -> str:
-    """Why a leg failed, from the core's (status, sct, sc)."""
+def _reason(status: int, sct: int, sc: int, silent_us: int = 0) -> str:
+    """Why a leg failed, from the core's (status, sct, sc) and how long it
+    had answered nothing when the watchdog failed it."""
     if status == 1:
         return f"NVMe status sct={sct:#x} sc={sc:#x}"
     err = -status
+    if silent_us:
+        return f"silent for {silent_us / 1e6:.1f} s (its node answered nothing): failed"
     name = errno.errorcode.get(err, f"errno {err}")
     if err == errno.ENXIO:
         return f"{name}: no live path (every path failed, or the controller was lost or detached)"
@@ -238,9 +251,13 @@ class NativeMirror:
         num_blocks: int,
         *,
         nsid: int = 1,
+        leg_timeout_ms: int = DEFAULT_LEG_TIMEOUT_MS,
     ) -> NativeMirror:
         """A mirror over ``legs`` (all RW) of ``num_blocks`` blocks of the
-        legs' (equal) block size; every leg's namespace must be that large."""
+        legs' (equal) block size; every leg's namespace must be that large.
+        ``leg_timeout_ms``: a leg that answers nothing this long while
+        another RW leg works goes ERR and the writes waiting for it complete
+        from the others (0: never; see core/mirror.c, "Silence")."""
         if not name or len(name) > 63 or not all(c.isalnum() or c in "-_." for c in name):
             raise InvalidOptions(f"mirror name {name!r} must be 1-63 characters of [A-Za-z0-9._-]")
         if not 1 <= len(legs) <= MAX_LEGS:
@@ -250,11 +267,14 @@ class NativeMirror:
             raise InvalidOptions(f"mirror {name}: leg names must be unique and non-empty")
         if num_blocks <= 0:
             raise InvalidOptions(f"mirror {name}: num_blocks must be positive")
+        if leg_timeout_ms != 0 and not 100 <= leg_timeout_ms <= 3_600_000:
+            raise InvalidOptions(f"mirror {name}: leg_timeout_ms must be 0 or 100..3600000, not {leg_timeout_ms}")
         mirror = cls(backend, name, MirrorSettings(nsid=nsid))
         req = mirror._new(lib.IMDN_MIRROR_CREATE)
         req.name = name.encode()
         req.cookie = mirror._cookie
         req.num_blocks = num_blocks
+        req.leg_timeout_ms = leg_timeout_ms
         req.num_legs = len(legs)
         for i, (leg, controller) in enumerate(legs):
             req.legs[i].mpath = mirror._mpath_of(leg, controller)
@@ -331,9 +351,20 @@ class NativeMirror:
         for name, slot in self._slots.items():
             leg = stats.legs[slot]
             mode = _MODE_FROM_C[leg.mode]
-            error = _reason(leg.err_status, leg.err_sct, leg.err_sc) if mode is LegMode.ERR and leg.err_status else ""
+            failed = mode is LegMode.ERR and leg.err_status
+            error = _reason(leg.err_status, leg.err_sct, leg.err_sc, leg.silent_us) if failed else ""
             result.append(
-                LegStatus(name, mode, leg.reads, leg.writes, leg.bytes_read, leg.bytes_written, leg.errors, error)
+                LegStatus(
+                    name,
+                    mode,
+                    leg.reads,
+                    leg.writes,
+                    leg.bytes_read,
+                    leg.bytes_written,
+                    leg.errors,
+                    error,
+                    leg.silent_us / 1e6 if failed else 0.0,
+                )
             )
         return result
 
@@ -594,7 +625,7 @@ class NativeMirror:
         if event.type == lib.IMDN_EV_LEG_FAILED:
             name = names.get(event.leg)
             if name is not None and self.on_leg_failed is not None:
-                self.on_leg_failed(name, _reason(event.status, event.sct, event.sc))
+                self.on_leg_failed(name, _reason(event.status, event.sct, event.sc, int(event.value)))
         elif event.type == lib.IMDN_EV_REBUILD_DONE and self._rebuild is not None:
             state = _RB_FROM_C.get(event.status, RebuildState.ERROR)
             self._rebuild._finished(state, int(event.value), int(event.error))
@@ -607,6 +638,12 @@ class NativeMirrorFactory:
         self.backend = backend
 
     async def create_mirror(
-        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1
+        self,
+        name: str,
+        legs: Sequence[tuple[str, Any]],
+        num_blocks: int,
+        *,
+        nsid: int = 1,
+        leg_timeout_ms: int = DEFAULT_LEG_TIMEOUT_MS,
     ) -> NativeMirror:
-        return await NativeMirror.create(self.backend, name, legs, num_blocks, nsid=nsid)
+        return await NativeMirror.create(self.backend, name, legs, num_blocks, nsid=nsid, leg_timeout_ms=leg_timeout_ms)

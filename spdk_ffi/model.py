@@ -67,6 +67,12 @@ class ControllerOpts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     bdev_nvme and are validated by the same rules."""
 
     keep_alive_timeout_ms: U32 = 10_000
+    silence_timeout_ms: U32 = 10_000
+    """A path whose peer answers nothing this long (commands outstanding and
+    none answered, or an unanswered command or keep-alive) is declared lost:
+    its commands come back as path failures and the reconnect timers below
+    run, as for a loud failure. 0 turns it off (then a silent peer holds its
+    commands until TCP gives up, ~15 minutes). See core/ctrlr.c, "Silence"."""
     io_queue_size: U32 = 128
     io_queue_requests: U32 = 512
     ctrlr_loss_timeout_sec: int = 0
@@ -100,6 +106,8 @@ class ControllerOpts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             )
         if self.keep_alive_timeout_ms == 0:
             raise InvalidOptions("keep_alive_timeout_ms must be positive")
+        if self.silence_timeout_ms != 0 and self.silence_timeout_ms < 100:
+            raise InvalidOptions("silence_timeout_ms must be 0 (never) or at least 100")
         if self.io_queue_size < 2:
             raise InvalidOptions("io_queue_size must be at least 2")
         if self.attach_timeout_sec <= 0:

@@ -343,10 +343,18 @@ class _PathConn:
     ctrlr: Any = None  # struct imdn_ctrlr * while connected
     down_since: float | None = None
     next_try: float = 0.0
+    silence_reported: Any = None  # the controller whose silence was reported
 
     @property
     def connected(self) -> bool:
         return self.ctrlr is not None and not bool(lib.imdn_ctrlr_failed(self.ctrlr))
+
+    def silent_for(self) -> float:
+        """How long the peer had answered nothing when the core declared
+        this path lost for silence (0.0: it was not)."""
+        if self.ctrlr is None:
+            return 0.0
+        return int(lib.imdn_ctrlr_counter(self.ctrlr, lib.IMDN_C_SILENT_US)) / 1e6
 
 
 @dataclass(eq=False)
@@ -362,13 +370,18 @@ class NativeController:
     # struct imdn_mpath *: the same paths, for I/O that C submits itself
     # (mirror legs, rebuilds) with failover and no Python in the loop.
     mpath: Any = None
-    counters: dict[str, int] = field(default_factory=lambda: {"failovers": 0, "reconnects": 0, "io_errors": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"failovers": 0, "reconnects": 0, "io_errors": 0, "silent_paths": 0}
+    )
 
 
 class NativeBackend:
     def __init__(self, core: NativeCore | None = None) -> None:
         self.core = core if core is not None else NativeCore.start()
         self.on_lost: Callable[[NativeController], None] | None = None
+        # Called on the loop when the core declares a path silent: the path
+        # and how long its peer had answered nothing (for logs and metrics).
+        self.on_silent: Callable[[Path, float], None] | None = None
         self.reconnects_total = 0
 
     # -- connections -----------------------------------------------------------
@@ -378,6 +391,7 @@ class NativeBackend:
         req.trid = path.trid().encode()
         req.hostnqn = hostnqn.encode()
         req.keep_alive_ms = opts.keep_alive_timeout_ms
+        req.silence_timeout_ms = opts.silence_timeout_ms
         req.io_queue_size = opts.io_queue_size
         req.io_queue_requests = opts.io_queue_requests
         req.timeout_ms = int(opts.attach_timeout_sec * 1000)
@@ -501,6 +515,7 @@ class NativeBackend:
                 if conn.connected:
                     conn.down_since = None
                     continue
+                self._report_silence(handle, conn)
                 if conn.down_since is None:
                     conn.down_since, conn.next_try = now, now + delay
                 if opts.ctrlr_loss_timeout_sec == 0 or now < conn.next_try:
@@ -531,6 +546,15 @@ class NativeBackend:
                     await self._mpath_mark_lost(handle)
                 if self.on_lost is not None:
                     self.on_lost(handle)
+
+    def _report_silence(self, handle: NativeController, conn: _PathConn) -> None:
+        silent = conn.silent_for()
+        if silent and conn.silence_reported is not conn.ctrlr:
+            conn.silence_reported = conn.ctrlr
+            handle.counters["silent_paths"] += 1
+            log.warning("path %s silent for %.1f s: declared lost, reconnecting", conn.path, silent)
+            if self.on_silent is not None:
+                self.on_silent(conn.path, silent)
 
     # -- queries ---------------------------------------------------------------
 

@@ -45,6 +45,7 @@ import msgspec
 
 from imd.errors import AlreadyExists, Conflict, FailedPrecondition, ImdError, InvalidArgument, NotFound, Unavailable
 from imd.eventlog import fields
+from imd.metrics import Metrics
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
 from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaExpander, datapath_error
@@ -118,6 +119,8 @@ class Engines:
         expander: ReplicaExpander | None = None,
         rebuild_chunk_bytes: int = 1 << 20,
         rebuild_rate_bytes_per_s: int = 0,
+        replica_timeout_ms: int = 5000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.data = data
         self.unavailable = unavailable
@@ -127,6 +130,11 @@ class Engines:
         self.expander = expander
         self.rebuild_chunk_bytes = rebuild_chunk_bytes
         self.rebuild_rate_bytes_per_s = rebuild_rate_bytes_per_s
+        # A replica that answers nothing this long, while another works, is
+        # failed and the host's writes complete from the others (the mirror's
+        # watchdog, in the C core; Lesson 7: every wait on a peer has a bound).
+        self.replica_timeout_ms = replica_timeout_ms
+        self.metrics = metrics if metrics is not None else Metrics()
         self.engines: dict[str, Engine] = {}
 
     # -- queries ------------------------------------------------------------------
@@ -204,7 +212,9 @@ class Engines:
                     f"{record.size} is not a multiple of the replicas' block size {block_size}",
                     field="spec.spdk_instance_spec.size",
                 )
-            mirror = await data.mirrors.create_mirror(record.name, legs, record.size // block_size)
+            mirror = await data.mirrors.create_mirror(
+                record.name, legs, record.size // block_size, leg_timeout_ms=self.replica_timeout_ms
+            )
             engine.mirror = mirror
             engine.mirror_made_at = time.monotonic()
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
@@ -581,7 +591,17 @@ class Engines:
             return
         record.modes[leg] = ReplicaMode.ERR
         engine.errors[leg] = why
-        log.warning("replica failed; engine goes on without it", extra=fields(name=record.name, replica=leg, why=why))
+        silent = next((s.silent_s for s in engine.mirror.legs() if s.name == leg), 0.0) if engine.mirror else 0.0
+        if silent:
+            self.metrics.replica_silence.observe(silent)
+            log.warning(
+                "replica silent: failed; engine goes on without it",
+                extra=fields(name=record.name, replica=leg, silent_s=round(silent, 1), why=why),
+            )
+        else:
+            log.warning(
+                "replica failed; engine goes on without it", extra=fields(name=record.name, replica=leg, why=why)
+            )
         if not any(mode == ReplicaMode.RW for mode in record.modes.values()) and not record.state.terminal:
             record.state = ProcessState.ERROR
             record.error_msg = f"no healthy replica left (last: {leg}: {why})"
@@ -731,7 +751,9 @@ class Engines:
             block_size = legs[0][2]
             resync = [] if record.clean_stop else [name for name, _, _ in legs[1:]]
             first = [(n, h) for n, h, _ in legs if n not in resync]
-            mirror = await data.mirrors.create_mirror(record.name, first, record.size // block_size)
+            mirror = await data.mirrors.create_mirror(
+                record.name, first, record.size // block_size, leg_timeout_ms=self.replica_timeout_ms
+            )
             engine.mirror = mirror
             engine.mirror_made_at = time.monotonic()
             mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)

@@ -90,6 +90,7 @@ class V2Node:
         expander: ReplicaExpander | None = None,
         rebuild_chunk_bytes: int = 1 << 20,
         rebuild_rate_bytes_per_s: int = 0,
+        replica_timeout_ms: int = 5000,
         metrics: Metrics | None = None,
     ) -> None:
         self.supervisor = supervisor
@@ -107,7 +108,11 @@ class V2Node:
             expander=expander,
             rebuild_chunk_bytes=rebuild_chunk_bytes,
             rebuild_rate_bytes_per_s=rebuild_rate_bytes_per_s,
+            replica_timeout_ms=replica_timeout_ms,
+            metrics=self.metrics,
         )
+        if data is not None and hasattr(data.backend, "on_silent"):
+            data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE

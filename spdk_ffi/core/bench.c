@@ -101,7 +101,7 @@ static void bench_complete(struct bench_slot *slot, bool error)
 static void bench_nvme_done(void *arg, const struct spdk_nvme_cpl *cpl)
 {
 	struct bench_slot *slot = arg;
-	slot->c->outstanding--;
+	ctrlr_answered(slot->c);
 	g_busy--;
 	bench_complete(slot, spdk_nvme_cpl_is_error(cpl));
 }
@@ -141,7 +141,8 @@ static void bench_submit(struct bench_slot *slot)
 		mirror_submit(mio);
 		return;
 	}
-	int rc = req->bench_write ?
+	int rc = slot->c->qpair == NULL ? -ENXIO : /* the path was declared silent */
+		 req->bench_write ?
 		 spdk_nvme_ns_cmd_write(b->ns, slot->c->qpair, slot->buf, lba, b->blocks_per_io, bench_nvme_done, slot, 0) :
 		 spdk_nvme_ns_cmd_read(b->ns, slot->c->qpair, slot->buf, lba, b->blocks_per_io, bench_nvme_done, slot, 0);
 	if (rc != 0) {
@@ -181,8 +182,8 @@ void start_bench(struct imdn_req *req)
 {
 	struct imdn_ctrlr *c = req->ctrlr;
 	struct spdk_nvme_ns *ns = c ? spdk_nvme_ctrlr_get_ns(c->ctrlr, req->bench_nsid) : NULL;
-	if (c == NULL || c->detaching || ns == NULL || req->bench_qd == 0 || req->bench_hist == NULL) {
-		complete(req, c == NULL || ns == NULL ? -ENODEV : -EINVAL);
+	if (c == NULL || c->detaching || c->qpair == NULL || ns == NULL || req->bench_qd == 0 || req->bench_hist == NULL) {
+		complete(req, c == NULL || c->qpair == NULL || ns == NULL ? -ENODEV : -EINVAL);
 		return;
 	}
 	uint32_t block = spdk_nvme_ns_get_sector_size(ns);

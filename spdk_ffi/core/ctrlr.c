@@ -18,6 +18,26 @@
  * A detach takes the controller out of its mpath first, so nothing new is
  * sent to it; its in-flight commands drain or are aborted, and aborted ones
  * come back here as path failures and move to another path.
+ *
+ * Silence. A peer that loses power, hangs or is cut off by the network sends
+ * no RST and no ICMP: its TCP connection stays open and answers nothing.
+ * SPDK v24.01's host sends keep-alives but never fails a controller whose
+ * keep-alives go unanswered, and it checks I/O timeouts only when the socket
+ * has something to read, which a silent one never has; TCP itself gives up
+ * after ~15 minutes (tcp_retries2). So the core watches for silence itself,
+ * with one bound per controller (silence_timeout_ms, 0 = never):
+ *   - progress: commands outstanding and none answered for the bound
+ *     (checked with the admin polling, every 10 ms, whatever the socket does);
+ *   - SPDK's own timeout callback, registered with the same bound for I/O
+ *     and admin commands: it catches a single command left unanswered among
+ *     answered ones, and an unanswered keep-alive on an idle controller (the
+ *     admin queue is checked every time it is polled).
+ * Either way the path is declared silent: marked failed (Python's keeper
+ * reconnects it, and ctrlr_loss_timeout_sec / fast_io_fail_timeout_sec run
+ * from there, as for a loud failure), its queue pair dropped so that every
+ * command it held comes back at once as a path failure (and moves to another
+ * path, or waits for one), and its admin queue cut so that a later detach
+ * does not wait for a shutdown handshake the peer will never answer.
  */
 #include "imdn_internal.h"
 
@@ -39,6 +59,7 @@ struct detach_ctx {
 	struct imdn_req *req;
 	struct spdk_nvme_detach_ctx *dctx;
 	uint64_t drain_deadline;
+	uint64_t cut_deadline; /* past it, the admin queue is cut: the shutdown handshake is given up */
 	bool started;
 	struct detach_ctx *next;
 };
@@ -59,6 +80,17 @@ static void attach_cb(void *cb_ctx, const struct spdk_nvme_transport_id *trid,
 	(void)trid;
 	(void)opts;
 	ctx->found = ctrlr;
+}
+
+static void ctrlr_timed_out(void *arg, struct spdk_nvme_ctrlr *ctrlr, struct spdk_nvme_qpair *qpair, uint16_t cid)
+{
+	(void)ctrlr;
+	(void)qpair;
+	(void)cid;
+	struct imdn_ctrlr *c = arg;
+	/* Inside the driver's completion processing: only note it; poll_ctrlrs
+	 * acts on it from the loop. */
+	c->timed_out = true;
 }
 
 static struct imdn_ctrlr *adopt_ctrlr(struct spdk_nvme_ctrlr *ctrlr, struct imdn_req *req)
@@ -89,6 +121,12 @@ static struct imdn_ctrlr *adopt_ctrlr(struct spdk_nvme_ctrlr *ctrlr, struct imdn
 	c->qpair = qpair;
 	c->next = g_ctrlrs;
 	g_ctrlrs = c;
+	quiet_watch_start(&c->quiet, 0, spdk_get_ticks());
+	if (req->silence_timeout_ms) {
+		uint64_t us = (uint64_t)req->silence_timeout_ms * 1000;
+		c->silence_ticks = us_to_ticks(us);
+		spdk_nvme_ctrlr_register_timeout_callback(ctrlr, us, us, ctrlr_timed_out, c);
+	}
 	req->num_ns = 0;
 	for (uint32_t nsid = spdk_nvme_ctrlr_get_first_active_ns(ctrlr);
 	     nsid != 0 && req->num_ns < IMDN_MAX_NS; nsid = spdk_nvme_ctrlr_get_next_active_ns(ctrlr, nsid)) {
@@ -197,6 +235,32 @@ bool ctrlr_work_pending(void)
 
 /* -- detach ---------------------------------------------------------------- */
 
+/* Disconnect, leave the poll group, free: every command the queue pair still
+ * holds comes back now, aborted (multipath I/O among them moves to another
+ * path), and nothing of it is left in the driver. */
+static void drop_qpair(struct imdn_ctrlr *c)
+{
+	if (c->qpair == NULL) {
+		return;
+	}
+	struct spdk_nvme_qpair *qpair = c->qpair;
+	spdk_nvme_ctrlr_disconnect_io_qpair(qpair);
+	spdk_nvme_poll_group_remove(g_group, qpair);
+	spdk_nvme_ctrlr_free_io_qpair(qpair); /* aborts what is left, callbacks run now */
+	c->qpair = NULL;
+}
+
+/* Close the admin connection (SPDK's reset begins so), so that destructing the
+ * controller skips the shutdown handshake: a silent peer would never answer
+ * it, and the detach would wait forever. */
+static void cut_admin(struct imdn_ctrlr *c)
+{
+	if (!c->admin_cut) {
+		c->admin_cut = true;
+		spdk_nvme_ctrlr_disconnect(c->ctrlr);
+	}
+}
+
 static void unlink_ctrlr(struct imdn_ctrlr *c)
 {
 	for (struct imdn_ctrlr **link = &g_ctrlrs; *link; link = &(*link)->next) {
@@ -217,10 +281,17 @@ void start_detach(struct imdn_req *req)
 	c->detaching = true;
 	/* Nothing new goes to a controller being detached. */
 	mpath_remove_path(c);
+	if (c->silence_ticks) {
+		/* c goes soon; the driver must not call back into it. */
+		spdk_nvme_ctrlr_register_timeout_callback(c->ctrlr, 0, 0, NULL, NULL);
+	}
 	struct detach_ctx *d = calloc(1, sizeof(*d));
 	d->c = c;
 	d->req = req;
 	d->drain_deadline = spdk_get_ticks() + us_to_ticks(DETACH_DRAIN_US);
+	/* A peer that stops answering during the detach (its shutdown handshake)
+	 * gets as long as the controller's silence bound, or the drain time. */
+	d->cut_deadline = d->drain_deadline + (c->silence_ticks ? c->silence_ticks : us_to_ticks(DETACH_DRAIN_US));
 	d->next = g_detaches;
 	g_detaches = d;
 }
@@ -248,12 +319,9 @@ void poll_detaches(uint64_t now)
 				link = &d->next;
 				continue;
 			}
-			if (c->qpair) {
-				struct spdk_nvme_qpair *qpair = c->qpair;
-				spdk_nvme_ctrlr_disconnect_io_qpair(qpair);
-				spdk_nvme_poll_group_remove(g_group, qpair);
-				spdk_nvme_ctrlr_free_io_qpair(qpair); /* aborts what is left, callbacks run now */
-				c->qpair = NULL;
+			drop_qpair(c);
+			if (c->timed_out || atomic_load(&c->silent_us) != 0) {
+				cut_admin(c); /* it stopped answering: no shutdown handshake */
 			}
 			unlink_ctrlr(c);
 			if (spdk_nvme_detach_async(c->ctrlr, &d->dctx) != 0) {
@@ -262,6 +330,9 @@ void poll_detaches(uint64_t now)
 			d->started = true;
 		}
 		if (d->dctx != NULL && spdk_nvme_detach_poll_async(d->dctx) == -EAGAIN) {
+			if (now > d->cut_deadline) {
+				cut_admin(c); /* the shutdown handshake's command comes back aborted */
+			}
 			link = &d->next;
 			continue;
 		}
@@ -285,6 +356,36 @@ void qpair_disconnected(struct spdk_nvme_qpair *qpair, void *group_ctx)
 	}
 }
 
+/* The path answered nothing for `quiet` ticks: see "Silence" at the top. */
+static void declare_silent(struct imdn_ctrlr *c, uint64_t quiet)
+{
+	if (atomic_load(&c->silent_us) != 0 || c->detaching) {
+		return;
+	}
+	uint64_t us = quiet * 1000000 / g_ticks_hz;
+	atomic_store(&c->silent_us, us ? us : 1);
+	atomic_store(&c->failed, 1);
+	if (c->mpath != NULL && c->mpath->silent_us < us) {
+		c->mpath->silent_us = us;
+	}
+	drop_qpair(c);
+	cut_admin(c);
+}
+
+/* Every WATCHDOG_US per controller: has it answered anything lately? */
+static void watch_silence(struct imdn_ctrlr *c, uint64_t now)
+{
+	if (c->silence_ticks == 0 || atomic_load_explicit(&c->silent_us, memory_order_relaxed) != 0) {
+		return;
+	}
+	uint64_t quiet = quiet_for(&c->quiet, c->outstanding, c->answered, now);
+	if (c->timed_out) {
+		declare_silent(c, c->silence_ticks); /* a command or keep-alive waited that long */
+	} else if (quiet >= c->silence_ticks) {
+		declare_silent(c, quiet);
+	}
+}
+
 int64_t poll_ctrlrs(uint64_t now)
 {
 	int64_t completed = 0;
@@ -298,6 +399,7 @@ int64_t poll_ctrlrs(uint64_t now)
 			    spdk_nvme_ctrlr_is_failed(c->ctrlr)) {
 				atomic_store(&c->failed, 1);
 			}
+			watch_silence(c, now);
 		}
 	}
 	return completed;
@@ -312,6 +414,9 @@ uint64_t imdn_ctrlr_counter(struct imdn_ctrlr *c, int which)
 {
 	if (which == IMDN_C_OUTSTANDING) {
 		return c->outstanding;
+	}
+	if (which == IMDN_C_SILENT_US) {
+		return atomic_load(&c->silent_us);
 	}
 	return which >= 0 && which < 3 ? atomic_load(&c->counters[which]) : 0;
 }
@@ -553,7 +658,7 @@ static void mpath_nvme_done(void *arg, const struct spdk_nvme_cpl *cpl)
 	struct mpath_io *io = arg;
 	struct imdn_ctrlr *c = io->c;
 	struct imdn_mpath *mp = io->mp;
-	c->outstanding--;
+	ctrlr_answered(c);
 	g_busy--;
 	if (spdk_nvme_cpl_is_error(cpl)) {
 		if (path_error(cpl) || c->detaching || atomic_load_explicit(&c->failed, memory_order_relaxed)) {
@@ -615,10 +720,35 @@ void mpath_poll(uint64_t now)
 			kick_waiting(mp); /* a path came back (its failed flag cleared) */
 			continue;
 		}
-		while ((io = TAILQ_FIRST(&mp->waiting)) != NULL && now - io->waiting_since >= mp->fast_fail_ticks) {
+		/* waiting_since may be later than now: I/O queued during this loop
+		 * turn (a path declared silent in poll_ctrlrs). */
+		while ((io = TAILQ_FIRST(&mp->waiting)) != NULL && now > io->waiting_since &&
+		       now - io->waiting_since >= mp->fast_fail_ticks) {
 			unqueue(io, &mp->waiting);
 			mpath_finish(io, -ETIMEDOUT, 0, 0);
 		}
+	}
+}
+
+uint32_t mpath_live_paths(struct imdn_mpath *mp)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < mp->num_paths; i++) {
+		n += path_live(mp->paths[i]);
+	}
+	return n;
+}
+
+void mpath_abandon(struct imdn_mpath *mp)
+{
+	mp->lost = true; /* what comes back, or is queued, fails now */
+	fail_queued(mp, &mp->waiting);
+	fail_queued(mp, &mp->nomem);
+	for (uint32_t i = 0; i < mp->num_paths; i++) {
+		struct imdn_ctrlr *c = mp->paths[i];
+		atomic_store(&c->failed, 1);
+		drop_qpair(c);
+		cut_admin(c);
 	}
 }
 

@@ -38,7 +38,7 @@
 #define MSG_MEMPOOL_SIZE 65535
 #define SUBSYS_INIT_TIMEOUT_US 30000000
 
-struct spdk_thread *g_app_thread;
+
 static struct spdk_thread *g_threads[MAX_SPDK_THREADS];
 static _Atomic uint32_t g_nthreads;
 
@@ -399,12 +399,12 @@ void frontend_unexport(struct imdn_req *req)
 	op_queue(FE_UNEXPORT, req, req->mirror);
 }
 
-void frontend_unexport_for_destroy(struct imdn_mirror *m)
+static void unexport_for_destroy(struct imdn_mirror *m)
 {
 	op_queue(FE_UNEXPORT_DESTROY, NULL, m);
 }
 
-void frontend_resized(struct imdn_mirror *m)
+static void resized(struct imdn_mirror *m)
 {
 	struct mirror_frontend *fe = m->fe;
 	if (fe != NULL && fe->registered) {
@@ -413,6 +413,8 @@ void frontend_resized(struct imdn_mirror *m)
 		spdk_bdev_notify_blockcnt_change(&fe->bdev, CTR_GET(m->num_blocks));
 	}
 }
+
+static const struct mirror_export_ops g_export_ops = {.resized = resized, .unexport_for_destroy = unexport_for_destroy};
 
 /* -- teardown: stop, remove listener, destroy subsystem, unregister bdev ----------- */
 
@@ -695,6 +697,7 @@ static void export_start(struct fe_op *op)
 	struct mirror_frontend *fe = calloc(1, sizeof(*fe));
 	fe->m = m;
 	m->fe = fe;
+	m->fe_ops = &g_export_ops;
 	g_export_op = op;
 	spdk_nvme_trid_populate_transport(&fe->trid, SPDK_NVME_TRANSPORT_TCP);
 	fe->trid.adrfam = strchr(req->traddr, ':') != NULL ? SPDK_NVMF_ADRFAM_IPV6 : SPDK_NVMF_ADRFAM_IPV4;

@@ -57,7 +57,7 @@ enum imdn_op {
 	IMDN_UNEXPORT = 41
 };
 enum imdn_io_kind { IMDN_READ = 0, IMDN_WRITE = 1, IMDN_FLUSH = 2, IMDN_WRITE_ZEROES = 3, IMDN_UNMAP = 4 };
-enum imdn_counter { IMDN_C_READS = 0, IMDN_C_WRITES = 1, IMDN_C_ERRORS = 2, IMDN_C_OUTSTANDING = 3 };
+enum imdn_counter { IMDN_C_READS = 0, IMDN_C_WRITES = 1, IMDN_C_ERRORS = 2, IMDN_C_OUTSTANDING = 3, IMDN_C_SILENT_US = 4 };
 enum imdn_policy { IMDN_POLICY_FAILOVER = 0, IMDN_POLICY_ROUND_ROBIN = 1 };
 enum imdn_leg_mode { IMDN_LEG_RW = 0, IMDN_LEG_WO = 1, IMDN_LEG_ERR = 2 };
 enum imdn_rebuild_state {
@@ -108,6 +108,7 @@ struct imdn_req {
 	uint32_t io_queue_size;
 	uint32_t io_queue_requests;
 	uint32_t timeout_ms;
+	uint32_t silence_timeout_ms; /* declare the path lost when nothing is answered this long; 0 = never */
 	uint32_t num_ns;
 	struct imdn_ns_info ns[IMDN_MAX_NS];
 	/* attach (result), detach, io, bench, mpath add */
@@ -126,6 +127,7 @@ struct imdn_req {
 	uint64_t cookie;            /* create: carried by every event of the mirror */
 	char name[64];
 	uint64_t num_blocks; /* create, resize */
+	uint32_t leg_timeout_ms; /* create: fail a leg that answers nothing this long while another works; 0 = never */
 	uint32_t block_size; /* create (result) */
 	uint32_t num_legs;
 	struct imdn_leg_spec legs[IMDN_MAX_LEGS]; /* create; add_leg uses legs[0] */
@@ -171,7 +173,7 @@ struct imdn_event {
 	uint16_t sct;
 	uint16_t sc;
 	int32_t error;   /* rebuild: -errno of an error */
-	uint64_t value;  /* rebuild: bytes copied */
+	uint64_t value;  /* rebuild: bytes copied; leg failed: for how long it answered nothing (us), 0 = it answered */
 };
 
 struct imdn_leg_stats {
@@ -187,6 +189,7 @@ struct imdn_leg_stats {
 	uint64_t bytes_read;
 	uint64_t bytes_written;
 	uint64_t errors;
+	uint64_t silent_us; /* went ERR for answering nothing this long (0: it did not) */
 };
 
 struct imdn_mirror_stats {

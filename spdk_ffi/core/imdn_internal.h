@@ -1,14 +1,16 @@
 /*
  * The core's shared state, declared in one place. Everything here belongs to
- * the poller thread (poller.c) unless a field says otherwise; the other files
- * are that thread's code, split by concern:
+ * the poller thread unless a field says otherwise; the files are that
+ * thread's code, split by concern and stacked in floors (base.c lists them),
+ * each calling only the floors below it:
  *
- *   poller.c    rings, doorbells (doorbell.h), start-up (env, spdk_threads, subsystems), the loop
- *   ctrlr.c     attach/detach of driver controllers; multipath objects (struct imdn_mpath)
- *   io.c        Python-tier I/O batches on one controller
- *   mirror.c    mirrors: fan-out, read balancing, leg failure, range lock, rebuild, resize
- *   frontend.c  spdk_thread integration, the "imd_mirror" bdev module, the embedded NVMe-oF/TCP target
+ *   poller.c    start-up (env, spdk_threads, subsystems), the loop, the dispatch of requests
  *   bench.c     the C-tier benchmark, on a controller or through a mirror
+ *   frontend.c  spdk_thread integration, the "imd_mirror" bdev module, the embedded NVMe-oF/TCP target
+ *   mirror.c    mirrors: fan-out, read balancing, leg failure and silence, range lock, rebuild, resize
+ *   io.c        Python-tier I/O batches on one controller
+ *   ctrlr.c     attach/detach of driver controllers, silence detection; multipath objects
+ *   base.c      the rings, completions and events, the shared globals
  *
  * No locks: one OS thread runs all of it. Asynchronous steps continue in
  * their completion callbacks; long operations are small state machines.
@@ -18,6 +20,7 @@
 #define IMDN_INTERNAL_H
 
 #include "imdn.h"
+#include "silence.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -29,6 +32,7 @@
 #include "spdk/thread.h"
 
 #define ADMIN_POLL_US 10000
+#define WATCHDOG_US 10000 /* how often mirror.c looks for silent legs (ctrlr.c looks with its admin polling) */
 #define IDLE_SLEEP_MAX_US 10000      /* idle, nothing exported */
 #define IDLE_SLEEP_EXPORTED_US 1000  /* idle with an exported mirror: a host's first I/O waits at most this */
 #define DETACH_DRAIN_US 5000000
@@ -42,15 +46,22 @@
 #define CTR_GET(field) atomic_load_explicit(&(field), memory_order_relaxed)
 #define CTR_SET(field, v) atomic_store_explicit(&(field), (v), memory_order_relaxed)
 
-/* -- poller.c --------------------------------------------------------------- */
+/* -- base.c ------------------------------------------------------------------- */
 
+struct doorbell;
+extern struct doorbell g_sub_bell;  /* Python rings it; the poller sleeps on it */
+extern struct doorbell g_cpl_bell;  /* the poller rings it; Python sleeps on it */
 extern uint64_t g_ticks_hz;
 extern uint64_t g_busy;           /* NVMe commands outstanding, all controllers */
 extern uint64_t g_waiting_io;     /* mpath I/Os queued for a path or for request memory */
 extern uint32_t g_exports;        /* mirrors exported through the NVMe-oF target */
-extern struct spdk_thread *g_app_thread; /* "imd": the nvmf poll group, bdevs, mirrors' timers */
+extern struct spdk_thread *g_app_thread; /* "imd" (frontend.c makes it): the nvmf poll group, bdevs, mirrors' timers */
 extern struct spdk_nvme_poll_group *g_group;
 
+int base_init(void); /* the eventfds; 0 or -errno */
+bool submission_push(struct imdn_req *req);
+struct imdn_req *submission_pop(void);
+bool submission_empty(void);
 void complete(struct imdn_req *req, int status);
 void complete_msg(struct imdn_req *req, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void post_event(const struct imdn_event *ev);
@@ -63,7 +74,7 @@ static inline uint64_t us_to_ticks(uint64_t us)
 
 struct imdn_ctrlr {
 	struct spdk_nvme_ctrlr *ctrlr;
-	struct spdk_nvme_qpair *qpair;
+	struct spdk_nvme_qpair *qpair; /* NULL once the path was declared silent (or is detaching) */
 	struct imdn_ctrlr *next;
 	struct imdn_mpath *mpath; /* the multipath object this path belongs to, if any */
 	uint64_t next_admin_tick;
@@ -71,7 +82,21 @@ struct imdn_ctrlr {
 	_Atomic int failed;           /* read by Python */
 	_Atomic uint64_t counters[4]; /* read by Python */
 	uint32_t outstanding;
+	/* Silence (ctrlr.c, "silence"): a path whose peer stops answering. */
+	uint64_t silence_ticks;    /* declare the path lost after this long without an answer; 0 = never */
+	uint64_t answered;         /* commands that came back, whatever their status */
+	struct quiet_watch quiet;
+	bool timed_out;            /* SPDK's timeout callback fired: a command or a keep-alive went unanswered */
+	bool admin_cut;            /* the admin queue was disconnected, so a detach skips the shutdown handshake */
+	_Atomic uint64_t silent_us; /* read by Python: how long it had been silent when declared lost (0: never) */
 };
+
+/* Every command that comes back from a controller passes here. */
+static inline void ctrlr_answered(struct imdn_ctrlr *c)
+{
+	c->outstanding--;
+	c->answered++;
+}
 
 struct mpath_io;
 typedef void (*mpath_done_fn)(struct mpath_io *io, int status, uint16_t sct, uint16_t sc);
@@ -104,6 +129,7 @@ struct imdn_mpath {
 	uint32_t rr;
 	uint32_t policy;
 	uint64_t fast_fail_ticks; /* 0: fail at once without a live path */
+	uint64_t silent_us;       /* a path of it was declared silent, after this long (0: none was) */
 	bool lost;
 	bool destroyed;  /* Python let go of it; freed once unreferenced and idle */
 	uint32_t refs;   /* Python's handle + mirror legs */
@@ -131,6 +157,11 @@ void mpath_unref(struct imdn_mpath *mp);
 void mpath_submit(struct mpath_io *io);
 struct spdk_nvme_ns *mpath_ns(struct imdn_mpath *mp, uint32_t nsid); /* of any current path */
 void mpath_poll(uint64_t now); /* retries and fast_io_fail timeouts, when g_waiting_io */
+uint32_t mpath_live_paths(struct imdn_mpath *mp);
+/* Give up on every path of mp: it is lost, its queued I/O fails now, and each
+ * path's commands come back now (its queue pair is dropped). From the loop
+ * only, never from inside a completion callback. */
+void mpath_abandon(struct imdn_mpath *mp);
 
 /* -- io.c ---------------------------------------------------------------------- */
 
@@ -176,9 +207,20 @@ struct mirror_leg {
 	_Atomic int err_status;
 	_Atomic int err_sct, err_sc;
 	_Atomic uint64_t reads, writes, bytes_read, bytes_written, errors;
+	/* the watchdog (mirror.c, "silence") */
+	uint64_t answered; /* commands to this leg that came back, whatever their status */
+	struct quiet_watch quiet;
+	_Atomic uint64_t silent_us; /* went ERR for answering nothing this long (0: it did not) */
 };
 
 struct mirror_frontend; /* frontend.c */
+
+/* What a mirror tells its export. frontend.c sits above mirror.c and gives
+ * an exported mirror these (with m->fe); the mirror never calls it by name. */
+struct mirror_export_ops {
+	void (*resized)(struct imdn_mirror *m);              /* the mirror grew */
+	void (*unexport_for_destroy)(struct imdn_mirror *m); /* sets m->fe = NULL, then mirror_destroy_kick(m) */
+};
 
 struct rebuild {
 	bool active;
@@ -215,10 +257,12 @@ struct imdn_mirror {
 	struct mirror_io_list inflight_writes; /* writes in flight, for the range lock */
 	struct rebuild rb;
 	struct mirror_frontend *fe;
+	const struct mirror_export_ops *fe_ops; /* set with fe */
 	struct imdn_req *destroy_req;
 	int destroy_step;
 	bool destroy_kicked;
 	struct imdn_mirror *next;
+	uint64_t leg_timeout_ticks; /* the watchdog's bound; 0 = no watchdog */
 	/* Python reads these (imdn_mirror_stats) */
 	_Atomic uint64_t reads, writes, other_ops, bytes_read, bytes_written, errors, held_writes;
 	_Atomic uint64_t lat_hist[IMDN_LAT_BUCKETS];
@@ -244,6 +288,9 @@ void mirror_submit(struct mirror_io *mio);
 bool mirror_write_admit(struct imdn_mirror *m, struct mirror_io *mio);
 /* Resume a pending destroy from a fresh stack (a message to the app thread). */
 void mirror_destroy_kick(struct imdn_mirror *m);
+/* Fail legs that stopped answering while another leg works (every
+ * WATCHDOG_US, from the loop). */
+void mirror_watchdog(uint64_t now);
 
 /* -- frontend.c ------------------------------------------------------------ */
 
@@ -258,9 +305,6 @@ bool frontend_poll(uint64_t now, uint64_t *next_tick);
 uint32_t frontend_thread_count(void);
 void frontend_export(struct imdn_req *req);
 void frontend_unexport(struct imdn_req *req);
-/* Unexport for a mirror being destroyed; sets m->fe = NULL and calls mirror_destroy_kick(m) when done. */
-void frontend_unexport_for_destroy(struct imdn_mirror *m);
-void frontend_resized(struct imdn_mirror *m);
 
 /* -- bench.c ------------------------------------------------------------------- */
 

@@ -34,7 +34,7 @@ static void io_done(void *arg, const struct spdk_nvme_cpl *cpl)
 		req->ios_failed++;
 		atomic_fetch_add(&c->counters[IMDN_C_ERRORS], 1);
 	}
-	c->outstanding--;
+	ctrlr_answered(c);
 	g_busy--;
 	if (--req->pending == 0) {
 		finish_batch(req);

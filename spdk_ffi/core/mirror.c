@@ -32,6 +32,23 @@
  * a chunk command in flight is allowed to finish. A token bucket (bytes/s)
  * throttles it, woken by a one-shot timed spdk_poller.
  *
+ * Silence. A leg whose node stops answering (power loss, a hang, a cut
+ * network: no RST, no ICMP) would hold every host write forever, since a
+ * write completes only when every leg answered. The watchdog (every
+ * WATCHDOG_US) fails such a leg while another RW leg still works:
+ *   - a leg with commands outstanding that answered none of them for
+ *     leg_timeout (the engine's replica timeout) goes ERR;
+ *   - so does a leg whose multipath object was given up (lost), or has no
+ *     live path left after a path of it was declared silent (ctrlr.c), even
+ *     with nothing outstanding (an idle volume's ReplicaList tells the truth).
+ * Its commands are then taken back (mpath_abandon: queued ones fail, the
+ * paths' queue pairs are dropped so the driver returns the rest now), each
+ * write completes from the legs that have it, and reads retry on another
+ * leg. A leg with another live path is left to multipath, which moves its
+ * commands once ctrlr.c declares the silent path. With no other working RW
+ * leg the watchdog does nothing: the legs wait for their paths as before
+ * (fast_io_fail_timeout_sec), since failing the last copy helps no one.
+ *
  * Every host write passes through mirror_write_admit() before it touches a
  * leg. That is where the range lock holds writes today, and where a dirty-
  * region log can later hold a write until its region is marked dirty.
@@ -57,6 +74,15 @@ static void rebuild_finish(struct imdn_mirror *m, int state, int err);
 static void mirror_destroy_continue(struct imdn_mirror *m);
 
 /* -- legs ------------------------------------------------------------------ */
+
+static struct imdn_mirror *g_mirrors; /* for the watchdog */
+
+/* Every command that comes back from a leg passes here. */
+static void leg_answered(struct mirror_leg *leg)
+{
+	leg->outstanding--;
+	leg->answered++;
+}
 
 static int leg_mode(struct mirror_leg *leg)
 {
@@ -109,8 +135,13 @@ static void leg_failed(struct imdn_mirror *m, int i, int status, uint16_t sct, u
 	CTR_SET(leg->err_sc, sc);
 	CTR_SET(leg->mode, IMDN_LEG_ERR);
 	if (!leg->removing) {
-		struct imdn_event ev = {
-			.cookie = m->cookie, .type = IMDN_EV_LEG_FAILED, .leg = i, .status = status, .sct = sct, .sc = sc};
+		struct imdn_event ev = {.cookie = m->cookie,
+					.type = IMDN_EV_LEG_FAILED,
+					.leg = i,
+					.status = status,
+					.sct = sct,
+					.sc = sc,
+					.value = CTR_GET(leg->silent_us)};
 		post_event(&ev);
 	}
 	if (m->rb.active && m->rb.dst == i && m->rb.fail_errno == 0) {
@@ -224,7 +255,7 @@ static void read_leg_done(struct mpath_io *sub, int status, uint16_t sct, uint16
 	struct imdn_mirror *m = mio->m;
 	int i = (int)sub->tag;
 	struct mirror_leg *leg = &m->legs[i];
-	leg->outstanding--;
+	leg_answered(leg);
 	if (status == 0) {
 		CTR_ADD(leg->reads, 1);
 		CTR_ADD(leg->bytes_read, mio->nblocks * m->block_size);
@@ -306,7 +337,7 @@ static void write_leg_done(struct mpath_io *sub, int status, uint16_t sct, uint1
 	struct imdn_mirror *m = mio->m;
 	int i = (int)sub->tag;
 	struct mirror_leg *leg = &m->legs[i];
-	leg->outstanding--;
+	leg_answered(leg);
 	if (status == 0) {
 		if (mio->kind != IMDN_FLUSH) {
 			CTR_ADD(leg->writes, 1);
@@ -462,15 +493,20 @@ void mirror_create(struct imdn_req *req)
 	}
 	struct imdn_mirror *m = calloc(1, sizeof(*m));
 	m->cookie = req->cookie;
+	m->leg_timeout_ticks = us_to_ticks((uint64_t)req->leg_timeout_ms * 1000);
+	m->next = g_mirrors;
+	g_mirrors = m;
 	snprintf(m->name, sizeof(m->name), "%s", req->name);
 	m->block_size = block_size;
 	CTR_SET(m->num_blocks, req->num_blocks);
 	TAILQ_INIT(&m->inflight_writes);
 	TAILQ_INIT(&m->rb.held);
+	uint64_t now = spdk_get_ticks();
 	for (uint32_t i = 0; i < req->num_legs; i++) {
 		struct mirror_leg *leg = &m->legs[i];
 		leg->mp = req->legs[i].mpath;
 		leg->nsid = req->legs[i].nsid;
+		quiet_watch_start(&leg->quiet, 0, now); /* the watchdog measures silence from here at the earliest */
 		CTR_SET(leg->mode, req->legs[i].mode);
 		mpath_ref(leg->mp);
 	}
@@ -513,6 +549,9 @@ void mirror_add_leg(struct imdn_req *req)
 	CTR_SET(leg->bytes_read, 0);
 	CTR_SET(leg->bytes_written, 0);
 	CTR_SET(leg->errors, 0);
+	CTR_SET(leg->silent_us, 0);
+	leg->answered = 0;
+	quiet_watch_start(&leg->quiet, 0, spdk_get_ticks());
 	CTR_SET(leg->mode, req->legs[0].mode);
 	mpath_ref(leg->mp);
 	req->leg = slot;
@@ -596,7 +635,7 @@ void mirror_resize(struct imdn_req *req)
 		CTR_SET(m->rb_bytes_total, req->num_blocks * m->block_size);
 	}
 	if (m->fe != NULL) {
-		frontend_resized(m);
+		m->fe_ops->resized(m);
 	}
 	complete(req, 0);
 }
@@ -649,7 +688,7 @@ static void mirror_destroy_continue(struct imdn_mirror *m)
 		}
 		m->destroy_step = 1;
 		if (m->fe != NULL) {
-			frontend_unexport_for_destroy(m); /* resumes us once m->fe is NULL */
+			m->fe_ops->unexport_for_destroy(m); /* resumes us once m->fe is NULL */
 			return;
 		}
 	}
@@ -672,6 +711,12 @@ static void mirror_destroy_continue(struct imdn_mirror *m)
 			}
 			if (leg->remove_req != NULL) {
 				complete(leg->remove_req, 0);
+			}
+		}
+		for (struct imdn_mirror **link = &g_mirrors; *link; link = &(*link)->next) {
+			if (*link == m) {
+				*link = m->next;
+				break;
 			}
 		}
 		free(m);
@@ -769,7 +814,7 @@ static void rebuild_write_done(struct mpath_io *sub, int status, uint16_t sct, u
 	int i = (int)sub->tag;
 	struct mirror_leg *leg = &m->legs[i];
 	uint64_t bytes = (rb->lock_hi - rb->lock_lo) * m->block_size;
-	leg->outstanding--;
+	leg_answered(leg);
 	rb->phase = RB_IDLE;
 	if (status != 0) {
 		leg_failed(m, i, status, sct, sc); /* the destination: the rebuild fails */
@@ -795,7 +840,7 @@ static void rebuild_read_done(struct mpath_io *sub, int status, uint16_t sct, ui
 	int i = (int)sub->tag;
 	struct mirror_leg *leg = &m->legs[i];
 	uint64_t blocks = rb->lock_hi - rb->lock_lo;
-	leg->outstanding--;
+	leg_answered(leg);
 	if (status != 0) {
 		/* The source failed: it goes ERR, the chunk is redone from another
 		 * RW leg (the lock is still held, nothing new to wait for). */
@@ -1041,6 +1086,58 @@ void rebuild_cancel(struct imdn_req *req)
 	rebuild_step(m); /* finishes now unless a chunk command is in flight */
 }
 
+/* -- silence (see the top of the file) -------------------------------------------- */
+
+/* The rules are in silence.h; this gathers what they need. */
+static void leg_facts_of(struct imdn_mirror *m, int i, uint64_t now, struct leg_facts *f)
+{
+	struct mirror_leg *leg = &m->legs[i];
+	f->present = leg->mp != NULL && !leg->removing && leg_mode(leg) != IMDN_LEG_ERR;
+	if (!f->present) {
+		return;
+	}
+	f->rw = leg_mode(leg) == IMDN_LEG_RW;
+	f->quiet_ticks = quiet_for(&leg->quiet, leg->outstanding, leg->answered, now);
+	f->num_paths = leg->mp->num_paths;
+	f->live_paths = mpath_live_paths(leg->mp);
+	f->lost = leg->mp->lost;
+	f->path_silent_us = leg->mp->silent_us;
+}
+
+static void mirror_watch(struct imdn_mirror *m, uint64_t now)
+{
+	struct leg_facts facts[IMDN_MAX_LEGS] = {0};
+	int verdicts[IMDN_MAX_LEGS];
+	uint64_t silent_us[IMDN_MAX_LEGS];
+	for (int i = 0; i < IMDN_MAX_LEGS; i++) {
+		leg_facts_of(m, i, now, &facts[i]);
+	}
+	if (silence_verdicts(facts, IMDN_MAX_LEGS, m->leg_timeout_ticks, g_ticks_hz, verdicts, silent_us) == 0) {
+		return;
+	}
+	for (int i = 0; i < IMDN_MAX_LEGS; i++) {
+		if (verdicts[i] == 0) {
+			continue;
+		}
+		struct mirror_leg *leg = &m->legs[i];
+		CTR_SET(leg->silent_us, silent_us[i]);
+		leg_failed(m, i, verdicts[i], 0, 0);
+		/* Its commands come back now (failed): each write completes from
+		 * the legs that have it, each read retries on another leg. */
+		mpath_abandon(leg->mp);
+		leg_maybe_removed(m, i);
+	}
+}
+
+void mirror_watchdog(uint64_t now)
+{
+	for (struct imdn_mirror *m = g_mirrors; m; m = m->next) {
+		if (m->leg_timeout_ticks != 0 && m->destroy_req == NULL) {
+			mirror_watch(m, now);
+		}
+	}
+}
+
 /* -- stats for Python ------------------------------------------------------------ */
 
 void imdn_mirror_stats(struct imdn_mirror *m, struct imdn_mirror_stats *out)
@@ -1079,6 +1176,7 @@ void imdn_mirror_stats(struct imdn_mirror *m, struct imdn_mirror_stats *out)
 		ls->bytes_read = CTR_GET(leg->bytes_read);
 		ls->bytes_written = CTR_GET(leg->bytes_written);
 		ls->errors = CTR_GET(leg->errors);
+		ls->silent_us = CTR_GET(leg->silent_us);
 	}
 	out->rb_state = CTR_GET(m->rb_state);
 	out->rb_dst = CTR_GET(m->rb_dst);

@@ -1,5 +1,6 @@
 /*
- * poller.c: the rings, the eventfds, start-up and the loop.
+ * poller.c: start-up, the loop, and the dispatch of requests (the top floor of
+ * the core; base.c lists the floors).
  *
  * imdn_start() creates the poller thread, which initialises the SPDK
  * environment itself (DPDK pins the initialising thread to the first core of
@@ -12,6 +13,9 @@
  *   - poll the NVMe poll group while commands are outstanding;
  *   - retry multipath I/O that waits for request memory, and fail I/O that
  *     waited for a path past fast_io_fail;
+ *   - every 10 ms, look for silence: paths whose commands or keep-alives go
+ *     unanswered (ctrlr.c, with the admin polling) and mirror legs that
+ *     answer nothing while another leg works (mirror.c's watchdog);
  *   - poll every spdk_thread once (the NVMe-oF target, bdevs, timers).
  *
  * A polite poller (poll_sleep_us > 0, for hosts that share a core with
@@ -57,67 +61,13 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
-
-#define RING_SIZE 4096  /* power of two */
-#define EVENT_RING_SIZE 1024
-
-/* -- rings ---------------------------------------------------------------- */
-
-struct ring {
-	_Atomic uint64_t head; /* consumer */
-	_Atomic uint64_t tail; /* producer */
-	struct imdn_req *slots[RING_SIZE];
-};
-
-static bool ring_push(struct ring *r, struct imdn_req *req)
-{
-	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-	if (tail - head >= RING_SIZE) {
-		return false;
-	}
-	r->slots[tail & (RING_SIZE - 1)] = req;
-	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
-	return true;
-}
-
-static struct imdn_req *ring_pop(struct ring *r)
-{
-	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-	if (head == tail) {
-		return NULL;
-	}
-	struct imdn_req *req = r->slots[head & (RING_SIZE - 1)];
-	atomic_store_explicit(&r->head, head + 1, memory_order_release);
-	return req;
-}
-
-static bool ring_empty(struct ring *r)
-{
-	return atomic_load_explicit(&r->head, memory_order_relaxed) ==
-	       atomic_load_explicit(&r->tail, memory_order_acquire);
-}
-
-/* Events are copied by value: nothing to allocate or free per event. */
-struct event_ring {
-	_Atomic uint64_t head;
-	_Atomic uint64_t tail;
-	struct imdn_event slots[EVENT_RING_SIZE];
-};
 
 /* -- state -------------------------------------------------------------------- */
 
-static struct ring g_sub, g_cpl;
-static struct event_ring g_events;
-static struct doorbell g_sub_bell = {.efd = -1}; /* Python rings, the poller sleeps on it */
-static struct doorbell g_cpl_bell = {.efd = -1}; /* the poller rings, Python sleeps on it */
 static pthread_t g_thread;
 static _Atomic int g_state; /* 0 none, 1 starting, 2 running, -1 failed */
 static char g_init_err[256];
@@ -127,55 +77,8 @@ static uint32_t g_idle_spin_us;
 static uint32_t g_poll_sleep_us;
 static uint32_t g_yield_after;
 
-uint64_t g_ticks_hz;
-uint64_t g_busy;
-uint64_t g_waiting_io;
-uint32_t g_exports;
-struct spdk_nvme_poll_group *g_group;
-
 static _Atomic uint64_t g_iterations, g_sleeps, g_busy_ticks, g_yields;
 static _Atomic int g_stop, g_stopped; /* process exit: see stop_at_exit() */
-
-/* -- completion and events ---------------------------------------------------- */
-
-static void wake_python(void)
-{
-	doorbell_ring(&g_cpl_bell);
-}
-
-void complete(struct imdn_req *req, int status)
-{
-	req->status = status;
-	while (!ring_push(&g_cpl, req)) {
-		usleep(10); /* Python is behind by RING_SIZE requests: wait for it */
-	}
-	wake_python();
-}
-
-void complete_msg(struct imdn_req *req, int status, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(req->errmsg, sizeof(req->errmsg), fmt, ap);
-	va_end(ap);
-	complete(req, status);
-}
-
-void post_event(const struct imdn_event *ev)
-{
-	struct event_ring *r = &g_events;
-	for (;;) {
-		uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-		uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-		if (tail - head < EVENT_RING_SIZE) {
-			r->slots[tail & (EVENT_RING_SIZE - 1)] = *ev;
-			atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
-			break;
-		}
-		usleep(10); /* never drop an event: wait for Python to reap */
-	}
-	wake_python();
-}
 
 /* -- dispatch ----------------------------------------------------------------- */
 
@@ -260,7 +163,7 @@ static void handle(struct imdn_req *req)
 static void nap(uint64_t wait_us)
 {
 	doorbell_arm(&g_sub_bell);
-	if (!ring_empty(&g_sub) || atomic_load_explicit(&g_stop, memory_order_relaxed)) {
+	if (!submission_empty() || atomic_load_explicit(&g_stop, memory_order_relaxed)) {
 		doorbell_disarm(&g_sub_bell); /* the second look found work */
 		return;
 	}
@@ -325,12 +228,13 @@ static void *poller_main(void *arg)
 	uint64_t spin_ticks = us_to_ticks(g_idle_spin_us);
 	uint64_t last_work = spdk_get_ticks();
 	uint32_t unproductive = 0; /* iterations in a row with work pending but no progress */
+	uint64_t next_watch = 0;
 	for (;;) {
 		uint64_t begin = spdk_get_ticks();
 		bool work = false;
 		bool progress = false;
 		struct imdn_req *req;
-		while ((req = ring_pop(&g_sub)) != NULL) {
+		while ((req = submission_pop()) != NULL) {
 			handle(req);
 			work = true;
 			progress = true;
@@ -343,6 +247,10 @@ static void *poller_main(void *arg)
 		poll_detaches(now);
 		if (g_waiting_io > 0) {
 			mpath_poll(now);
+		}
+		if (now >= next_watch) {
+			next_watch = now + us_to_ticks(WATCHDOG_US);
+			mirror_watchdog(now); /* after poll_ctrlrs: paths declared silent this turn count */
 		}
 		uint64_t next_timer = 0;
 		if (frontend_poll(now, &next_timer)) {
@@ -371,12 +279,12 @@ static void *poller_main(void *arg)
 		if (work) {
 			last_work = end;
 			CTR_ADD(g_busy_ticks, end - begin);
-			if (g_poll_sleep_us > 0 && ring_empty(&g_sub)) {
+			if (g_poll_sleep_us > 0 && submission_empty()) {
 				nap(g_poll_sleep_us);
 			}
 			continue;
 		}
-		if (end - last_work < spin_ticks || !ring_empty(&g_sub)) {
+		if (end - last_work < spin_ticks || !submission_empty()) {
 			continue;
 		}
 		idle_sleep(end, next_timer);
@@ -416,9 +324,12 @@ int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_
 	g_idle_spin_us = idle_spin_us;
 	g_poll_sleep_us = poll_sleep_us;
 	g_yield_after = yield_after;
-	g_sub_bell.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	g_cpl_bell.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	atomic_store(&g_cpl_bell.armed, 1); /* Python waits from the start */
+	int rc = base_init();
+	if (rc != 0) {
+		snprintf(err, errlen, "cannot create the eventfds");
+		atomic_store(&g_state, -1);
+		return rc;
+	}
 	if (pthread_create(&g_thread, NULL, poller_main, NULL) != 0) {
 		snprintf(err, errlen, "cannot create the poller thread");
 		atomic_store(&g_state, -1);
@@ -437,74 +348,16 @@ int imdn_start(const char *name, const char *core_mask, int mem_size_mb, int no_
 	return 0;
 }
 
-int imdn_completion_fd(void)
-{
-	return g_cpl_bell.efd;
-}
-
 int imdn_submit(struct imdn_req *req)
 {
 	if (atomic_load(&g_state) != 2) {
 		return -ENXIO;
 	}
-	if (!ring_push(&g_sub, req)) {
+	if (!submission_push(req)) {
 		return -EAGAIN;
 	}
 	doorbell_ring(&g_sub_bell);
 	return 0;
-}
-
-static bool events_empty(void)
-{
-	return atomic_load_explicit(&g_events.head, memory_order_relaxed) ==
-	       atomic_load_explicit(&g_events.tail, memory_order_acquire);
-}
-
-int imdn_rearm(void)
-{
-	doorbell_clear(&g_cpl_bell);
-	doorbell_arm(&g_cpl_bell);
-	if (!ring_empty(&g_cpl) || !events_empty()) {
-		doorbell_disarm(&g_cpl_bell);
-		return 1;
-	}
-	return 0;
-}
-
-int imdn_reap(struct imdn_req **out, int max)
-{
-	int n = 0;
-	struct imdn_req *req;
-	while (n < max && (req = ring_pop(&g_cpl)) != NULL) {
-		out[n++] = req;
-	}
-	return n;
-}
-
-int imdn_reap_events(struct imdn_event *out, int max)
-{
-	struct event_ring *r = &g_events;
-	int n = 0;
-	while (n < max) {
-		uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-		uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-		if (head == tail) {
-			break;
-		}
-		out[n++] = r->slots[head & (EVENT_RING_SIZE - 1)];
-		atomic_store_explicit(&r->head, head + 1, memory_order_release);
-	}
-	return n;
-}
-
-void *imdn_dma_alloc(size_t size, size_t align)
-{
-	return spdk_dma_zmalloc(size, align, NULL);
-}
-
-void imdn_dma_free(void *buf)
-{
-	spdk_dma_free(buf);
 }
 
 void imdn_poller_stats(struct imdn_poller_stats *out)

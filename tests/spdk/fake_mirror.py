@@ -1,7 +1,8 @@
 """An in-memory ``spdk_ffi.mirror.Mirror`` for testing orchestration where
 SPDK is absent. It keeps the native mirror's rules (leg modes, one rebuild
 at a time to a WO leg, grow-only resize, one export) and adds test hooks:
-``fail_leg`` (a leg's I/O failed), ``finish_rebuild``/``rebuild_delay_s``.
+``fail_leg`` (a leg's I/O failed), ``fall_silent`` (the watchdog failed a
+leg that answered nothing), ``finish_rebuild``/``rebuild_delay_s``.
 It moves no data.
 """
 
@@ -22,6 +23,7 @@ class _Leg:
     controller: Any
     mode: LegMode
     error: str = ""
+    silent_s: float = 0.0
 
 
 class FakeRebuild:
@@ -46,8 +48,16 @@ class FakeRebuild:
 
 
 class FakeMirror:
-    def __init__(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, block_size: int = 4096) -> None:
+    def __init__(
+        self,
+        name: str,
+        legs: Sequence[tuple[str, Any]],
+        num_blocks: int,
+        block_size: int = 4096,
+        leg_timeout_ms: int = 5000,
+    ) -> None:
         self.name = name
+        self.leg_timeout_ms = leg_timeout_ms
         self._legs = {leg: _Leg(controller, LegMode.RW) for leg, controller in legs}
         self._num_blocks = num_blocks
         self._block_size = block_size
@@ -70,7 +80,7 @@ class FakeMirror:
         return self._export
 
     def legs(self) -> list[LegStatus]:
-        return [LegStatus(name, leg.mode, 0, 0, 0, 0, 0, leg.error) for name, leg in self._legs.items()]
+        return [LegStatus(name, leg.mode, 0, 0, 0, 0, 0, leg.error, leg.silent_s) for name, leg in self._legs.items()]
 
     def counters(self) -> dict[str, int]:
         return {"reads": 0, "writes": 0, "errors": 0}
@@ -149,6 +159,17 @@ class FakeMirror:
     async def unexport(self) -> None:
         self._export = None
 
+    def fall_silent(self, name: str) -> None:
+        """Test hook: the leg answered nothing for the leg timeout while
+        another RW leg worked, and the core's watchdog failed it (with no
+        timeout, or no other working RW leg, the core would not)."""
+        others = [n for n, leg in self._legs.items() if n != name and leg.mode == LegMode.RW]
+        if self.leg_timeout_ms == 0 or not others:
+            return
+        silent = self.leg_timeout_ms / 1000
+        self._leg(name).silent_s = silent
+        self.fail_leg(name, f"silent for {silent:.1f} s (its node answered nothing): failed")
+
     def fail_leg(self, name: str, reason: str = "ENXIO: no live path") -> None:
         """Test hook: the leg's I/O failed, as the core reports it."""
         leg = self._leg(name)
@@ -167,10 +188,18 @@ class FakeMirrorFactory:
         self.mirrors: dict[str, FakeMirror] = {}
 
     async def create_mirror(
-        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1
+        self,
+        name: str,
+        legs: Sequence[tuple[str, Any]],
+        num_blocks: int,
+        *,
+        nsid: int = 1,
+        leg_timeout_ms: int = 5000,
     ) -> FakeMirror:
         if not 1 <= len(legs) <= 8 or name in self.mirrors:
             raise InvalidOptions(f"mirror {name}: 1 to 8 legs and a new name")
-        mirror = FakeMirror(name, legs, num_blocks)
+        if leg_timeout_ms != 0 and not 100 <= leg_timeout_ms <= 3_600_000:
+            raise InvalidOptions(f"mirror {name}: leg_timeout_ms must be 0 or 100..3600000, not {leg_timeout_ms}")
+        mirror = FakeMirror(name, legs, num_blocks, leg_timeout_ms=leg_timeout_ms)
         self.mirrors[name] = mirror
         return mirror

@@ -92,7 +92,9 @@ TEST_LAYOUT: Layout = [
 class Target:
     """nvmf_tgt on core 0, without hugepages, serving ``layout`` on 127.0.0.1.
     The default: a null namespace (4420) and a malloc namespace reachable
-    through two listeners (4421, 4422)."""
+    through two listeners (4421, 4422). Without SPDK's per-core lock files
+    (--disable-cpumask-locks): two test targets, or a test target and a
+    daemon's, may share core 0 on a small machine."""
 
     def __init__(self, workdir: Path, layout: Layout = TEST_LAYOUT, mem_size_mb: int = 512) -> None:
         prefix = spdk_prefix()
@@ -100,7 +102,11 @@ class Target:
         self.rpc_path = str(workdir / "spdk.sock")
         self.log = workdir / "nvmf_tgt.log"
         self.proc = subprocess.Popen(
-            [str(prefix / "bin" / "nvmf_tgt"), "-m", "0x1", "--no-huge", "-s", str(mem_size_mb), "-r", self.rpc_path],
+            [
+                str(prefix / "bin" / "nvmf_tgt"),
+                *("-m", "0x1", "--no-huge", "-s", str(mem_size_mb), "-r", self.rpc_path),
+                "--disable-cpumask-locks",
+            ],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             env=spdk_env(prefix),

@@ -87,8 +87,8 @@ class RecordingMirror(FakeMirror):
     what these tests look at: the calls made, each rebuild started, a
     resize that fails on demand. Rebuilds end only when a test says so."""
 
-    def __init__(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int) -> None:
-        super().__init__(name, legs, num_blocks)
+    def __init__(self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, leg_timeout_ms: int) -> None:
+        super().__init__(name, legs, num_blocks, leg_timeout_ms=leg_timeout_ms)
         self.rebuild_delay_s = None
         self.calls: list[str] = []
         self.rebuilds: list[FakeRebuild] = []
@@ -141,10 +141,10 @@ class FakeData:
         self.path = DataPath(Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5))
 
     async def create_mirror(
-        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1
+        self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1, leg_timeout_ms: int = 5000
     ) -> RecordingMirror:
         await asyncio.sleep(self.mirror_delay)
-        mirror = RecordingMirror(name, legs, num_blocks)
+        mirror = RecordingMirror(name, legs, num_blocks, leg_timeout_ms)
         self.mirrors.append(mirror)
         return mirror
 

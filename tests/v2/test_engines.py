@@ -164,6 +164,33 @@ async def test_a_failed_leg_is_err_and_the_last_one_fails_the_engine(tmp_path: P
     assert v2state.decode(store.snapshots[-1]).engines[0].modes["r2"] == ReplicaMode.ERR
 
 
+async def test_a_silent_replica_is_failed_with_the_node_s_replica_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 25: the engine gives its mirror the node's replica timeout, and a
+    replica the mirror's watchdog failed for silence is ERR, says so, and is
+    counted in the time-to-detect metric."""
+    v2, data, _, instances = await started(tmp_path)
+    assert v2.engines.replica_timeout_ms == 5000  # the node's default
+    v2.engines.replica_timeout_ms = 2000
+    replicas = {"r1": data.replica_target("r1", 4420), "r2": data.replica_target("r2", 4421)}
+    await instances.create_v2(engine("e1", replicas))
+    mirror = data.mirrors[0]
+    assert mirror.leg_timeout_ms == 2000
+    with caplog.at_level("WARNING", logger="imd.v2.engines"):
+        mirror.fall_silent("r2")
+    engine_ = v2.engines.engines["e1"]
+    assert engine_.record.modes["r2"] == ReplicaMode.ERR and engine_.record.state == ProcessState.RUNNING
+    assert engine_.errors["r2"] == "silent for 2.0 s (its node answered nothing): failed"
+    assert [r.getMessage() for r in caplog.records] == ["replica silent: failed; engine goes on without it"]
+    histogram = v2.metrics.replica_silence.collect()[0]
+    counts = {s.name: s.value for s in histogram.samples if not s.labels.get("le")}
+    assert counts["imd_engine_replica_silence_seconds_count"] == 1
+    assert counts["imd_engine_replica_silence_seconds_sum"] == 2.0
+    mirror.fall_silent("r1")  # the last RW replica: the watchdog fails nothing
+    assert engine_.record.modes["r1"] == ReplicaMode.RW
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "field"),
     [

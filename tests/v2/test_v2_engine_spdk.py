@@ -120,9 +120,11 @@ async def hashes(node: Node, replica: str, blocks: int = SIZE // 4096) -> list[s
     return list(report["hashes"])
 
 
-async def started(factory: DaemonFactory, tmp_path: Path, **extra: Any) -> Node:
-    config = v2_config()
+async def started(factory: DaemonFactory, tmp_path: Path, v2: dict[str, Any] | None = None, **extra: Any) -> Node:
+    """A daemon with V2 (``v2``: overrides of its ``[v2]`` table) and a disk d1."""
+    config = v2_config(**(v2 or {}))
     daemon = await factory(v2=config, **extra)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path_ = sparse_file(tmp_path / "disk.img", 512 * MIB)
     await daemon.disks().DiskCreate(dpb.DiskCreateRequest(disk_type=dpb.block, disk_name="d1", disk_path=path_))
     return Node(daemon, config)
