@@ -62,5 +62,5 @@ def node_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     made: Cluster = request.getfixturevalue("cluster")
     for node in made.nodes.values():
-        tail = "\n".join(node.stderr().splitlines()[-40:])
+        tail = "\n".join(node.stderr().splitlines()[-15:])
         print(f"--- imd on {node.name} ({node.address}), last lines ---\n{tail}")
