@@ -37,6 +37,7 @@ ONE_LINE = [
     "--target-arg=--disable-cpumask-locks",
     "--target-arg=--silence-noticelog",
     "--engine-idle-spin-us=100",
+    "--replica-timeout-s=2.5",
 ]
 
 
@@ -59,6 +60,7 @@ def test_each_flag_sets_its_v2_key() -> None:
         target_rpc_socket="/tmp/t.sock",
         target_args=["--disable-cpumask-locks", "--silence-noticelog"],
         engine_idle_spin_us=100,
+        replica_timeout_s=2.5,
     )
     assert config("serve") == V2Config()  # no flag, no change
     off = config("serve", "--no-v2", "--no-hugepages")
@@ -84,6 +86,7 @@ def test_flags_win_over_the_file_and_leave_its_other_keys(tmp_path: Path) -> Non
         ("--target-mem-mb=16", "target_mem_size_mb"),
         ("--engine-mem-mb=0", "engine_mem_size_mb"),
         ("--engine-idle-spin-us=-1", "engine_idle_spin_us"),
+        ("--replica-timeout-s=0", "replica_timeout_s"),
     ],
 )
 def test_a_bad_value_names_its_key(flag: str, named: str) -> None:

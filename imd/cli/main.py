@@ -170,6 +170,9 @@ def _v2_serve_args(serve: argparse.ArgumentParser) -> None:
         help="an extra argument for the target, repeatable (e.g. --target-arg=--disable-cpumask-locks)",
     )
     v2.add_argument("--engine-idle-spin-us", type=int, help="how long imd's poller spins after work before it sleeps")
+    v2.add_argument(
+        "--replica-timeout-s", type=float, help="a replica that answers nothing this long leaves its engines' mirrors"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

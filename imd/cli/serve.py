@@ -42,6 +42,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         "target_rpc_socket": a.target_rpc_socket,
         "target_args": a.target_args,
         "engine_idle_spin_us": a.engine_idle_spin_us,
+        "replica_timeout_s": a.replica_timeout_s,
     }
     overrides["v2"] = {key: value for key, value in v2.items() if value is not None} or None
     return load(a.config, overrides)
