@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 # own subsystem, which would create a second target on init.
 PACKAGES = ["spdk_nvme", "spdk_env_dpdk", "spdk_event_bdev", "spdk_nvmf"]
 # The C core, one file per concern (see core/imdn_internal.h).
-SOURCES = ["base.c", "ctrlr.c", "io.c", "mirror.c", "frontend.c", "bench.c", "poller.c"]
+SOURCES = ["base.c", "ctrlr.c", "io.c", "copy.c", "mirror.c", "frontend.c", "bench.c", "poller.c"]
 # spdk_bdev's pkg-config file drags in every bdev module SPDK built (and
 # blobstore, lvol, ftl for them). Linked with --no-as-needed their
 # constructors would register them, and they would examine every bdev we

@@ -135,8 +135,18 @@ class Mirror(Protocol):
     async def resize(self, num_blocks: int) -> None: ...
 
     def start_rebuild(
-        self, dst: str, src: str | None = None, *, chunk_bytes: int = 1 << 20, rate_bytes_per_s: int = 0
+        self,
+        dst: str,
+        src: str | None = None,
+        *,
+        chunk_bytes: int = 1 << 20,
+        rate_bytes_per_s: int = 0,
+        compare: bool = False,
     ) -> RebuildHandle: ...
+
+    async def quiesce(self) -> None: ...
+
+    async def resume(self) -> None: ...
 
     async def export(self, nqn: str, address: str, port: int, nguid: str) -> ExportInfo: ...
 
@@ -383,6 +393,7 @@ class NativeMirror:
             "held_writes": s.held_writes,
             "rebuild_bytes_done": s.rb_bytes_done,
             "rebuild_chunks_zero": s.rb_chunks_zero,
+            "rebuild_chunks_same": s.rb_chunks_same,
             "frontend_hosts": s.hosts,
             "read_latency_ns_total": s.read_lat_ticks * 1_000_000_000 // max(s.ticks_hz, 1),
             "write_latency_ns_total": s.write_lat_ticks * 1_000_000_000 // max(s.ticks_hz, 1),
@@ -459,10 +470,18 @@ class NativeMirror:
     # -- rebuild ---------------------------------------------------------------------
 
     def start_rebuild(
-        self, dst: str, src: str | None = None, *, chunk_bytes: int = 1 << 20, rate_bytes_per_s: int = 0
+        self,
+        dst: str,
+        src: str | None = None,
+        *,
+        chunk_bytes: int = 1 << 20,
+        rate_bytes_per_s: int = 0,
+        compare: bool = False,
     ) -> NativeRebuild:
         """Copy ``src`` (default: any RW leg) onto the WO leg ``dst`` while
-        I/O goes on. The destination stays WO when it completes: set it RW."""
+        I/O goes on. The destination stays WO when it completes: set it RW.
+        ``compare``: read the destination too and write only the chunks
+        that differ (it holds the volume's snapshots already)."""
         self._alive(f"cannot rebuild {dst}")
         slot = self._slot(dst)
         src_slot = self._slot(src) if src is not None else -1
@@ -475,6 +494,7 @@ class NativeMirror:
         req = self._new(lib.IMDN_REBUILD_START)
         req.leg, req.src_leg = slot, src_slot
         req.chunk_bytes, req.rate_bytes_per_s = chunk_bytes, rate_bytes_per_s
+        req.copy_flags = lib.IMDN_COPY_COMPARE if compare else 0
         fut = self._core.submit(req)
 
         def started(_: Any) -> None:
@@ -486,6 +506,18 @@ class NativeMirror:
         fut.add_done_callback(started)
         rebuild._start = fut
         return rebuild
+
+    # -- quiesce ---------------------------------------------------------------------
+
+    async def quiesce(self) -> None:
+        """Hold every new host write at the mirror and return once the writes
+        in flight are done on every leg (reads go on): the legs then hold the
+        same bytes and none changes until ``resume``. For a snapshot."""
+        await self._call(self._new(lib.IMDN_MIRROR_QUIESCE), f"mirror {self.name}: cannot quiesce")
+
+    async def resume(self) -> None:
+        """Let the held writes go (a quiesce still waiting fails, ECANCELED)."""
+        await self._call(self._new(lib.IMDN_MIRROR_RESUME), f"mirror {self.name}: cannot resume")
 
     # -- export ----------------------------------------------------------------------
 

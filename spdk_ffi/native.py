@@ -142,6 +142,33 @@ def _require_core() -> None:
         raise SpdkUnavailable(UNAVAILABLE)
 
 
+async def probe_tcp(path: Path, timeout: float) -> None:
+    """Fail unless ``path``'s address accepts a TCP connection within
+    ``timeout`` seconds.
+
+    Why: SPDK v24.01's posix sock layer connects with a blocking connect()
+    (module/sock/posix, then O_NONBLOCK), and the core runs it on its one
+    poller thread. To a peer that is gone silently (power loss, partition:
+    no RST, no ICMP) that connect waits for the kernel's SYN retries, about
+    two minutes, and every engine's I/O on this core waits with it: a
+    reconnect to a partitioned replica froze the engine again after the
+    replica had been failed. So an attach first proves, here on the loop,
+    that the peer answers; only then does the poller connect. (A peer that
+    goes silent between the two is still possible, in a window of
+    milliseconds instead of every reconnect.)"""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(path.traddr, int(path.trsvcid))
+    except TimeoutError:
+        raise AttachTimeout(f"no controller at {path} within {timeout:g}s (no TCP answer)") from None
+    except OSError as exc:
+        err = exc.errno or errno.ECONNREFUSED
+        raise NvmeError(-err, f"cannot connect to {path}: {exc.strerror or exc}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 class NativeCore:
     """The process's SPDK environment and poller thread (once per process)."""
 
@@ -371,7 +398,13 @@ class NativeController:
     # (mirror legs, rebuilds) with failover and no Python in the loop.
     mpath: Any = None
     counters: dict[str, int] = field(
-        default_factory=lambda: {"failovers": 0, "reconnects": 0, "io_errors": 0, "silent_paths": 0}
+        default_factory=lambda: {
+            "failovers": 0,
+            "reconnects": 0,
+            "reconnect_attempts": 0,
+            "io_errors": 0,
+            "silent_paths": 0,
+        }
     )
 
 
@@ -387,6 +420,7 @@ class NativeBackend:
     # -- connections -----------------------------------------------------------
 
     async def _connect_path(self, path: Path, hostnqn: str, opts: ControllerOpts) -> tuple[Any, list[Namespace]]:
+        await probe_tcp(path, opts.attach_timeout_sec)
         req = self.core.new_request(lib.IMDN_ATTACH)
         req.trid = path.trid().encode()
         req.hostnqn = hostnqn.encode()
@@ -525,6 +559,7 @@ class NativeBackend:
                     # The detach takes it out of the mpath first (in C).
                     ctrlr, conn.ctrlr = conn.ctrlr, None
                     await asyncio.shield(self._detach_ctrlr(ctrlr))
+                handle.counters["reconnect_attempts"] += 1
                 with contextlib.suppress(NvmeError):
                     conn.ctrlr, _ = await self._connect_path(conn.path, handle.hostnqn, opts)
                     await self._mpath_add(handle, conn.ctrlr)

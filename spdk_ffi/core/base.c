@@ -9,6 +9,7 @@
  *   bench.c      the C-tier benchmark (controllers, mirrors)
  *   frontend.c   the embedded NVMe-oF target (mirrors)
  *   mirror.c     mirrors (multipath objects)
+ *   copy.c       copy and hash jobs (multipath objects)
  *   io.c         Python-tier I/O (controllers)
  *   ctrlr.c      controllers and multipath objects
  *   base.c       this file

@@ -51,10 +51,15 @@ enum imdn_op {
 	IMDN_MIRROR_RESIZE = 25,
 	IMDN_MIRROR_IO = 26,
 	IMDN_MIRROR_BENCH = 27,
+	IMDN_MIRROR_QUIESCE = 28,
+	IMDN_MIRROR_RESUME = 29,
 	IMDN_REBUILD_START = 30,
 	IMDN_REBUILD_CANCEL = 31,
 	IMDN_EXPORT = 40,
-	IMDN_UNEXPORT = 41
+	IMDN_UNEXPORT = 41,
+	IMDN_JOB_START = 50,
+	IMDN_JOB_CANCEL = 51,
+	IMDN_JOB_FREE = 52
 };
 enum imdn_io_kind { IMDN_READ = 0, IMDN_WRITE = 1, IMDN_FLUSH = 2, IMDN_WRITE_ZEROES = 3, IMDN_UNMAP = 4 };
 enum imdn_counter { IMDN_C_READS = 0, IMDN_C_WRITES = 1, IMDN_C_ERRORS = 2, IMDN_C_OUTSTANDING = 3, IMDN_C_SILENT_US = 4 };
@@ -67,11 +72,18 @@ enum imdn_rebuild_state {
 	IMDN_RB_ERROR = 3,
 	IMDN_RB_CANCELLED = 4
 };
-enum imdn_event_type { IMDN_EV_LEG_FAILED = 1, IMDN_EV_REBUILD_DONE = 2 };
+enum imdn_event_type { IMDN_EV_LEG_FAILED = 1, IMDN_EV_REBUILD_DONE = 2, IMDN_EV_JOB_DONE = 3 };
+/* Jobs (copy.c): long reads of one namespace, chunk by chunk, rate-capped,
+ * cancellable within one chunk. Their states are enum imdn_rebuild_state's. */
+enum imdn_job_kind { IMDN_JOB_COPY = 1, IMDN_JOB_HASH = 2 };
+#define IMDN_COPY_COMPARE 1   /* copy (and rebuild): read the destination too, write only chunks that differ */
+#define IMDN_COPY_SKIP_ZERO 2 /* copy: the destination reads zeroes already; never write an all-zero chunk */
+#define IMDN_DIGEST_LEN 32    /* SHA-256 */
 
 struct imdn_ctrlr;
 struct imdn_mpath;
 struct imdn_mirror;
+struct imdn_job;
 
 struct imdn_ns_info {
 	uint32_t nsid;
@@ -134,8 +146,15 @@ struct imdn_req {
 	int32_t leg;                              /* add_leg (result), remove_leg, set_mode, rebuild dst */
 	int32_t mode;                             /* set_mode */
 	int32_t src_leg;                          /* rebuild source, -1 = any RW leg */
-	uint32_t chunk_bytes;
-	uint64_t rate_bytes_per_s;
+	uint32_t chunk_bytes;     /* rebuild, job */
+	uint64_t rate_bytes_per_s; /* rebuild, job: 0 = no cap */
+	uint32_t copy_flags;       /* rebuild, copy job: IMDN_COPY_* */
+	/* jobs */
+	struct imdn_job *job;         /* start (result), cancel, free */
+	uint32_t job_kind;            /* enum imdn_job_kind */
+	struct imdn_leg_spec job_src; /* what is read */
+	struct imdn_leg_spec job_dst; /* copy: where it goes; hash: a base to count differing chunks against (optional) */
+	uint64_t job_blocks;          /* blocks from LBA 0 */
 	/* export */
 	char nqn[224];
 	char traddr[64];
@@ -213,10 +232,24 @@ struct imdn_mirror_stats {
 	uint64_t rb_bytes_done;
 	uint64_t rb_bytes_total;
 	uint64_t rb_chunks_zero; /* chunks written as write-zeroes */
+	uint64_t rb_chunks_same; /* compare: chunks the destination held already (not written) */
 	uint64_t hosts;          /* host controllers on the export, counted every 100 ms */
 	uint64_t read_lat_ticks; /* latency summed over every read, in ticks of ticks_hz */
 	uint64_t write_lat_ticks;
 	uint64_t ticks_hz;
+};
+
+struct imdn_job_stats {
+	int32_t state; /* enum imdn_rebuild_state */
+	int32_t error; /* -errno when state is IMDN_RB_ERROR */
+	uint32_t block_size;
+	uint32_t chunk_bytes;
+	uint64_t bytes_done;
+	uint64_t bytes_total;
+	uint64_t chunks_written; /* copy: chunks written (data or zeroes) */
+	uint64_t chunks_skipped; /* copy: chunks that needed no write */
+	uint64_t chunks_differ;  /* hash: chunks that differ from the base (no base: chunks not all zero) */
+	uint8_t digest[IMDN_DIGEST_LEN]; /* hash: SHA-256 of the whole content, once complete */
 };
 
 struct imdn_poller_stats {
@@ -246,6 +279,7 @@ int imdn_ctrlr_failed(struct imdn_ctrlr *c);
 uint64_t imdn_ctrlr_counter(struct imdn_ctrlr *c, int which);
 void imdn_mirror_stats(struct imdn_mirror *m, struct imdn_mirror_stats *out);
 void imdn_poller_stats(struct imdn_poller_stats *out);
+void imdn_job_stats(struct imdn_job *job, struct imdn_job_stats *out);
 /* CDEF-END */
 
 #endif

@@ -8,6 +8,7 @@
  *   bench.c     the C-tier benchmark, on a controller or through a mirror
  *   frontend.c  spdk_thread integration, the "imd_mirror" bdev module, the embedded NVMe-oF/TCP target
  *   mirror.c    mirrors: fan-out, read balancing, leg failure and silence, range lock, rebuild, resize
+ *   copy.c      jobs: copy a namespace onto another (compare, skip zeroes), hash one (SHA-256)
  *   io.c        Python-tier I/O batches on one controller
  *   ctrlr.c     attach/detach of driver controllers, silence detection; multipath objects
  *   base.c      the rings, completions and events, the shared globals
@@ -167,6 +168,12 @@ void mpath_abandon(struct imdn_mpath *mp);
 
 void start_io(struct imdn_req *req);
 
+/* -- copy.c ------------------------------------------------------------------ */
+
+void job_start(struct imdn_req *req);
+void job_cancel(struct imdn_req *req);
+void job_free(struct imdn_req *req);
+
 /* -- mirror.c ---------------------------------------------------------------- */
 
 struct mirror_io;
@@ -244,6 +251,13 @@ struct rebuild {
 	struct mpath_io sub;
 	struct iovec iov;
 	uint32_t copy_leg;   /* leg of the command in flight */
+	bool compare;        /* IMDN_COPY_COMPARE: read the destination too, write only what differs */
+	void *dst_buf;       /* compare: the destination's chunk */
+	struct mpath_io dst_sub;
+	struct iovec dst_iov;
+	uint32_t reads_pending;
+	int src_status, dst_status; /* the chunk's reads, once back */
+	uint16_t src_sct, src_sc;
 };
 
 struct imdn_mirror {
@@ -256,6 +270,9 @@ struct imdn_mirror {
 	uint32_t inflight; /* mirror I/Os not yet completed, including held ones */
 	struct mirror_io_list inflight_writes; /* writes in flight, for the range lock */
 	struct rebuild rb;
+	bool quiesced;                       /* new host writes are held (a snapshot is being taken) */
+	struct mirror_io_list quiesce_held;  /* ...here */
+	struct imdn_req *quiesce_req;        /* answered once the writes admitted before are done */
 	struct mirror_frontend *fe;
 	const struct mirror_export_ops *fe_ops; /* set with fe */
 	struct imdn_req *destroy_req;
@@ -267,7 +284,7 @@ struct imdn_mirror {
 	_Atomic uint64_t reads, writes, other_ops, bytes_read, bytes_written, errors, held_writes;
 	_Atomic uint64_t lat_hist[IMDN_LAT_BUCKETS];
 	_Atomic int rb_state, rb_dst, rb_src, rb_error;
-	_Atomic uint64_t rb_bytes_done, rb_bytes_total, rb_chunks_zero;
+	_Atomic uint64_t rb_bytes_done, rb_bytes_total, rb_chunks_zero, rb_chunks_same;
 	_Atomic int exported;
 	_Atomic uint64_t hosts; /* controllers hosts hold on the export (frontend.c counts them) */
 	_Atomic uint64_t read_lat_ticks, write_lat_ticks; /* summed latency, per kind */
@@ -280,6 +297,8 @@ void mirror_remove_leg(struct imdn_req *req);
 void mirror_set_mode(struct imdn_req *req);
 void mirror_resize(struct imdn_req *req);
 void mirror_start_io(struct imdn_req *req);
+void mirror_quiesce(struct imdn_req *req);
+void mirror_resume(struct imdn_req *req);
 void rebuild_start(struct imdn_req *req);
 void rebuild_cancel(struct imdn_req *req);
 /* Submit one host I/O; mio->m, kind, lba, nblocks, iovs/iovcnt and done are set. */

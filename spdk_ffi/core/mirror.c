@@ -49,6 +49,12 @@
  * leg the watchdog does nothing: the legs wait for their paths as before
  * (fast_io_fail_timeout_sec), since failing the last copy helps no one.
  *
+ * Quiesce (a snapshot): IMDN_MIRROR_QUIESCE holds every new host write at
+ * mirror_write_admit() and answers once the writes admitted before it are
+ * done on every leg; IMDN_MIRROR_RESUME lets the held writes go. Reads go on
+ * meanwhile. Between the two, every leg holds the same bytes and none
+ * changes: the moment a crash-consistent snapshot is taken.
+ *
  * Every host write passes through mirror_write_admit() before it touches a
  * leg. That is where the range lock holds writes today, and where a dirty-
  * region log can later hold a write until its region is marked dirty.
@@ -303,6 +309,11 @@ static bool overlaps(const struct mirror_io *mio, uint64_t lo, uint64_t hi)
 bool mirror_write_admit(struct imdn_mirror *m, struct mirror_io *mio)
 {
 	struct rebuild *rb = &m->rb;
+	if (m->quiesced) {
+		TAILQ_INSERT_TAIL(&m->quiesce_held, mio, link);
+		CTR_ADD(m->held_writes, 1);
+		return false;
+	}
 	if (rb->locked && overlaps(mio, rb->lock_lo, rb->lock_hi)) {
 		TAILQ_INSERT_TAIL(&rb->held, mio, link);
 		CTR_ADD(m->held_writes, 1);
@@ -312,11 +323,21 @@ bool mirror_write_admit(struct imdn_mirror *m, struct mirror_io *mio)
 	return true;
 }
 
+static void quiesce_check(struct imdn_mirror *m)
+{
+	if (m->quiesce_req != NULL && TAILQ_EMPTY(&m->inflight_writes)) {
+		struct imdn_req *req = m->quiesce_req;
+		m->quiesce_req = NULL;
+		complete(req, 0);
+	}
+}
+
 static void write_finish(struct mirror_io *mio)
 {
 	struct imdn_mirror *m = mio->m;
 	if (mio->kind != IMDN_FLUSH) {
 		TAILQ_REMOVE(&m->inflight_writes, mio, link);
+		quiesce_check(m);
 	}
 	if (mio->lock_blocker) {
 		mio->lock_blocker = false;
@@ -500,6 +521,7 @@ void mirror_create(struct imdn_req *req)
 	m->block_size = block_size;
 	CTR_SET(m->num_blocks, req->num_blocks);
 	TAILQ_INIT(&m->inflight_writes);
+	TAILQ_INIT(&m->quiesce_held);
 	TAILQ_INIT(&m->rb.held);
 	uint64_t now = spdk_get_ticks();
 	for (uint32_t i = 0; i < req->num_legs; i++) {
@@ -640,6 +662,51 @@ void mirror_resize(struct imdn_req *req)
 	complete(req, 0);
 }
 
+/* -- quiesce ------------------------------------------------------------------------ */
+
+void mirror_quiesce(struct imdn_req *req)
+{
+	struct imdn_mirror *m = req->mirror;
+	if (m->destroy_req != NULL) {
+		complete_msg(req, -ENODEV, "the mirror is being destroyed");
+		return;
+	}
+	if (m->quiesced) {
+		complete_msg(req, -EALREADY, "the mirror is quiesced already");
+		return;
+	}
+	m->quiesced = true;
+	m->quiesce_req = req;
+	quiesce_check(m);
+}
+
+/* Let held writes go (resume, or a destroy); a quiesce still waiting is
+ * answered -ECANCELED. */
+static void release_quiesce(struct imdn_mirror *m)
+{
+	m->quiesced = false;
+	if (m->quiesce_req != NULL) {
+		struct imdn_req *req = m->quiesce_req;
+		m->quiesce_req = NULL;
+		complete_msg(req, -ECANCELED, "resumed before the writes in flight were done");
+	}
+	struct mirror_io_list held = TAILQ_HEAD_INITIALIZER(held);
+	TAILQ_CONCAT(&held, &m->quiesce_held, link);
+	struct mirror_io *mio;
+	while ((mio = TAILQ_FIRST(&held)) != NULL) {
+		TAILQ_REMOVE(&held, mio, link);
+		if (mirror_write_admit(m, mio)) {
+			mirror_fanout(mio);
+		}
+	}
+}
+
+void mirror_resume(struct imdn_req *req)
+{
+	release_quiesce(req->mirror);
+	complete(req, 0);
+}
+
 /* -- destroy -------------------------------------------------------------------- */
 
 void mirror_destroy(struct imdn_req *req)
@@ -679,6 +746,9 @@ static void mirror_destroy_continue(struct imdn_mirror *m)
 		return;
 	}
 	if (m->destroy_step == 0) {
+		if (m->quiesced) {
+			release_quiesce(m); /* the export drains host I/O next: nothing may stay held */
+		}
 		if (m->rb.active) {
 			m->rb.cancel = true;
 			rebuild_step(m);
@@ -833,29 +903,42 @@ static void rebuild_write_done(struct mpath_io *sub, int status, uint16_t sct, u
 	rebuild_step(m);
 }
 
-static void rebuild_read_done(struct mpath_io *sub, int status, uint16_t sct, uint16_t sc)
+/* Both reads of a chunk are back (the source's, and the destination's when
+ * comparing): redo, fail, skip or write. */
+static void rebuild_chunk_read(struct imdn_mirror *m)
 {
-	struct imdn_mirror *m = sub->ctx;
 	struct rebuild *rb = &m->rb;
-	int i = (int)sub->tag;
-	struct mirror_leg *leg = &m->legs[i];
 	uint64_t blocks = rb->lock_hi - rb->lock_lo;
-	leg_answered(leg);
-	if (status != 0) {
+	if (rb->src_status != 0) {
 		/* The source failed: it goes ERR, the chunk is redone from another
 		 * RW leg (the lock is still held, nothing new to wait for). */
+		int src = rb->src;
 		rb->phase = RB_WAIT_WRITES;
 		rb->src = -1;
-		leg_failed(m, i, status, sct, sc);
-		leg_maybe_removed(m, i);
+		leg_failed(m, src, rb->src_status, rb->src_sct, rb->src_sc);
+		leg_maybe_removed(m, src);
 		rebuild_step(m);
 		return;
 	}
-	CTR_ADD(leg->reads, 1);
-	CTR_ADD(leg->bytes_read, blocks * m->block_size);
-	leg_maybe_removed(m, i);
+	if (rb->dst_status != 0) {
+		leg_failed(m, rb->dst, rb->dst_status, 0, 0); /* the destination: the rebuild fails */
+		if (rb->fail_errno == 0) {
+			rb->fail_errno = rb->dst_status < 0 ? rb->dst_status : -EIO;
+		}
+	}
 	if (rb->cancel || rb->fail_errno != 0 || !leg_writable(&m->legs[rb->dst])) {
 		rb->phase = RB_IDLE;
+		rebuild_step(m);
+		return;
+	}
+	if (rb->compare && memcmp(rb->buf, rb->dst_buf, blocks * m->block_size) == 0) {
+		/* The destination holds it already (a rebuild onto a replica that
+		 * has the volume's snapshots): nothing to write, nothing allocated. */
+		CTR_ADD(m->rb_chunks_same, 1);
+		CTR_ADD(m->rb_bytes_done, blocks * m->block_size);
+		rb->next_lba = rb->lock_hi;
+		rb->phase = RB_IDLE;
+		rebuild_unlock(m);
 		rebuild_step(m);
 		return;
 	}
@@ -865,6 +948,30 @@ static void rebuild_read_done(struct mpath_io *sub, int status, uint16_t sct, ui
 		rebuild_submit(m, rb->dst, IMDN_WRITE_ZEROES, rebuild_write_done);
 	} else {
 		rebuild_submit(m, rb->dst, IMDN_WRITE, rebuild_write_done);
+	}
+}
+
+static void rebuild_read_done(struct mpath_io *sub, int status, uint16_t sct, uint16_t sc)
+{
+	struct imdn_mirror *m = sub->ctx;
+	struct rebuild *rb = &m->rb;
+	int i = (int)sub->tag;
+	struct mirror_leg *leg = &m->legs[i];
+	leg_answered(leg);
+	if (sub == &rb->dst_sub) {
+		rb->dst_status = status;
+	} else {
+		rb->src_status = status;
+		rb->src_sct = sct;
+		rb->src_sc = sc;
+		if (status == 0) {
+			CTR_ADD(leg->reads, 1);
+			CTR_ADD(leg->bytes_read, (rb->lock_hi - rb->lock_lo) * m->block_size);
+		}
+	}
+	leg_maybe_removed(m, i);
+	if (--rb->reads_pending == 0) {
+		rebuild_chunk_read(m);
 	}
 }
 
@@ -881,7 +988,28 @@ static void rebuild_read(struct imdn_mirror *m)
 		CTR_SET(m->rb_src, src);
 	}
 	rb->phase = RB_READING;
+	rb->src_status = rb->dst_status = 0;
+	rb->reads_pending = rb->compare ? 2 : 1; /* both counted before either can complete */
 	rebuild_submit(m, src, IMDN_READ, rebuild_read_done);
+	if (rb->compare) {
+		struct mirror_leg *leg = &m->legs[rb->dst];
+		struct mpath_io *sub = &rb->dst_sub;
+		memset(sub, 0, sizeof(*sub));
+		rb->dst_iov.iov_base = rb->dst_buf;
+		rb->dst_iov.iov_len = (rb->lock_hi - rb->lock_lo) * m->block_size;
+		sub->mp = leg->mp;
+		sub->nsid = leg->nsid;
+		sub->kind = IMDN_READ;
+		sub->lba = rb->lock_lo;
+		sub->nblocks = (uint32_t)(rb->lock_hi - rb->lock_lo);
+		sub->iovs = &rb->dst_iov;
+		sub->iovcnt = 1;
+		sub->done = rebuild_read_done;
+		sub->ctx = m;
+		sub->tag = (uint32_t)rb->dst;
+		leg->outstanding++;
+		mpath_submit(sub);
+	}
 }
 
 static bool rebuild_take_tokens(struct imdn_mirror *m, uint64_t bytes)
@@ -980,7 +1108,8 @@ static void rebuild_finish(struct imdn_mirror *m, int state, int err)
 	rb->blockers = 0;
 	rebuild_unlock(m);
 	spdk_dma_free(rb->buf);
-	rb->buf = NULL;
+	spdk_dma_free(rb->dst_buf);
+	rb->buf = rb->dst_buf = NULL;
 	rebuild_publish_state(m, state, err);
 	struct imdn_event ev = {.cookie = m->cookie,
 				.type = IMDN_EV_REBUILD_DONE,
@@ -1039,8 +1168,13 @@ void rebuild_start(struct imdn_req *req)
 			     m->block_size, RB_MAX_CHUNK);
 		return;
 	}
+	rb->compare = (req->copy_flags & IMDN_COPY_COMPARE) != 0;
 	rb->buf = spdk_dma_zmalloc(chunk, 4096, NULL);
-	if (rb->buf == NULL) {
+	rb->dst_buf = rb->compare ? spdk_dma_zmalloc(chunk, 4096, NULL) : NULL;
+	if (rb->buf == NULL || (rb->compare && rb->dst_buf == NULL)) {
+		spdk_dma_free(rb->buf);
+		spdk_dma_free(rb->dst_buf);
+		rb->buf = rb->dst_buf = NULL;
 		complete_msg(req, -ENOMEM, "cannot allocate a %u-byte rebuild buffer", chunk);
 		return;
 	}
@@ -1063,6 +1197,7 @@ void rebuild_start(struct imdn_req *req)
 	CTR_SET(m->rb_src, src);
 	CTR_SET(m->rb_bytes_done, 0);
 	CTR_SET(m->rb_chunks_zero, 0);
+	CTR_SET(m->rb_chunks_same, 0);
 	CTR_SET(m->rb_bytes_total, CTR_GET(m->num_blocks) * m->block_size);
 	rebuild_publish_state(m, IMDN_RB_IN_PROGRESS, 0);
 	complete(req, 0);
@@ -1185,4 +1320,5 @@ void imdn_mirror_stats(struct imdn_mirror *m, struct imdn_mirror_stats *out)
 	out->rb_bytes_done = CTR_GET(m->rb_bytes_done);
 	out->rb_bytes_total = CTR_GET(m->rb_bytes_total);
 	out->rb_chunks_zero = CTR_GET(m->rb_chunks_zero);
+	out->rb_chunks_same = CTR_GET(m->rb_chunks_same);
 }

@@ -85,7 +85,7 @@ static _Atomic int g_stop, g_stopped; /* process exit: see stop_at_exit() */
 static void handle(struct imdn_req *req)
 {
 	req->errmsg[0] = '\0';
-	bool mirror_op = (req->op >= IMDN_MIRROR_CREATE + 1 && req->op <= IMDN_MIRROR_BENCH) ||
+	bool mirror_op = (req->op >= IMDN_MIRROR_CREATE + 1 && req->op <= IMDN_MIRROR_RESUME) ||
 			 (req->op >= IMDN_REBUILD_START && req->op <= IMDN_UNEXPORT);
 	if (mirror_op && req->mirror == NULL) {
 		complete_msg(req, -ENODEV, "no mirror given");
@@ -145,6 +145,21 @@ static void handle(struct imdn_req *req)
 		break;
 	case IMDN_REBUILD_CANCEL:
 		rebuild_cancel(req);
+		break;
+	case IMDN_MIRROR_QUIESCE:
+		mirror_quiesce(req);
+		break;
+	case IMDN_MIRROR_RESUME:
+		mirror_resume(req);
+		break;
+	case IMDN_JOB_START:
+		job_start(req);
+		break;
+	case IMDN_JOB_CANCEL:
+		job_cancel(req);
+		break;
+	case IMDN_JOB_FREE:
+		job_free(req);
 		break;
 	case IMDN_EXPORT:
 		frontend_export(req);

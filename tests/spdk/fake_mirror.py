@@ -65,6 +65,8 @@ class FakeMirror:
         self._export: ExportInfo | None = None
         self.destroyed = False
         self.rebuild_delay_s: float | None = 0.01  # None: only finish_rebuild ends a rebuild
+        self.rebuild_compare = False  # the last rebuild's compare flag
+        self.quiesced = False  # between quiesce() and resume(): host writes held
         self.on_leg_failed: Callable[[str, str], None] | None = None
 
     @property
@@ -129,8 +131,15 @@ class FakeMirror:
         self._num_blocks = num_blocks
 
     def start_rebuild(
-        self, dst: str, src: str | None = None, *, chunk_bytes: int = 1 << 20, rate_bytes_per_s: int = 0
+        self,
+        dst: str,
+        src: str | None = None,
+        *,
+        chunk_bytes: int = 1 << 20,
+        rate_bytes_per_s: int = 0,
+        compare: bool = False,
     ) -> FakeRebuild:
+        self.rebuild_compare = compare
         if self._leg(dst).mode != LegMode.WO:
             raise NvmeError(errno.EINVAL, f"a rebuild destination must be WO; leg {dst} is not")
         if self._rebuild is not None and not self._rebuild.done.done():
@@ -144,6 +153,16 @@ class FakeMirror:
         elif self.rebuild_delay_s is not None:
             asyncio.get_running_loop().call_later(self.rebuild_delay_s, rebuild.finish, RebuildState.COMPLETE)
         return rebuild
+
+    async def quiesce(self) -> None:
+        self._alive()
+        if self.quiesced:
+            raise NvmeError(errno.EALREADY, f"mirror {self.name} is quiesced already")
+        self.quiesced = True
+
+    async def resume(self) -> None:
+        self._alive()
+        self.quiesced = False
 
     def finish_rebuild(self, state: RebuildState = RebuildState.COMPLETE, error: str = "") -> None:
         assert self._rebuild is not None

@@ -96,13 +96,16 @@ class Target:
     (--disable-cpumask-locks): two test targets, or a test target and a
     daemon's, may share core 0 on a small machine."""
 
-    def __init__(self, workdir: Path, layout: Layout = TEST_LAYOUT, mem_size_mb: int = 512) -> None:
+    def __init__(
+        self, workdir: Path, layout: Layout = TEST_LAYOUT, mem_size_mb: int = 512, netns: str | None = None
+    ) -> None:
         prefix = spdk_prefix()
         assert prefix is not None
         self.rpc_path = str(workdir / "spdk.sock")
         self.log = workdir / "nvmf_tgt.log"
         self.proc = subprocess.Popen(
             [
+                *(("ip", "netns", "exec", netns) if netns else ()),
                 str(prefix / "bin" / "nvmf_tgt"),
                 *("-m", "0x1", "--no-huge", "-s", str(mem_size_mb), "-r", self.rpc_path),
                 "--disable-cpumask-locks",
@@ -154,11 +157,11 @@ class Target:
         """Grow lvol ``name`` (of an "lvol" layout entry) to ``blocks`` of 4 KiB."""
         self.rpc.call("bdev_lvol_resize", name=f"{name}-lvs/{name}", size_in_mib=blocks * 4096 >> 20)
 
-    def listener(self, port: int) -> dict[str, str]:
-        return {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    def listener(self, port: int, address: str = "127.0.0.1") -> dict[str, str]:
+        return {"trtype": "TCP", "adrfam": "IPv4", "traddr": address, "trsvcid": str(port)}
 
-    def add_listener(self, nqn: str, port: int) -> None:
-        self.rpc.call("nvmf_subsystem_add_listener", nqn=nqn, listen_address=self.listener(port))
+    def add_listener(self, nqn: str, port: int, address: str = "127.0.0.1") -> None:
+        self.rpc.call("nvmf_subsystem_add_listener", nqn=nqn, listen_address=self.listener(port, address))
 
     def remove_listener(self, nqn: str, port: int) -> None:
         self.rpc.call("nvmf_subsystem_remove_listener", nqn=nqn, listen_address=self.listener(port))

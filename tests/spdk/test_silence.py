@@ -31,7 +31,7 @@ pytestmark = pytest.mark.asyncio
 LIVE: Layout = [(nqn("live"), "malloc", "Live", BLOCKS, [4441])]
 QUIET: Layout = [(nqn("quiet"), "malloc", "Quiet", BLOCKS, [4442])]
 PORTS = {"live": 4441, "quiet": 4442}
-TIMEOUT_MS = 1000  # short, for a short test; the daemon's default is 5 s
+TIMEOUT_MS = 3000  # shorter than the daemon's 5 s, for a shorter test; long enough for a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +225,127 @@ async def test_a_silent_controller_without_reconnects_fails_its_io(env: Env, tar
         done, _ = await asyncio.wait([write], timeout=10)  # ten times the silence: the answer is in by now
         assert write in done, "the write still waits on a controller declared silent"
         assert write.exception() is not None
+
+
+# -- a silent path of a multipath replica ------------------------------------------------------
+
+NS = "imds-tgt"  # everything this test makes carries the "imds-" prefix
+ADDR = {0: ("198.18.250.1", "198.18.250.2"), 1: ("198.18.251.1", "198.18.251.2")}  # (ours, the target's)
+
+
+def _ip(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _clean_netns() -> None:
+    import contextlib
+    import subprocess
+
+    for i in ADDR:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", f"imds-h{i}")
+    with contextlib.suppress(subprocess.CalledProcessError):
+        _ip("netns", "del", NS)
+
+
+def _netns_reason() -> str | None:
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "network namespaces need root and iproute2"
+    try:
+        _ip("netns", "add", "imds-probe")
+        _ip("netns", "del", "imds-probe")
+    except subprocess.CalledProcessError as exc:
+        return f"ip netns does not work here: {exc.stderr.decode().strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def two_path_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """An nvmf_tgt in a namespace of its own, reachable through two veth
+    pairs: two real paths to one replica, each of which can be cut alone."""
+    reason = skip_reason() or _netns_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    _clean_netns()  # a killed run's leftovers, by prefix
+    _ip("netns", "add", NS)
+    try:
+        _ip("-n", NS, "link", "set", "lo", "up")
+        for i, (ours, theirs) in ADDR.items():
+            _ip("link", "add", f"imds-h{i}", "type", "veth", "peer", "name", f"imds-t{i}", "netns", NS)
+            _ip("addr", "add", f"{ours}/24", "dev", f"imds-h{i}")
+            _ip("link", "set", f"imds-h{i}", "up")
+            _ip("-n", NS, "addr", "add", f"{theirs}/24", "dev", f"imds-t{i}")
+            _ip("-n", NS, "link", "set", f"imds-t{i}", "up")
+        target = Target(
+            Path(tmp_path_factory.mktemp("two-path")),
+            [(nqn("mp"), "malloc", "Mp", BLOCKS, [])],
+            netns=NS,
+        )
+        try:
+            for _, theirs in ADDR.values():
+                target.add_listener(nqn("mp"), 4450, address=theirs)
+            yield target
+        finally:
+            target.close()
+    finally:
+        _clean_netns()
+
+
+async def test_a_silent_path_fails_over_to_the_live_one_and_the_leg_stays(env: Env, two_path_target: Target) -> None:
+    """Path 0 of replica "mp" goes silent (our neighbour entry for the
+    target's address now points at a MAC nobody has: frames vanish, no RST,
+    no ICMP). The path is declared silent and its I/O moves to path 1; the
+    leg never leaves the mirror and the writer sees no error. The keeper's
+    reconnects to the silent path go on meanwhile and must not stop the
+    poller (SPDK's connect() blocks: each attempt is first probed from the
+    loop), so writes keep completing after several of them."""
+    from spdk_ffi.mirror import NativeMirror
+
+    opts = ControllerOpts(
+        silence_timeout_ms=TIMEOUT_MS,
+        keep_alive_timeout_ms=TIMEOUT_MS,
+        ctrlr_loss_timeout_sec=30,
+        reconnect_delay_sec=1,
+        fast_io_fail_timeout_sec=20,
+        attach_timeout_sec=2,
+    )
+    await env.ini.attach("live", [path(nqn("live"), PORTS["live"])], HOST_NQN, opts, owner="test")
+    paths = [f"TCP/IPv4/{theirs}/4450/{nqn('mp')}" for _, theirs in ADDR.values()]
+    await env.ini.attach("mp", paths, HOST_NQN, opts, owner="test")
+    legs = [("live", env.ini.handle("live")), ("mp", env.ini.handle("mp"))]
+    m = await NativeMirror.create(env.backend, "multipath", legs, BLOCKS, leg_timeout_ms=TIMEOUT_MS)
+    env.mirrors.append(m)
+    writer = Writer(env, m, seed=52)
+    await writer.zero()
+    await writer.step()
+
+    def declared() -> bool:
+        return next(i for i in env.ini.controllers() if i.name == "mp").counters["silent_paths"] >= 1
+
+    run = asyncio.ensure_future(writer.run())
+    _, theirs = ADDR[0]
+    _ip("neigh", "replace", theirs, "lladdr", "02:00:00:00:5e:5e", "dev", "imds-h0", "nud", "permanent")
+
+    def attempts() -> int:
+        return int(next(i for i in env.ini.controllers() if i.name == "mp").counters["reconnect_attempts"])
+
+    try:
+        await until(declared)
+        steps = writer.ios
+        await until(lambda: writer.ios > steps + 50)  # going on through path 1
+        tried = attempts()
+        await until(lambda: attempts() >= tried + 2)  # two more reconnects to the silent path...
+        steps = writer.ios
+        await until(lambda: writer.ios > steps + 50)  # ...and the poller still serves the writes
+    finally:
+        _ip("neigh", "del", theirs, "dev", "imds-h0")
+        writer.stop.set()
+        await run
+    assert writer.errors == []
+    assert [s.mode for s in m.legs()] == ["RW", "RW"]  # path 1 carried the writes after path 0 went silent
+    await writer.verify()

@@ -117,9 +117,17 @@ class RecordingMirror(FakeMirror):
         await super().resize(num_blocks)
 
     def start_rebuild(
-        self, dst: str, src: str | None = None, *, chunk_bytes: int = 1 << 20, rate_bytes_per_s: int = 0
+        self,
+        dst: str,
+        src: str | None = None,
+        *,
+        chunk_bytes: int = 1 << 20,
+        rate_bytes_per_s: int = 0,
+        compare: bool = False,
     ) -> FakeRebuild:
-        rebuild = super().start_rebuild(dst, src, chunk_bytes=chunk_bytes, rate_bytes_per_s=rate_bytes_per_s)
+        rebuild = super().start_rebuild(
+            dst, src, chunk_bytes=chunk_bytes, rate_bytes_per_s=rate_bytes_per_s, compare=compare
+        )
         self.rebuilds.append(rebuild)
         return rebuild
 

@@ -47,7 +47,7 @@ async def engine_writes(node: Node, engine: str) -> float:
 async def test_a_silent_replica_node_leaves_the_mirror_and_the_host_sees_no_error(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    a = await started(daemon_factory, tmp_path / "a", v2={"replica_timeout_s": 2.0})
+    a = await started(daemon_factory, tmp_path / "a", v2={"replica_timeout_s": 3.0})
     first = free_port_block(64)
     b = await started(daemon_factory, tmp_path / "b", port_range=f"{first}-{first + 63}")
     await a.replica("r1")
@@ -55,7 +55,7 @@ async def test_a_silent_replica_node_leaves_the_mirror_and_the_host_sees_no_erro
     a.ports["r2"] = r2_port  # the engine on A reaches r2 on B's target
     e1 = await a.engine("e1", ["r1", "r2"])
     loop = asyncio.ensure_future(
-        host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=25, seconds=10, qd=2, span=4096)
+        host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=25, seconds=14, qd=2, span=4096)
     )
     b_target = target_pid(b.config)
     assert b_target is not None
@@ -74,7 +74,7 @@ async def test_a_silent_replica_node_leaves_the_mirror_and_the_host_sees_no_erro
         report = await loop
         assert (report["errors"], report["mismatches"]) == (0, 0), report["first_error"]
         assert report["writes"] > 0
-        print(f"silent replica node: the host's longest pause {report['longest_gap_s']} s (replica timeout 2 s)")
+        print(f"silent replica node: the host's longest pause {report['longest_gap_s']} s (replica timeout 3 s)")
         survivor = await host(cmd="check", path=path(a.ports["r1"], "r1"), written=report["written"])
         assert survivor["mismatches"] == 0
 
