@@ -65,6 +65,17 @@ class StartFailed(ImdError):
     """A replacement process exited, or missed its health deadline, before running."""
 
 
+class PermissionDenied(ImdError):
+    """A peer refused the request's credentials (a backup target answering
+    403: a wrong key pair, or one without the rights the operation needs)."""
+
+
+class DataLoss(ImdError):
+    """Stored data is missing or fails its checksum (a backup block that is
+    gone, or whose content is not what the backup recorded): retrying does
+    not help, and nothing was silently filled in instead."""
+
+
 class Unavailable(ImdError):
     """The daemon is shutting down, a subsystem (e.g. SPDK) is not available,
     or the state cannot be written for a reason other than exhaustion (a

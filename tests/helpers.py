@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,7 +36,7 @@ SLEEP = "/bin/sleep"
 SH = "/bin/sh"
 # Children's ports: below the kernel's ephemeral range, so they never clash
 # with the daemon's own listeners (bound to ephemeral ports).
-CHILD_PORTS = (21000, 21999)
+CHILD_PORTS = 200  # each daemon's port range: a block of free ports, so that concurrent suites never collide
 
 TEST_CONFIG: dict[str, Any] = {
     # An ephemeral port: daemons of concurrent tests never collide on it
@@ -200,6 +201,16 @@ def to_toml(values: dict[str, Any]) -> str:
     return "\n".join(lines + tables) + "\n"
 
 
+def _child_ports() -> str:
+    """A range of ports free now, below the kernel's ephemeral ones where it
+    can (the daemon warns about an overlap), for one daemon's children."""
+    for _ in range(50):
+        low = random.randrange(20000, 30000 - CHILD_PORTS)
+        if all(_free(port) for port in range(low, low + CHILD_PORTS, 7)):
+            return f"{low}-{low + CHILD_PORTS - 1}"
+    raise RuntimeError("no free range of child ports")
+
+
 def make_daemon(root: Path, **overrides: Any) -> RunningDaemon:
     root.mkdir(parents=True, exist_ok=True)
     base = free_base_port()
@@ -217,7 +228,7 @@ def make_daemon(root: Path, **overrides: Any) -> RunningDaemon:
         "socket": str(daemon.socket),
         "state_dir": str(daemon.state_dir),
         "logs_dir": str(daemon.logs_dir),
-        "port_range": f"{CHILD_PORTS[0]}-{CHILD_PORTS[1]}",
+        "port_range": _child_ports(),
         **TEST_CONFIG,
         **overrides,
     }

@@ -13,7 +13,8 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from imd.api.status import InFlight, Servicer, rpc
+from imd import errors
+from imd.api.status import InFlight, Servicer, grpc_error, rpc
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,3 +60,29 @@ async def test_the_handlers_own_cancellation_still_cancels_it() -> None:
         await handler
     assert probe.in_flight.count == 0
     assert answered(probe, "Slow", "CANCELLED") == 1
+
+
+class Refusing(Servicer):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(InFlight())
+        self.exc = exc
+
+    @rpc
+    async def Refused(self, stream: Any) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (errors.PermissionDenied("403 Forbidden: InvalidAccessKeyId", field="backup_target"), Status.PERMISSION_DENIED),
+        (errors.DataLoss("block backupstore/volumes/x.blk: checksum mismatch"), Status.DATA_LOSS),
+        (errors.Unavailable("backup target: connect timed out after 3s"), Status.UNAVAILABLE),
+    ],
+)
+async def test_backup_target_errors_get_their_own_status(exc: errors.ImdError, status: Status) -> None:
+    with pytest.raises(GRPCError) as err:
+        await Refusing(exc).Refused(None)
+    assert err.value.status == status
+    assert err.value.message == str(exc)
+    assert grpc_error(exc).status == status

@@ -133,6 +133,8 @@ def instance_v2_request(request: inst.InstanceCreateRequest) -> V2Request:
         lvs_uuid=spdk.lvs_uuid,
         size=spdk.size,
         frontend=spdk.frontend,
+        snapshot_max_count=spdk.snapshot_max_count,
+        backing_image_name=spdk.backing_image_name,
     )
 
 

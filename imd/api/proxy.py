@@ -3,8 +3,12 @@ engines imd hosts (base port + 1).
 
 Served: ServerVersionGet, VolumeGet, VolumeExpand, ReplicaAdd, ReplicaList,
 ReplicaRemove, ReplicaRebuildingStatus, ReplicaRebuildingQosSet,
-ReplicaModeUpdate and MetricsGet. Every other method of the service (snapshots, backups,
-backing images, ...) answers UNIMPLEMENTED, naming itself.
+ReplicaModeUpdate, MetricsGet, and the snapshot methods (VolumeSnapshot,
+SnapshotList, SnapshotRemove, SnapshotPurge and its status, SnapshotRevert,
+SnapshotHash and its status, SnapshotClone and its status,
+VolumeSnapshotMaxCountSet, VolumeSnapshotMaxSizeSet). Every other method of
+the service (backups, backing images, ...) answers UNIMPLEMENTED, naming
+itself.
 """
 
 from __future__ import annotations
@@ -30,18 +34,6 @@ NOT_SERVED = (
     "VolumeFrontendStart",
     "VolumeFrontendShutdown",
     "VolumeUnmapMarkSnapChainRemovedSet",
-    "VolumeSnapshotMaxCountSet",
-    "VolumeSnapshotMaxSizeSet",
-    "VolumeSnapshot",
-    "SnapshotList",
-    "SnapshotRevert",
-    "SnapshotPurge",
-    "SnapshotPurgeStatus",
-    "SnapshotClone",
-    "SnapshotCloneStatus",
-    "SnapshotRemove",
-    "SnapshotHash",
-    "SnapshotHashStatus",
     "SnapshotBackup",
     "SnapshotBackupStatus",
     "BackupRestore",
@@ -87,6 +79,8 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
             isExpanding=v.is_expanding,
             last_expansion_error=v.last_expansion_error,
             last_expansion_failed_at=v.last_expansion_failed_at,
+            snapshot_max_count=v.snapshot_max_count,
+            snapshot_max_size=v.snapshot_max_size,
         )
         await stream.send_message(ppb.EngineVolumeGetProxyResponse(volume=volume))
 
@@ -165,6 +159,129 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
         r: ppb.EngineReplicaModeUpdateRequest = await recv(stream)
         e = r.proxy_engine_request
         await self.engines.set_mode(e.engine_name, e.data_engine, r.replica_address, r.mode)
+        await stream.send_message(_EMPTY)
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    @rpc
+    async def VolumeSnapshot(self, stream: Any) -> None:
+        r: ppb.EngineVolumeSnapshotRequest = await recv(stream)
+        e = r.proxy_engine_request
+        s = r.snapshot_volume
+        name = await self.engines.snapshot_create(e.engine_name, e.data_engine, s.name, dict(s.labels))
+        await stream.send_message(ppb.EngineVolumeSnapshotProxyResponse(snapshot=ctl.VolumeSnapshotReply(name=name)))
+
+    @rpc
+    async def SnapshotList(self, stream: Any) -> None:
+        r: ppb.ProxyEngineRequest = await recv(stream)
+        entries = await self.engines.snapshot_list(r.engine_name, r.data_engine)
+        reply = ppb.EngineSnapshotListProxyResponse()
+        for name, s in entries.items():
+            reply.disks[name].CopyFrom(
+                ppb.EngineSnapshotDiskInfo(
+                    name=s.name,
+                    parent=s.parent,
+                    children=dict.fromkeys(s.children, True),
+                    removed=s.removed,
+                    user_created=s.user_created,
+                    created=s.created,
+                    size=str(s.size),
+                    labels=s.labels,
+                )
+            )
+        await stream.send_message(reply)
+
+    @rpc
+    async def SnapshotRemove(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotRemoveRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_remove(e.engine_name, e.data_engine, list(r.names))
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SnapshotPurge(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotPurgeRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_purge(e.engine_name, e.data_engine, r.skip_if_in_progress)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SnapshotPurgeStatus(self, stream: Any) -> None:
+        r: ppb.ProxyEngineRequest = await recv(stream)
+        reply = ppb.EngineSnapshotPurgeStatusProxyResponse()
+        for address, s in self.engines.snapshot_purge_status(r.engine_name, r.data_engine).items():
+            reply.status[address].CopyFrom(
+                sync.SnapshotPurgeStatusResponse(
+                    is_purging=s.is_purging, error=s.error, progress=s.progress, state=s.state
+                )
+            )
+        await stream.send_message(reply)
+
+    @rpc
+    async def SnapshotRevert(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotRevertRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_revert(e.engine_name, e.data_engine, r.name)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SnapshotHash(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotHashRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_hash(e.engine_name, e.data_engine, r.snapshot_name, r.rehash)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SnapshotHashStatus(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotHashStatusRequest = await recv(stream)
+        e = r.proxy_engine_request
+        reply = ppb.EngineSnapshotHashStatusProxyResponse()
+        for address, s in (
+            await self.engines.snapshot_hash_status(e.engine_name, e.data_engine, r.snapshot_name)
+        ).items():
+            reply.status[address].CopyFrom(
+                sync.SnapshotHashStatusResponse(state=s.state, checksum=s.checksum, error=s.error)
+            )
+        await stream.send_message(reply)
+
+    @rpc
+    async def SnapshotClone(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotCloneRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_clone(
+            e.engine_name, e.data_engine, r.snapshot_name, r.from_engine_name, r.from_engine_address, r.clone_mode
+        )
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SnapshotCloneStatus(self, stream: Any) -> None:
+        r: ppb.ProxyEngineRequest = await recv(stream)
+        reply = ppb.EngineSnapshotCloneStatusProxyResponse()
+        for address, s in self.engines.snapshot_clone_status(r.engine_name, r.data_engine).items():
+            reply.status[address].CopyFrom(
+                sync.SnapshotCloneStatusResponse(
+                    is_cloning=s.is_cloning,
+                    error=s.error,
+                    progress=s.progress,
+                    state=s.state,
+                    from_replica_address=s.from_address,
+                    snapshot_name=s.snapshot,
+                )
+            )
+        await stream.send_message(reply)
+
+    @rpc
+    async def VolumeSnapshotMaxCountSet(self, stream: Any) -> None:
+        r: ppb.EngineVolumeSnapshotMaxCountSetRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_max_count_set(e.engine_name, e.data_engine, r.count.count)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def VolumeSnapshotMaxSizeSet(self, stream: Any) -> None:
+        r: ppb.EngineVolumeSnapshotMaxSizeSetRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.snapshot_max_size_set(e.engine_name, e.data_engine, r.size.size)
         await stream.send_message(_EMPTY)
 
 

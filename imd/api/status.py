@@ -35,6 +35,8 @@ STATUS_OF: dict[type[errors.ImdError], Status] = {
     errors.Unimplemented: Status.UNIMPLEMENTED,
     errors.StartFailed: Status.UNAVAILABLE,
     errors.Unavailable: Status.UNAVAILABLE,
+    errors.PermissionDenied: Status.PERMISSION_DENIED,
+    errors.DataLoss: Status.DATA_LOSS,
 }
 
 # grpc-go's default receive limit, which Longhorn's clients also use.

@@ -55,3 +55,20 @@ async def read_staged_volumes(path: Path = MOUNTS) -> dict[str, bool]:
     """``staged_volumes`` of the mounts file at ``path``, read off the loop."""
     async with aiofiles.open(path) as f:
         return staged_volumes(await f.read())
+
+
+def mount_points(table: str) -> list[tuple[str, str, str]]:
+    """(source, mount point, filesystem type) of each line of a mounts
+    file, in the kernel's order; malformed lines are skipped."""
+    found = []
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            found.append((_unescape(fields[0]), _unescape(fields[1]), fields[2]))
+    return found
+
+
+async def read_mount_points(path: Path = MOUNTS) -> list[tuple[str, str, str]]:
+    """``mount_points`` of the mounts file at ``path``, read off the loop."""
+    async with aiofiles.open(path) as f:
+        return mount_points(await f.read())

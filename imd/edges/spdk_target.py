@@ -102,6 +102,52 @@ class Bdev(msgspec.Struct, frozen=True):
     aliases: list[str] = []
 
 
+class LvolDetails(msgspec.Struct, frozen=True):
+    """What bdev_get_bdevs says of an lvol (``driver_specific.lvol``). The
+    chain of snapshots lives here: a clone names its parent snapshot
+    (``base_snapshot``, by lvol name), a snapshot its clones."""
+
+    lvol_store_uuid: str
+    base_bdev: str = ""
+    thin_provision: bool = False
+    snapshot: bool = False
+    clone: bool = False
+    base_snapshot: str = ""
+    clones: list[str] = []
+
+
+class LvolDriver(msgspec.Struct, frozen=True):
+    lvol: LvolDetails
+
+
+class LvolBdev(msgspec.Struct, frozen=True):
+    """An lvol as a bdev: its UUID is the bdev's name, ``aliases`` holds
+    ``<lvstore>/<lvol>``."""
+
+    name: str
+    block_size: int
+    num_blocks: int
+    driver_specific: LvolDriver
+    uuid: str = ""
+    aliases: list[str] = []
+
+    @property
+    def alias(self) -> str:
+        return self.aliases[0] if self.aliases else self.name
+
+    @property
+    def lvol_name(self) -> str:
+        return self.alias.partition("/")[2]
+
+    @property
+    def lvs_name(self) -> str:
+        return self.alias.partition("/")[0]
+
+    @property
+    def details(self) -> LvolDetails:
+        return self.driver_specific.lvol
+
+
 class BdevIostat(msgspec.Struct, frozen=True):
     name: str
     bytes_read: int = 0
@@ -269,6 +315,27 @@ class SpdkTargetClient:
     async def lvol_delete(self, alias: str) -> None:
         await self.call("bdev_lvol_delete", {"name": alias})
 
+    async def lvol_snapshot(self, alias: str, snapshot_name: str) -> str:
+        """A read-only snapshot of lvol ``alias`` named ``snapshot_name`` (in
+        the same lvstore); the lvol becomes its clone. The snapshot's UUID."""
+        return str(await self.call("bdev_lvol_snapshot", {"lvol_name": alias, "snapshot_name": snapshot_name}))
+
+    async def lvol_clone(self, snapshot_alias: str, clone_name: str) -> str:
+        """A thin clone of snapshot ``snapshot_alias`` named ``clone_name``; its UUID."""
+        return str(await self.call("bdev_lvol_clone", {"snapshot_name": snapshot_alias, "clone_name": clone_name}))
+
+    async def lvol_rename(self, alias: str, new_name: str) -> None:
+        await self.call("bdev_lvol_rename", {"old_name": alias, "new_name": new_name})
+
+    async def lvol_bdevs(self) -> list[LvolBdev]:
+        """Every lvol the target serves, with its place in its chain."""
+        found = await self.call("bdev_get_bdevs")
+        return [
+            msgspec.convert(b, LvolBdev)
+            for b in found
+            if isinstance(b.get("driver_specific"), dict) and "lvol" in b["driver_specific"]
+        ]
+
     # -- NVMe-oF exports ---------------------------------------------------------
 
     async def ensure_tcp_transport(self) -> None:
@@ -286,6 +353,9 @@ class SpdkTargetClient:
 
     async def subsystem_add_ns(self, nqn: str, bdev_name: str, nguid: str) -> None:
         await self.call("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": bdev_name, "nguid": nguid}})
+
+    async def subsystem_remove_ns(self, nqn: str, nsid: int) -> None:
+        await self.call("nvmf_subsystem_remove_ns", {"nqn": nqn, "nsid": nsid})
 
     async def subsystem_add_listener(self, nqn: str, address: str, port: int) -> None:
         listen = {"trtype": "TCP", "adrfam": "IPv6" if ":" in address else "IPv4", "traddr": address}

@@ -21,7 +21,8 @@ from imd.services.instances import DataEngine, InstanceService, parse_addresses,
 from imd.services.rates import RateMeter, Rates, Sample
 from imd.services.validation import validate_name
 from imd.v2.engines import Engine, Engines
-from imd.v2.model import ReplicaMode
+from imd.v2.model import HashStatus, ReplicaMode
+from imd.v2.snapshots import CloneStatus, PurgeStatus, SnapshotEntry, Snapshots
 
 
 class VolumeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +35,8 @@ class VolumeInfo(msgspec.Struct, frozen=True, kw_only=True):
     is_expanding: bool
     last_expansion_error: str
     last_expansion_failed_at: str
+    snapshot_max_count: int = 0
+    snapshot_max_size: int = 0
 
 
 class ReplicaInfo(msgspec.Struct, frozen=True):
@@ -102,6 +105,8 @@ class EngineService:
             is_expanding=engine.op_kind == "expand",
             last_expansion_error=record.last_expansion_error,
             last_expansion_failed_at=record.last_expansion_failed_at,
+            snapshot_max_count=record.snapshot_max_count,
+            snapshot_max_size=record.snapshot_max_size,
         )
 
     async def expand(self, engine_name: str, data_engine: int, size: int) -> None:
@@ -195,3 +200,76 @@ class EngineService:
 
     def set_rebuild_rate(self, engine_name: str, data_engine: int, mbps: int) -> None:
         self.engines(engine_name, data_engine).set_rebuild_rate(engine_name, mbps)
+
+    # -- snapshots (imd.v2.snapshots) ---------------------------------------------------
+
+    def snapshots(self, engine_name: str, data_engine: int) -> Snapshots:
+        self.engines(engine_name, data_engine)
+        return self.instances.v2().snapshots
+
+    async def snapshot_create(self, engine_name: str, data_engine: int, name: str, labels: dict[str, str]) -> str:
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        return await snapshots.create(engine_name, name, labels)
+
+    async def snapshot_list(self, engine_name: str, data_engine: int) -> dict[str, SnapshotEntry]:
+        return await self.snapshots(engine_name, data_engine).entries(engine_name)
+
+    async def snapshot_remove(self, engine_name: str, data_engine: int, names: list[str]) -> None:
+        if not names:
+            raise InvalidArgument("name at least one snapshot", field="names")
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.remove(engine_name, names)
+
+    async def snapshot_purge(self, engine_name: str, data_engine: int, skip_if_in_progress: bool) -> None:
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.purge(engine_name, skip_if_in_progress)
+
+    def snapshot_purge_status(self, engine_name: str, data_engine: int) -> dict[str, PurgeStatus]:
+        return self.snapshots(engine_name, data_engine).purge_status(engine_name)
+
+    async def snapshot_revert(self, engine_name: str, data_engine: int, name: str) -> None:
+        if not name:
+            raise InvalidArgument("must not be empty", field="name")
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.revert(engine_name, name)
+
+    async def snapshot_hash(self, engine_name: str, data_engine: int, name: str, rehash: bool) -> None:
+        if not name:
+            raise InvalidArgument("must not be empty", field="snapshot_name")
+        await self.snapshots(engine_name, data_engine).hash(engine_name, name, rehash)
+
+    async def snapshot_hash_status(self, engine_name: str, data_engine: int, name: str) -> dict[str, HashStatus]:
+        if not name:
+            raise InvalidArgument("must not be empty", field="snapshot_name")
+        return await self.snapshots(engine_name, data_engine).hash_status(engine_name, name)
+
+    async def snapshot_clone(
+        self, engine_name: str, data_engine: int, snapshot: str, from_engine: str, from_address: str, mode: int
+    ) -> None:
+        if not snapshot:
+            raise InvalidArgument("must not be empty", field="snapshot_name")
+        validate_name(from_engine, "from_engine_name")
+        if not from_address:
+            raise InvalidArgument("must not be empty", field="from_engine_address")
+        if mode != 0:
+            raise Unimplemented("only full-copy clones are served (CLONE_MODE_FULL_COPY)", field="clone_mode")
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.clone(engine_name, snapshot, from_engine, from_address)
+
+    def snapshot_clone_status(self, engine_name: str, data_engine: int) -> dict[str, CloneStatus]:
+        return self.snapshots(engine_name, data_engine).clone_status(engine_name)
+
+    async def snapshot_max_count_set(self, engine_name: str, data_engine: int, count: int) -> None:
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.set_max_count(engine_name, count)
+
+    async def snapshot_max_size_set(self, engine_name: str, data_engine: int, size: int) -> None:
+        snapshots = self.snapshots(engine_name, data_engine)
+        self._may_change()
+        await snapshots.set_max_size(engine_name, size)

@@ -94,6 +94,8 @@ class V2Request(msgspec.Struct, frozen=True, kw_only=True):
     lvs_uuid: str = ""
     size: int = 0
     frontend: str = ""
+    snapshot_max_count: int = 0
+    backing_image_name: str = ""
 
 
 def parse_addresses(replica: str, value: str) -> tuple[str, ...]:
@@ -154,12 +156,17 @@ def engine_spec(request: V2Request) -> EngineSpec:
     for name, value in sorted(request.replica_address_map.items()):
         validate_name(name, f"{SPDK_SPEC}.replica_address_map")
         replicas[name] = parse_addresses(name, value)
+    if request.snapshot_max_count < 0:
+        raise InvalidArgument(
+            f"must be >= 0, got {request.snapshot_max_count}", field=f"{SPDK_SPEC}.snapshot_max_count"
+        )
     return EngineSpec(
         name=request.name,
         volume_name=request.volume_name,
         size=request.size,
         replicas=replicas,
         frontend=check_frontend(request.frontend),
+        snapshot_max_count=request.snapshot_max_count,
     )
 
 

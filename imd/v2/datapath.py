@@ -12,24 +12,54 @@ the mirror, what is cleaned up) is tested everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from imd.errors import Conflict, FailedPrecondition, ImdError, InvalidArgument, Unavailable
-from spdk_ffi import ControllerOpts, Initiator
+from imd.v2.model import HashStatus, ReplicaChain, SnapshotExport, SnapshotInfo, nqn_of
+from spdk_ffi import ControllerOpts, Initiator, Path
 from spdk_ffi.errors import Busy, InvalidOptions, NameConflict, NvmeError, PathInUse
+from spdk_ffi.jobs import JobHandle, JobResult, Jobs
 from spdk_ffi.mirror import LegMode, Mirror, MirrorFactory, RebuildHandle
 
 __all__ = [
     "DataPath",
+    "JobHandle",
+    "JobResult",
+    "Jobs",
     "LegMode",
     "Mirror",
     "MirrorFactory",
     "NvmeError",
     "RebuildHandle",
     "ReplicaExpander",
+    "ReplicaNodes",
     "datapath_error",
+    "export_path",
     "native_data_path",
+    "replica_paths",
 ]
+
+
+def replica_paths(name: str, addresses: Sequence[str]) -> list[Path]:
+    """``ip:port`` addresses (``[v6]:port`` too) of replica ``name`` as
+    NVMe-oF paths to its subsystem."""
+    return [_path(address, nqn_of(name)) for address in addresses]
+
+
+def export_path(export: SnapshotExport, host: str = "") -> Path:
+    """The path to a snapshot export, through ``host`` (default: the address
+    it listens on; a wildcard listener is reached on loopback)."""
+    host = host or export.address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return _path(f"{host}:{export.port}", export.nqn)
+
+
+def _path(address: str, nqn: str) -> Path:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    return Path("TCP", "IPv6" if ":" in host else "IPv4", host, port, nqn)
 
 
 def datapath_error(what: str, exc: NvmeError) -> ImdError:
@@ -55,13 +85,50 @@ class ReplicaExpander(Protocol):
     async def expand(self, address: str, replica: str, size: int) -> None: ...
 
 
+class ReplicaNodes(ReplicaExpander, Protocol):
+    """What an engine asks of its replicas' nodes: each call goes to the imd
+    of the node at ``address`` (the replica's ``ip:port``; imd/api/replica.py
+    over the wire, imd.v2.chains.LocalReplicaNodes in process), which keeps
+    the replica's chain of snapshots (imd.v2.chains)."""
+
+    async def snapshot_create(
+        self, address: str, replica: str, name: str, *, user_created: bool, created: str, labels: dict[str, str]
+    ) -> SnapshotInfo: ...
+
+    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool: ...
+
+    async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain: ...
+
+    async def snapshot_purge(self, address: str, replica: str) -> list[str]: ...
+
+    async def snapshot_revert(self, address: str, replica: str, name: str) -> None: ...
+
+    async def snapshot_expose(self, address: str, replica: str, name: str) -> SnapshotExport: ...
+
+    async def snapshot_unexpose(self, address: str, replica: str, name: str) -> None: ...
+
+    async def snapshot_hash(self, address: str, replica: str, name: str, rehash: bool) -> HashStatus: ...
+
+    async def snapshot_hash_status(self, address: str, replica: str, name: str) -> HashStatus: ...
+
+    async def snapshot_hash_cancel(self, address: str, replica: str) -> None: ...
+
+    async def engine_replicas(self, address: str, engine: str) -> list[tuple[str, str]]:
+        """The RW replicas (name, ``ip:port``) of V2 engine ``engine`` on the
+        imd at ``address`` (a SnapshotClone's source)."""
+        ...
+
+
 class DataPath:
     """Controllers and mirrors for the engines of this daemon."""
 
-    def __init__(self, initiator: Initiator, mirrors: MirrorFactory, opts: ControllerOpts, backend: Any = None) -> None:
+    def __init__(
+        self, initiator: Initiator, mirrors: MirrorFactory, opts: ControllerOpts, jobs: Jobs, backend: Any = None
+    ) -> None:
         self.initiator = initiator
         self.mirrors = mirrors
         self.opts = opts
+        self.jobs = jobs  # copies and hashes in the core (snapshots, rebuilds, clones)
         self.backend = backend  # for its counters (reconnects_total), where it has them
 
 
@@ -71,6 +138,7 @@ def native_data_path(
     """The real one: spdk_ffi's native core (its poller starts here). Raises
     SpdkUnavailable where spdk_ffi was installed without its core."""
     from spdk_ffi import UNAVAILABLE, SpdkUnavailable, available
+    from spdk_ffi.jobs import NativeJobs
     from spdk_ffi.mirror import NativeMirrorFactory
     from spdk_ffi.native import NativeBackend, NativeCore
 
@@ -80,4 +148,4 @@ def native_data_path(
     if idle_spin_us is not None:
         env["idle_spin_us"] = idle_spin_us
     backend = NativeBackend(NativeCore.start(**env))
-    return DataPath(Initiator(backend), NativeMirrorFactory(backend), opts, backend)
+    return DataPath(Initiator(backend), NativeMirrorFactory(backend), opts, NativeJobs(backend), backend)

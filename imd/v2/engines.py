@@ -38,7 +38,7 @@ import datetime
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -48,7 +48,8 @@ from imd.eventlog import fields
 from imd.metrics import Metrics
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
-from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaExpander, datapath_error
+from imd.v2.copies import carry_chain
+from imd.v2.datapath import DataPath, LegMode, Mirror, RebuildHandle, ReplicaNodes, datapath_error, replica_paths
 from imd.v2.hub import Hub
 from imd.v2.model import (
     ENGINE,
@@ -61,24 +62,12 @@ from imd.v2.model import (
     nguid_of,
     nqn_of,
 )
-from spdk_ffi import NvmeError, Path
+from spdk_ffi import NvmeError
 from spdk_ffi.errors import AlreadyExists as ControllerHeld
-from spdk_ffi.mirror import RebuildState
+from spdk_ffi.mirror import RebuildState, RebuildStatus
 
 log = logging.getLogger("imd.v2.engines")
 T = TypeVar("T")
-
-
-def replica_paths(name: str, addresses: Sequence[str]) -> list[Path]:
-    """``ip:port`` addresses (``[v6]:port`` too) of replica ``name`` as
-    NVMe-oF paths to its subsystem."""
-    paths = []
-    for address in addresses:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        family = "IPv6" if ":" in host else "IPv4"
-        paths.append(Path("TCP", family, host, port, nqn_of(name)))
-    return paths
 
 
 class Engine:
@@ -96,6 +85,13 @@ class Engine:
         self.rebuild: RebuildHandle | None = None
         self.rebuild_dst = ""
         self.rebuild_rate = 0  # bytes/s cap for the next rebuild (0 = the default)
+        self.rebuild_phase = ""  # "chain" (carrying snapshots) or "head" (the mirror's copy), while rebuilding
+        self.chain_job: Any = None  # the chain phase's copy in progress (its status: progress)
+        # A snapshot during a rebuild's head phase (imd.v2.snapshots): it sets
+        # ``hold`` (ack, release) and ``hold_requested``; the rebuild steps back
+        # out of the mirror, answers ``ack`` and waits for ``release``.
+        self.hold: tuple[asyncio.Future[None], asyncio.Future[None]] | None = None
+        self.hold_requested = asyncio.Event()
         self.mirror_made_at = 0.0  # time.monotonic() when the mirror (and its counters) began
 
     @property
@@ -116,7 +112,7 @@ class Engines:
         hub: Hub,
         address: str,
         *,
-        expander: ReplicaExpander | None = None,
+        expander: ReplicaNodes | None = None,
         rebuild_chunk_bytes: int = 1 << 20,
         rebuild_rate_bytes_per_s: int = 0,
         replica_timeout_ms: int = 5000,
@@ -136,6 +132,7 @@ class Engines:
         self.replica_timeout_ms = replica_timeout_ms
         self.metrics = metrics if metrics is not None else Metrics()
         self.engines: dict[str, Engine] = {}
+        self.on_deleted: Callable[[str], None] | None = None  # what else goes with an engine (its statuses)
 
     # -- queries ------------------------------------------------------------------
 
@@ -183,7 +180,14 @@ class Engines:
         data = self.require()
         port = self.ports.allocate(1).start if spec.frontend else 0
         record = EngineRecord(
-            name=spec.name, uuid=str(uuidlib.uuid4()), spec=spec, address=self.address, port=port, size=spec.size
+            name=spec.name,
+            uuid=str(uuidlib.uuid4()),
+            spec=spec,
+            address=self.address,
+            port=port,
+            size=spec.size,
+            snapshot_max_count=spec.snapshot_max_count or 250,
+            created=_now(),
         )
         engine = Engine(record)
         self.engines[spec.name] = engine
@@ -433,6 +437,17 @@ class Engines:
     async def _rebuild(
         self, engine: Engine, replica: str, addresses: tuple[str, ...], started: asyncio.Future[None]
     ) -> None:
+        """ReplicaAdd's work, in two phases. The chain: the new replica gets
+        every snapshot of a RW replica's chain it lacks, oldest first
+        (imd.v2.copies: each copied onto its head, then snapshotted there
+        under the same name), while it is not yet in the mirror. The head:
+        it joins the mirror write-only and the C core copies the volume's
+        current data onto it, writing only what differs (its head already
+        holds the newest snapshot), under the rebuild's range lock while
+        host I/O goes on. A snapshot taken meanwhile (imd.v2.snapshots)
+        asks the head phase to step back: the copy stops, the replica
+        leaves the mirror, the snapshot is taken on the RW replicas, and the
+        chain phase carries it over before the head phase starts again."""
         data = self.require()
         record = engine.record
         mirror = engine.mirror
@@ -443,7 +458,6 @@ class Engines:
         record.modes[replica] = ReplicaMode.WO
         try:
             handle, _ = await self._attach(data, engine, replica, size_field="replica_name")
-            await mirror.add_leg(replica, handle, LegMode.WO)
         except BaseException as exc:
             await self._drop_replica(engine, replica)
             self.hub.publish(self.view(engine))
@@ -452,35 +466,102 @@ class Engines:
             raise
         self.hub.publish(self.view(engine))
         await self.hub.durable()
-        rate = engine.rebuild_rate or self.rebuild_rate_bytes_per_s
-        try:
-            rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes, rate_bytes_per_s=rate)
-        except NvmeError as exc:
-            await self._drop_replica(engine, replica)
-            self.hub.publish(self.view(engine))
-            raise datapath_error(f"cannot start the rebuild of {replica}", exc) from exc
+        engine.rebuild_dst = replica
         started.set_result(None)
         log.info("rebuild started", extra=fields(name=record.name, replica=replica))
-        if await self._copy(engine, replica, rebuild, "rebuild"):
+        try:
+            while True:
+                engine.rebuild_phase = "chain"
+                await self._carry_chain(engine, replica, handle)
+                engine.rebuild_phase = "head"
+                if replica not in {leg.name for leg in mirror.legs()}:
+                    await mirror.add_leg(replica, handle, LegMode.WO)
+                rate = engine.rebuild_rate or self.rebuild_rate_bytes_per_s
+                rebuild = mirror.start_rebuild(
+                    replica, chunk_bytes=self.rebuild_chunk_bytes, rate_bytes_per_s=rate, compare=True
+                )
+                outcome = await self._copy(engine, replica, rebuild, "rebuild", yield_to_snapshots=True)
+                if outcome is not None:
+                    break
+                # A snapshot asked for the chain: out of the mirror until it is taken.
+                await mirror.remove_leg(replica)
+                hold = engine.hold
+                assert hold is not None
+                ack, release = hold
+                if not ack.done():
+                    ack.set_result(None)
+                await asyncio.shield(release)
+        except asyncio.CancelledError:
+            raise
+        except (ImdError, NvmeError) as exc:
+            why = str(exc)
+            record.modes[replica] = ReplicaMode.ERR
+            engine.errors[replica] = f"rebuild failed: {why}"
+            outcome = False
+        finally:
+            engine.rebuild_phase = ""
+            engine.chain_job = None
+            if engine.hold is not None and not engine.hold[0].done():
+                engine.hold[0].set_result(None)  # a snapshot waiting for the step back: nothing runs now
+        if outcome:
             log.info("rebuild complete", extra=fields(name=record.name, replica=replica))
         else:
             log.error("rebuild failed", extra=fields(name=record.name, replica=replica, error=engine.errors[replica]))
         self.hub.publish(self.view(engine))
         await self.hub.durable()
 
-    async def _copy(self, engine: Engine, replica: str, rebuild: RebuildHandle, what: str) -> bool:
+    async def _carry_chain(self, engine: Engine, replica: str, handle: Any) -> None:
+        """The chain phase of a rebuild (see ``_rebuild``); nothing to do
+        without a way to reach the replicas' nodes (a node of its own)."""
+        data, nodes = self.require(), self.expander
+        if nodes is None or engine.mirror is None:
+            return
+        record = engine.record
+        source = next((n for n in sorted(record.modes) if record.modes[n] == ReplicaMode.RW), None)
+        if source is None:
+            raise Unavailable(f"engine {engine.name}: no RW replica to rebuild {replica} from")
+        copied = await carry_chain(
+            data,
+            nodes,
+            src_address=record.spec.replicas[source][0],
+            src_replica=source,
+            dst_address=record.spec.replicas[replica][0],
+            dst_replica=replica,
+            dst=handle,
+            blocks=record.size // engine.mirror.block_size,
+            hostnqn=host_nqn_of(record.uuid),
+            owner=f"{record.uuid}-chain",
+            rate_bytes_per_s=engine.rebuild_rate or self.rebuild_rate_bytes_per_s,
+            on_job=lambda job: setattr(engine, "chain_job", job),
+        )
+        if copied:
+            log.info("snapshots carried", extra=fields(name=record.name, replica=replica, count=copied))
+
+    async def _copy(
+        self, engine: Engine, replica: str, rebuild: RebuildHandle, what: str, *, yield_to_snapshots: bool = False
+    ) -> bool | None:
         """Wait for ``rebuild`` to copy the volume onto ``replica``, then let
         the replica serve reads (True), or mark it ERR saying why (False).
         Preempted (engine delete, ReplicaRemove, shutdown): the copy stops
-        within a chunk and the rest is left to whoever preempted it."""
+        within a chunk and the rest is left to whoever preempted it. With
+        ``yield_to_snapshots``, a snapshot's request (``engine.hold``) stops
+        the copy too, within a chunk, and the answer is None."""
         engine.rebuild, engine.rebuild_dst = rebuild, replica
+        wake = asyncio.ensure_future(engine.hold_requested.wait()) if yield_to_snapshots else None
         try:
-            status = await asyncio.shield(rebuild.done)
+            waiting: set[asyncio.Future[Any]] = {rebuild.done} | ({wake} if wake is not None else set())
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not rebuild.done.done():
+                await rebuild.cancel()
+                return None
+            status = rebuild.done.result()
         except asyncio.CancelledError:
             await rebuild.cancel()
             raise
         finally:
             engine.rebuild = None
+            if wake is not None:
+                wake.cancel()
         if status.state == RebuildState.COMPLETE:
             await self._promote(engine, replica)
             return engine.record.modes[replica] == ReplicaMode.RW
@@ -575,13 +656,70 @@ class Engines:
         """The copy in progress, by destination replica (Longhorn reports only
         replicas in WO mode)."""
         engine = self.get(name, "engine_name")
-        if engine.rebuild is None:
-            return {}
-        return {engine.rebuild_dst: engine.rebuild.status()}
+        if engine.rebuild is not None:
+            return {engine.rebuild_dst: engine.rebuild.status()}
+        if engine.rebuild_phase:  # carrying the chain (or between the phases)
+            job = engine.chain_job.status() if engine.chain_job is not None else None
+            return {
+                engine.rebuild_dst: RebuildStatus(
+                    dst=engine.rebuild_dst,
+                    src="",
+                    state=RebuildState.IN_PROGRESS,
+                    bytes_done=job.bytes_done if job is not None else 0,
+                    bytes_total=job.bytes_total if job is not None else engine.record.size,
+                    error="",
+                )
+            }
+        return {}
 
     def leg_statuses(self, name: str) -> list[Any]:
         engine = self.get(name, "engine_name")
         return engine.mirror.legs() if engine.mirror is not None else []
+
+    # -- the mirror down and up again (a revert) ---------------------------------------
+
+    def leg_handles(self, engine: Engine) -> dict[str, Any]:
+        """The attached controller of each replica in the engine's mirror."""
+        data = self.require()
+        legs = {leg.name for leg in engine.mirror.legs()} if engine.mirror is not None else set()
+        return {name: data.initiator.handle(name) for name in sorted(legs & engine.attached)}
+
+    async def take_down(self, engine: Engine) -> None:
+        """The mirror goes and every replica is detached (an engine with no
+        frontend: nothing was exported); ``bring_up`` makes them again."""
+        await self._dismantle(engine)
+
+    async def bring_up(self, engine: Engine, replicas: list[str]) -> None:
+        """Attach ``replicas`` (RW) and make the mirror over them again; one
+        that cannot be attached is ERR, saying why."""
+        data = self.require()
+        record = engine.record
+        outcomes = await asyncio.gather(*(self._attach(data, engine, n) for n in replicas), return_exceptions=True)
+        legs = []
+        for name, outcome in zip(replicas, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                record.modes[name] = ReplicaMode.ERR
+                engine.errors[name] = f"not attached again: {outcome}"
+                continue
+            legs.append((name, outcome[0], outcome[1]))
+        if not legs:
+            self._fail(engine, "no replica could be attached again")
+            raise Unavailable(f"engine {engine.name}: no replica could be attached again")
+        block_size = legs[0][2]
+        mirror = await data.mirrors.create_mirror(
+            record.name, [(n, h) for n, h, _ in legs], record.size // block_size, leg_timeout_ms=self.replica_timeout_ms
+        )
+        engine.mirror = mirror
+        engine.mirror_made_at = time.monotonic()
+        mirror.on_leg_failed = lambda leg, why: self._leg_failed(engine, leg, why)
+        for name, _, _ in legs:
+            record.modes[name] = ReplicaMode.RW
+        if record.spec.frontend and record.port:
+            await mirror.export(nqn_of(record.name), record.address, record.port, nguid_of(record.name))
+        self.hub.publish(self.view(engine))
+        await self.hub.durable()
 
     # -- replica failure ---------------------------------------------------------------
 
@@ -641,6 +779,7 @@ class Engines:
         if self.engines.get(engine.name) is not engine:
             return  # a create that failed or was preempted cleaned up itself
         await self._dismantle(engine)
+        await self._stop_replicas_hashes(engine)
         self._forget(engine)
         with contextlib.suppress(ImdError):
             await self.hub.durable()
@@ -668,7 +807,24 @@ class Engines:
                     log.error("detach failed", extra=fields(name=engine.name, replica=replica, error=str(exc)))
         engine.attached.clear()
 
+    async def _stop_replicas_hashes(self, engine: Engine) -> None:
+        """Hashes of the engine's snapshots run on its replicas' nodes: they
+        stop with it (each within a chunk). Best effort, bounded: a node that
+        does not answer is not waited for."""
+        if self.expander is None:
+            return
+        nodes = self.expander
+        calls = [
+            nodes.snapshot_hash_cancel(addresses[0], replica)
+            for replica, addresses in engine.record.spec.replicas.items()
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*calls, return_exceptions=True)
+
     def _forget(self, engine: Engine) -> None:
+        if self.on_deleted is not None and self.engines.get(engine.name) is engine:
+            self.on_deleted(engine.name)
         if self.engines.get(engine.name) is engine:
             del self.engines[engine.name]
             if engine.record.port:
@@ -788,7 +944,7 @@ class Engines:
         for replica in replicas:
             if record.modes.get(replica) != ReplicaMode.WO:
                 continue
-            rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes)
+            rebuild = mirror.start_rebuild(replica, chunk_bytes=self.rebuild_chunk_bytes, compare=True)
             await self._copy(engine, replica, rebuild, "resync after an unclean stop")
             self.hub.publish(self.view(engine))
             await self.hub.durable()

@@ -28,6 +28,7 @@ FRONTEND_NVMF = "spdk-tcp-nvmf"
 FRONTENDS_ELSEWHERE = ("spdk-tcp-blockdev", "ublk")
 REPLICA = "replica"
 ENGINE = "engine"
+VOLUME_HEAD = "volume-head"
 
 
 def nqn_of(name: str) -> str:
@@ -123,6 +124,84 @@ class ReplicaRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lvol_created: bool = False
     delete_requested: bool = False
     cleanup_requested: bool = False
+    reverting_to: str = ""
+    """A revert's intent (the snapshot's lvol name), written before the head
+    is swapped for the clone made of it: a crash part-way is finished at
+    restart."""
+
+
+# -- snapshots ------------------------------------------------------------------------
+
+
+class SnapshotMeta(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What SPDK v24.01 cannot keep with a snapshot lvol (it has no lvol
+    xattrs): the snapshot's name as Longhorn knows it, who made it and when,
+    its labels, whether it is marked removed, its checksum. Kept in the
+    replica node's V2 state beside the lvol it describes (``disk_name`` +
+    ``lvol_name``, and ``lvol_uuid`` once made), written before the lvol is
+    made and dropped with it. The chain itself (parents, children) is never
+    kept here: it is read from the lvstore, so it cannot disagree."""
+
+    disk_name: str
+    lvol_name: str
+    replica: str
+    name: str
+    lvol_uuid: str = ""
+    user_created: bool = True
+    created: str = ""
+    labels: dict[str, str] = {}
+    removed: bool = False
+    checksum: str = ""
+    creating: bool = False  # the intent, before bdev_lvol_snapshot answered
+
+    @property
+    def key(self) -> str:
+        return f"{self.disk_name}/{self.lvol_name}"
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One snapshot of one replica, as its node reads it: the lvstore's chain
+    joined with the metadata. ``size`` is the bytes the snapshot's own
+    clusters hold (-1: unknown)."""
+
+    name: str
+    parent: str
+    children: tuple[str, ...]
+    user_created: bool
+    created: str
+    labels: dict[str, str]
+    removed: bool
+    size: int
+    checksum: str
+    lvol_uuid: str
+
+
+class ReplicaChain(msgspec.Struct, frozen=True, kw_only=True):
+    """A replica's snapshots, oldest first along the head's ancestry, then
+    any branch a revert left; ``head_parent`` is the head's (``""``: none)."""
+
+    replica: str
+    head_parent: str
+    head_size: int
+    snapshots: tuple[SnapshotInfo, ...]
+
+
+class HashStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot's hash on one replica (Longhorn's state names)."""
+
+    state: str  # "" (never asked), "in_progress", "complete", "error"
+    checksum: str = ""
+    error: str = ""
+
+
+class SnapshotExport(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot served read-only over NVMe-oF by its replica's node, for a
+    copy (rebuild, clone) or a hash."""
+
+    address: str
+    port: int
+    nqn: str
+    size: int
 
 
 # -- engines ------------------------------------------------------------------------
@@ -137,6 +216,8 @@ class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     size: int
     replicas: dict[str, tuple[str, ...]]
     frontend: str = FRONTEND_NVMF
+    snapshot_max_count: int = 0
+    """From the InstanceSpec (0: Longhorn's default, 250)."""
 
 
 class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -156,6 +237,13 @@ class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delete_requested: bool = False
     last_expansion_error: str = ""
     last_expansion_failed_at: str = ""
+    snapshot_max_count: int = 250
+    """Longhorn's default; VolumeSnapshotMaxCountSet changes it, 0: none."""
+    snapshot_max_size: int = 0
+    """Bytes the snapshots and the head may hold before a new snapshot is
+    refused; 0: no limit."""
+    created: str = ""
+    """RFC 3339, when the engine was made: SnapshotList's volume-head."""
     clean_stop: bool = False
     """Set when the daemon took the engine down cleanly (no write in flight),
     so its replicas hold the same bytes; a restore after anything else

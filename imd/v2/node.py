@@ -12,7 +12,9 @@ one order that is safe:
 3. load the disks onto it (a fresh target has none);
 4. recover replicas (undo unacknowledged creates, finish deletes, remove
    exports nobody claims, fail what a restarted target lost);
-5. re-create the engines that were running (they live in this process, so
+5. join the snapshot records with the lvstores (``Chains``: drop records
+   whose lvol is gone, finish a revert a crash interrupted);
+6. re-create the engines that were running (they live in this process, so
    a restart took them down).
 
 Names are one namespace across replicas and engines (and V1 instances,
@@ -36,12 +38,14 @@ from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
-from imd.v2.datapath import DataPath, ReplicaExpander
+from imd.v2.chains import Allocation, Chains
+from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.disks import Disks
 from imd.v2.engines import Engines
 from imd.v2.logs import InstanceLogHandler, instance_lines
 from imd.v2.model import ENGINE, EngineSpec, ReplicaSpec, V2Event, V2InstanceView
 from imd.v2.replicas import Replicas
+from imd.v2.snapshots import Snapshots
 from imd.v2.target import TARGET_NAME, TargetKeeper
 
 log = logging.getLogger("imd.v2")
@@ -87,10 +91,12 @@ class V2Node:
         engine_address: str,
         state_dir: Path,
         watch_queue_limit: int,
-        expander: ReplicaExpander | None = None,
+        expander: ReplicaNodes | None = None,
         rebuild_chunk_bytes: int = 1 << 20,
         rebuild_rate_bytes_per_s: int = 0,
         replica_timeout_ms: int = 5000,
+        hash_rate_bytes_per_s: int = 0,
+        allocation: Allocation | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.supervisor = supervisor
@@ -99,6 +105,19 @@ class V2Node:
         self.target = target
         self.disks = Disks(self.target, self.changed, self.durable)
         self.replicas = Replicas(self.target, self.disks, supervisor.ports, self, replica_address)
+        extra = {"allocation": allocation} if allocation is not None else {}
+        self.chains = Chains(
+            self.target,
+            self.disks,
+            self.replicas,
+            supervisor.ports,
+            self,
+            replica_address,
+            data=lambda: self.engines.data,
+            hash_rate_bytes_per_s=hash_rate_bytes_per_s,
+            **extra,
+        )
+        self.replicas.on_deleted = self.chains.forget
         self.engines = Engines(
             data,
             data_unavailable,
@@ -113,6 +132,8 @@ class V2Node:
         )
         if data is not None and hasattr(data.backend, "on_silent"):
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
+        self.snapshots = Snapshots(self.engines)
+        self.engines.on_deleted = self.snapshots.forget
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE
@@ -151,6 +172,7 @@ class V2Node:
                 disks=list(self.disks.records.values()),
                 replicas=list(self.replicas.records.values()),
                 engines=[e.record for e in self.engines.engines.values()],
+                snapshots=self.chains.records(),
             )
         )
 
@@ -172,6 +194,7 @@ class V2Node:
         if await self.target.start():
             await self.disks.load_all()
             report.update(await self.replicas.recover(persisted.replicas, target_fresh=self.target.started_fresh))
+            report.update(await self.chains.recover(persisted.snapshots))
         else:
             self.replicas.adopt_unserved(persisted.replicas, self.target.reason)
             report["replicas_unserved"] = len(persisted.replicas)
@@ -293,6 +316,7 @@ class V2Node:
     async def close(self) -> None:
         self.events.close_all()
         await self.engines.close()
+        await self.chains.close()
         await self.replicas.close()
         with contextlib.suppress(ImdError):
             await self.durable()

@@ -30,7 +30,7 @@ import contextlib
 import errno
 import logging
 import uuid as uuidlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -72,6 +72,9 @@ class Replicas:
         self.address = address
         self.records: dict[str, ReplicaRecord] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # What else goes with a replica (its snapshots: imd.v2.chains), told
+        # before its lvol goes; ``delete_lvols`` with a cleanup.
+        self.on_deleted: Callable[..., Awaitable[None]] | None = None
 
     # -- queries --------------------------------------------------------------------
 
@@ -274,6 +277,8 @@ class Replicas:
         try:
             client = self.target.require()
             await _gone_ok(client.subsystem_delete(nqn_of(record.name)))
+            if self.on_deleted is not None:
+                await self.on_deleted(record, delete_lvols=record.cleanup_requested)
             if record.cleanup_requested:
                 await _gone_ok(client.lvol_delete(f"{record.spec.disk_name}/{record.name}"))
         except (FailedPrecondition, TargetRpcError, TargetUnreachable) as exc:

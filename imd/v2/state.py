@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from imd.v2.model import DiskRecord, EngineRecord, ReplicaRecord
+from imd.v2.model import DiskRecord, EngineRecord, ReplicaRecord, SnapshotMeta
 
 V2_STATE_VERSION = 1
 V2_STATE_FILE = "v2.json"
@@ -22,6 +22,7 @@ class V2StateFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     disks: list[DiskRecord] = []
     replicas: list[ReplicaRecord] = []
     engines: list[EngineRecord] = []
+    snapshots: list[SnapshotMeta] = []
 
 
 _encoder = msgspec.json.Encoder()

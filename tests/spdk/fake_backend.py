@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,16 @@ class FakeBackend:
         self.namespaces_of: dict[str, list[Namespace]] = {}
         self.driver: dict[tuple[Path, str], FakeController] = {}
         self.connect_delay = 0.0
+        # Targets the backend finds by asking (a fake SPDK target's listeners,
+        # tests/v2/fakes.py): a path's namespaces, or None if nothing listens.
+        self.resolvers: list[Callable[[Path], list[Namespace] | None]] = []
+
+    def _resolve(self, path: Path) -> list[Namespace] | None:
+        for resolver in self.resolvers:
+            found = resolver(path)
+            if found is not None:
+                return found
+        return None
 
     def add_target(self, traddr: str, trsvcid: str, subnqn: str, sizes: list[int]) -> None:
         self.reachable.add((traddr, trsvcid))
@@ -47,7 +57,10 @@ class FakeBackend:
         self.events.append(("connect", str(first)))
         try:
             await asyncio.sleep(self.connect_delay)
-            if (first.traddr, first.trsvcid) not in self.reachable:
+            resolved = self._resolve(first)
+            if resolved is not None:
+                self.namespaces_of[first.subnqn] = resolved
+            elif (first.traddr, first.trsvcid) not in self.reachable:
                 await asyncio.sleep(opts.attach_timeout_sec)
                 raise AttachTimeout(f"no answer from {first}")
         except asyncio.CancelledError:

@@ -29,6 +29,10 @@ class Lvol:
     name: str
     uuid: str
     size_mib: int
+    snapshot: bool = False
+    parent: str = ""  # the lvol name of its parent snapshot (a clone's)
+    allocated_mib: int = 0  # what its own clusters hold (a test "writes" with ``write``)
+    content: str = "zeroes"  # a token for what it reads: equal tokens, equal bytes
 
 
 @dataclass
@@ -132,23 +136,46 @@ class FakeSpdk:
                 return bdev, self.devices[path]
         return None
 
-    def rpc_bdev_get_bdevs(self, method: str, name: str) -> list[dict[str, Any]]:
+    def _lvol_bdev(self, lvs: LvstoreOnDevice, bdev: str, lvol: Lvol) -> dict[str, Any]:
+        """An lvol as bdev_get_bdevs shows it, with SPDK v24.01's
+        ``driver_specific.lvol``: a clone names its parent snapshot, a
+        snapshot its clones, by lvol name."""
+        details: dict[str, Any] = {
+            "lvol_store_uuid": lvs.uuid,
+            "base_bdev": bdev,
+            "thin_provision": True,
+            "snapshot": lvol.snapshot,
+            "clone": bool(lvol.parent),
+        }
+        if lvol.parent:
+            details["base_snapshot"] = lvol.parent
+        if lvol.snapshot:
+            details["clones"] = [c.name for c in lvs.lvols.values() if c.parent == lvol.name]
+        return {
+            "name": lvol.uuid,
+            "aliases": [f"{lvs.name}/{lvol.name}"],
+            "uuid": lvol.uuid,
+            "block_size": 4096,
+            "num_blocks": lvol.size_mib * 256,
+            "driver_specific": {"lvol": details},
+        }
+
+    def rpc_bdev_get_bdevs(self, method: str, name: str = "") -> list[dict[str, Any]]:
+        if not name:
+            every: list[dict[str, Any]] = []
+            for bdev, (path, block) in self.aio.items():
+                every.append({"name": bdev, "block_size": block, "num_blocks": os.path.getsize(path) // block})
+                if bdev in self.loaded:
+                    lvs = self.devices[self.loaded[bdev]]
+                    every.extend(self._lvol_bdev(lvs, bdev, lvol) for lvol in lvs.lvols.values())
+            return every
         if name in self.aio:
             path, block = self.aio[name]
             return [{"name": name, "block_size": block, "num_blocks": os.path.getsize(path) // block}]
         lvs_name, _, lvol_name = name.partition("/")
         found = self._lvstore_by_name(lvs_name)
         if found is not None and lvol_name in found[1].lvols:
-            lvol = found[1].lvols[lvol_name]
-            return [
-                {
-                    "name": lvol.uuid,
-                    "aliases": [name],
-                    "uuid": lvol.uuid,
-                    "block_size": 4096,
-                    "num_blocks": lvol.size_mib * 256,
-                }
-            ]
+            return [self._lvol_bdev(found[1], found[0], found[1].lvols[lvol_name])]
         raise self._err(method, -errno.ENODEV)
 
     # -- lvstores and lvols ----------------------------------------------------------------
@@ -232,8 +259,67 @@ class FakeSpdk:
         lvs, lvol = self._lvol(method, name)
         if any(ns["bdev_name"] == name for s in self.subsystems.values() for ns in s["namespaces"]):
             raise self._err(method, -errno.EBUSY)
+        clones = [c for c in lvs.lvols.values() if c.parent == lvol.name]
+        if len(clones) > 1:
+            raise self._err(method, -errno.EBUSY, "Cannot remove snapshot with more than one clone")
+        for clone in clones:  # SPDK folds a snapshot into its one clone
+            clone.parent = lvol.parent
+            clone.allocated_mib += lvol.allocated_mib
         del lvs.lvols[lvol.name]
         return True
+
+    def rpc_bdev_lvol_snapshot(self, method: str, lvol_name: str, snapshot_name: str) -> str:
+        lvs, lvol = self._lvol(method, lvol_name)
+        if lvol.snapshot:
+            raise self._err(method, -errno.EINVAL)
+        if snapshot_name in lvs.lvols:
+            raise self._err(method, -errno.EEXIST)
+        snap = Lvol(
+            snapshot_name, str(uuidlib.uuid4()), lvol.size_mib, True, lvol.parent, lvol.allocated_mib, lvol.content
+        )
+        lvs.lvols[snapshot_name] = snap
+        lvol.parent, lvol.allocated_mib = snapshot_name, 0
+        return snap.uuid
+
+    def rpc_bdev_lvol_clone(self, method: str, snapshot_name: str, clone_name: str) -> str:
+        lvs, snap = self._lvol(method, snapshot_name)
+        if not snap.snapshot:
+            raise self._err(method, -errno.EINVAL)
+        if clone_name in lvs.lvols:
+            raise self._err(method, -errno.EEXIST)
+        clone = Lvol(clone_name, str(uuidlib.uuid4()), snap.size_mib, False, snap.name, 0, snap.content)
+        lvs.lvols[clone_name] = clone
+        return clone.uuid
+
+    def rpc_bdev_lvol_rename(self, method: str, old_name: str, new_name: str) -> bool:
+        lvs, lvol = self._lvol(method, old_name)
+        if new_name in lvs.lvols:
+            raise self._err(method, -errno.EEXIST)
+        del lvs.lvols[lvol.name]
+        for child in lvs.lvols.values():
+            if child.parent == lvol.name:
+                child.parent = new_name
+        lvol.name = new_name
+        lvs.lvols[new_name] = lvol
+        return True
+
+    def write(self, alias: str, mib: int, content: str | None = None) -> None:
+        """A host wrote ``mib`` MiB of new clusters into lvol ``alias``; what
+        it reads is now ``content`` (a new token by default)."""
+        lvol = self._lvol("write", alias)[1]
+        lvol.allocated_mib += mib
+        lvol.content = content if content is not None else str(uuidlib.uuid4())
+
+    def lvol_at(self, traddr: str, trsvcid: str, nqn: str) -> Lvol | None:
+        """The lvol a subsystem serves as namespace 1 at a listener."""
+        subsystem = self.subsystems.get(nqn)
+        if subsystem is None or not subsystem["namespaces"]:
+            return None
+        if not any(a["traddr"] == traddr and a["trsvcid"] == trsvcid for a in subsystem["listen_addresses"]):
+            return None
+        lvs_name, _, lvol_name = subsystem["namespaces"][0]["bdev_name"].partition("/")
+        found = self._lvstore_by_name(lvs_name)
+        return found[1].lvols.get(lvol_name) if found is not None else None
 
     # -- NVMe-oF ------------------------------------------------------------------------------
 
@@ -256,6 +342,14 @@ class FakeSpdk:
         self._lvol(method, namespace["bdev_name"])
         subsystem["namespaces"].append({"nsid": len(subsystem["namespaces"]) + 1, **namespace})
         return len(subsystem["namespaces"])
+
+    def rpc_nvmf_subsystem_remove_ns(self, method: str, nqn: str, nsid: int) -> bool:
+        subsystem = self._subsystem(method, nqn)
+        before = len(subsystem["namespaces"])
+        subsystem["namespaces"] = [ns for ns in subsystem["namespaces"] if ns["nsid"] != nsid]
+        if len(subsystem["namespaces"]) == before:
+            raise self._err(method, -32602, "Invalid parameters")
+        return True
 
     def rpc_nvmf_subsystem_add_listener(self, method: str, nqn: str, listen_address: dict[str, str]) -> bool:
         subsystem = self._subsystem(method, nqn)

@@ -12,24 +12,32 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
+from imd.errors import FailedPrecondition
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
 from imd.supervisor.supervisor import Supervisor
+from imd.v2.chains import LocalReplicaNodes
 from imd.v2.datapath import DataPath
+from imd.v2.model import HashStatus, ReplicaChain, SnapshotExport, SnapshotInfo
 from imd.v2.node import V2Node
 from imd.v2.target import TargetKeeper, TargetSettings
 from spdk_ffi import ControllerOpts, Initiator
 from spdk_ffi.mirror import ExportInfo, LegMode
+from spdk_ffi.model import Namespace
+from spdk_ffi.model import Path as NvmePath
 from tests.spdk.fake_backend import FakeBackend
+from tests.spdk.fake_jobs import FakeJob, FakeJobs
 from tests.spdk.fake_mirror import FakeMirror, FakeRebuild
 from tests.v2.fake_spdk import FakeSpdk, FakeTargetClient
+from tests.v2.fake_spdk import Lvol as FakeLvol
 
 PORTS = (23000, 23099)
 T = TypeVar("T")
@@ -67,18 +75,69 @@ class FakeKeeper(TargetKeeper):
 
 
 class FakeExpander:
-    """Replicas' nodes, as an engine's expansion reaches them."""
+    """Replicas' nodes, as an engine reaches them (``ReplicaNodes``): it
+    grows their lvols (recording the calls), and, without ``nodes`` (real
+    ``Chains`` of fake nodes, tests/v2/test_snapshots.py), their replicas
+    (fake targets with no lvstore) have no snapshots."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int]] = []
         self.fail: dict[str, Exception] = {}
         self.delay = 0.0
+        self.nodes: LocalReplicaNodes | None = None
 
     async def expand(self, address: str, replica: str, size: int) -> None:
         self.calls.append((address, replica, size))
         await asyncio.sleep(self.delay)
         if replica in self.fail:
             raise self.fail[replica]
+        if self.nodes is not None:
+            await self.nodes.expand(address, replica, size)
+
+    def _nodes(self) -> LocalReplicaNodes:
+        if self.nodes is None:
+            raise FailedPrecondition("these fake replicas keep no snapshots")
+        return self.nodes
+
+    async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain:
+        if self.nodes is None:
+            return ReplicaChain(replica=replica, head_parent="", head_size=-1, snapshots=())
+        return await self.nodes.snapshot_chain(address, replica)
+
+    async def snapshot_create(
+        self, address: str, replica: str, name: str, *, user_created: bool, created: str, labels: dict[str, str]
+    ) -> SnapshotInfo:
+        return await self._nodes().snapshot_create(
+            address, replica, name, user_created=user_created, created=created, labels=labels
+        )
+
+    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
+        return await self._nodes().snapshot_delete(address, replica, name)
+
+    async def snapshot_purge(self, address: str, replica: str) -> list[str]:
+        return await self._nodes().snapshot_purge(address, replica)
+
+    async def snapshot_revert(self, address: str, replica: str, name: str) -> None:
+        await self._nodes().snapshot_revert(address, replica, name)
+
+    async def snapshot_expose(self, address: str, replica: str, name: str) -> SnapshotExport:
+        return await self._nodes().snapshot_expose(address, replica, name)
+
+    async def snapshot_unexpose(self, address: str, replica: str, name: str) -> None:
+        await self._nodes().snapshot_unexpose(address, replica, name)
+
+    async def snapshot_hash(self, address: str, replica: str, name: str, rehash: bool) -> HashStatus:
+        return await self._nodes().snapshot_hash(address, replica, name, rehash)
+
+    async def snapshot_hash_status(self, address: str, replica: str, name: str) -> HashStatus:
+        return await self._nodes().snapshot_hash_status(address, replica, name)
+
+    async def snapshot_hash_cancel(self, address: str, replica: str) -> None:
+        if self.nodes is not None:
+            await self.nodes.snapshot_hash_cancel(address, replica)
+
+    async def engine_replicas(self, address: str, engine: str) -> list[tuple[str, str]]:
+        return await self._nodes().engine_replicas(address, engine)
 
 
 class RecordingMirror(FakeMirror):
@@ -109,6 +168,14 @@ class RecordingMirror(FakeMirror):
     async def unexport(self) -> None:
         self.calls.append("unexport")
         await super().unexport()
+
+    async def quiesce(self) -> None:
+        self.calls.append("quiesce")
+        await super().quiesce()
+
+    async def resume(self) -> None:
+        self.calls.append("resume")
+        await super().resume()
 
     async def resize(self, num_blocks: int) -> None:
         self.calls.append(f"resize {num_blocks}")
@@ -146,7 +213,8 @@ class FakeData:
         self.expander = FakeExpander()
         self.mirrors: list[RecordingMirror] = []
         self.mirror_delay = 0.0
-        self.path = DataPath(Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5))
+        self.jobs = FakeJobs()
+        self.path = DataPath(Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5), self.jobs)
 
     async def create_mirror(
         self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1, leg_timeout_ms: int = 5000
@@ -183,6 +251,36 @@ class FakeData:
 
         self.backend.add_target(address, str(port), nqn_of(name), [size])
         return f"{address}:{port}"
+
+
+def link(data: FakeData, *targets: FakeSpdk) -> None:
+    """One fake world: whatever these fake SPDK targets export (replicas,
+    snapshots served for a copy or a hash) is reachable through ``data``'s
+    fake backend, a hash's digest is that of what the lvol reads (its
+    content token), and a copy makes the destination read as the source."""
+
+    def lvol(path: NvmePath) -> FakeLvol | None:
+        for spdk in targets:
+            found = spdk.lvol_at(path.traddr, path.trsvcid, path.subnqn)
+            if found is not None:
+                return found
+        return None
+
+    def namespaces(path: NvmePath) -> list[Namespace] | None:
+        found = lvol(path)
+        return [Namespace(1, found.size_mib << 20, 4096)] if found is not None else None
+
+    def of(controller: Any) -> FakeLvol:
+        found = lvol(controller.key[0])
+        assert found is not None, f"no fake lvol behind {controller.key[0]}"
+        return found
+
+    def copied(job: FakeJob) -> None:
+        of(job.dst).content = of(job.src).content
+
+    data.backend.resolvers.append(namespaces)
+    data.jobs.digest_of = lambda controller: hashlib.sha256(of(controller).content.encode()).hexdigest()
+    data.jobs.on_copied = copied
 
 
 class FakeStore:

@@ -102,7 +102,7 @@ async def test_a_stale_controller_is_cleaned_up_once_then_attached_once(tmp_path
     the new engine's create succeeds first time, one detach, one attach."""
     _v2, data, _, instances = await started(tmp_path)
     address = data.replica_target("r1", 4420)
-    from imd.v2.engines import replica_paths
+    from imd.v2.datapath import replica_paths
 
     await data.path.initiator.attach("r1", replica_paths("r1", [address]), host_nqn_of("dead"), owner="dead-engine")
     connects, disconnects = data.backend.connects(), data.backend.disconnects()

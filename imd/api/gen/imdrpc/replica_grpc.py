@@ -9,6 +9,7 @@ import grpclib.client
 if typing.TYPE_CHECKING:
     import grpclib.server
 
+import google.protobuf.empty_pb2
 import imd.api.gen.imdrpc.replica_pb2
 
 
@@ -18,6 +19,46 @@ class ReplicaServiceBase(abc.ABC):
     async def ReplicaExpand(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.ReplicaExpandRequest, imd.api.gen.imdrpc.replica_pb2.ReplicaExpandResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def SnapshotCreate(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotCreateRequest, imd.api.gen.imdrpc.replica_pb2.Snapshot]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotDelete(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotChain(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.ReplicaRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotChainResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotPurge(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.ReplicaRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotPurgeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotRevert(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, google.protobuf.empty_pb2.Empty]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotExpose(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotUnexpose(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, google.protobuf.empty_pb2.Empty]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotHash(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotHashRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotHashStatusGet(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def SnapshotHashCancel(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.ReplicaRequest, google.protobuf.empty_pb2.Empty]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/imdrpc.ReplicaService/ReplicaExpand': grpclib.const.Handler(
@@ -25,6 +66,66 @@ class ReplicaServiceBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 imd.api.gen.imdrpc.replica_pb2.ReplicaExpandRequest,
                 imd.api.gen.imdrpc.replica_pb2.ReplicaExpandResponse,
+            ),
+            '/imdrpc.ReplicaService/SnapshotCreate': grpclib.const.Handler(
+                self.SnapshotCreate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotCreateRequest,
+                imd.api.gen.imdrpc.replica_pb2.Snapshot,
+            ),
+            '/imdrpc.ReplicaService/SnapshotDelete': grpclib.const.Handler(
+                self.SnapshotDelete,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse,
+            ),
+            '/imdrpc.ReplicaService/SnapshotChain': grpclib.const.Handler(
+                self.SnapshotChain,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotChainResponse,
+            ),
+            '/imdrpc.ReplicaService/SnapshotPurge': grpclib.const.Handler(
+                self.SnapshotPurge,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotPurgeResponse,
+            ),
+            '/imdrpc.ReplicaService/SnapshotRevert': grpclib.const.Handler(
+                self.SnapshotRevert,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                google.protobuf.empty_pb2.Empty,
+            ),
+            '/imdrpc.ReplicaService/SnapshotExpose': grpclib.const.Handler(
+                self.SnapshotExpose,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse,
+            ),
+            '/imdrpc.ReplicaService/SnapshotUnexpose': grpclib.const.Handler(
+                self.SnapshotUnexpose,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                google.protobuf.empty_pb2.Empty,
+            ),
+            '/imdrpc.ReplicaService/SnapshotHash': grpclib.const.Handler(
+                self.SnapshotHash,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotHashRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus,
+            ),
+            '/imdrpc.ReplicaService/SnapshotHashStatusGet': grpclib.const.Handler(
+                self.SnapshotHashStatusGet,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus,
+            ),
+            '/imdrpc.ReplicaService/SnapshotHashCancel': grpclib.const.Handler(
+                self.SnapshotHashCancel,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+                google.protobuf.empty_pb2.Empty,
             ),
         }
 
@@ -37,4 +138,64 @@ class ReplicaServiceStub:
             '/imdrpc.ReplicaService/ReplicaExpand',
             imd.api.gen.imdrpc.replica_pb2.ReplicaExpandRequest,
             imd.api.gen.imdrpc.replica_pb2.ReplicaExpandResponse,
+        )
+        self.SnapshotCreate = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotCreate',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotCreateRequest,
+            imd.api.gen.imdrpc.replica_pb2.Snapshot,
+        )
+        self.SnapshotDelete = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotDelete',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse,
+        )
+        self.SnapshotChain = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotChain',
+            imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotChainResponse,
+        )
+        self.SnapshotPurge = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotPurge',
+            imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotPurgeResponse,
+        )
+        self.SnapshotRevert = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotRevert',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            google.protobuf.empty_pb2.Empty,
+        )
+        self.SnapshotExpose = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotExpose',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse,
+        )
+        self.SnapshotUnexpose = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotUnexpose',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            google.protobuf.empty_pb2.Empty,
+        )
+        self.SnapshotHash = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotHash',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotHashRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus,
+        )
+        self.SnapshotHashStatusGet = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotHashStatusGet',
+            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotHashStatus,
+        )
+        self.SnapshotHashCancel = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/SnapshotHashCancel',
+            imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+            google.protobuf.empty_pb2.Empty,
         )

@@ -1,0 +1,444 @@
+"""V2 snapshots over the fakes (issue 19): one fake node whose real
+``Chains`` keep its replicas' chains on the fake SPDK target (snapshot,
+clone, delete and rename with SPDK v24.01's rules), engines whose mirror is
+the in-memory one, and jobs that move content tokens instead of bytes
+(tests/v2/fakes.py ``link``): a "host write" gives every RW replica's head
+the same new token, a hash is the SHA-256 of the token, a copy makes the
+destination read as the source. What this checks is the orchestration:
+quiesce, all or none, the chain carried by a rebuild, a snapshot during a
+rebuild, revert, remove and purge, hash caching, limits, restart, clone,
+and what preempts what. The bytes are checked against a real target in
+tests/v2/test_v2_snapshots_spdk.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from imd.errors import AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from imd.services.engines import EngineService
+from imd.services.instances import InstanceService, V2Request
+from imd.services.processes import Lifecycle, ProcessService
+from imd.v2 import state as v2state
+from imd.v2.chains import LocalReplicaNodes, lvol_name_of
+from imd.v2.model import VOLUME_HEAD, ReplicaMode
+from tests.v2.fakes import link, node, progress
+
+pytestmark = pytest.mark.asyncio
+
+SIZE = 64 << 20
+V2 = 1  # DATA_ENGINE_V2 (imrpc.DataEngine)
+
+
+class World:
+    """A started fake node with disk d1, its services, and helpers."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.v2, self.keeper, self.data, self.store = node(tmp_path)
+        self.spdk = self.keeper.spdk
+        link(self.data, self.spdk)
+        self.data.expander.nodes = LocalReplicaNodes({"127.0.0.1": self.v2.chains}, {"127.0.0.1": self.v2.engines})
+        self.v2.chains._allocation = self.allocation
+        self.instances = InstanceService(ProcessService(self.v2.supervisor, Lifecycle()), self.v2, "")
+        self.engines = EngineService(self.instances)
+
+    async def start(self) -> World:
+        await self.v2.start(self.v2.load())
+        path = self.tmp_path / "disk.img"
+        with path.open("wb") as f:
+            f.truncate(1 << 30)
+        await self.v2.disks.create("d1", "", str(path), 4096)
+        return self
+
+    async def replica(self, name: str) -> str:
+        view = await self.instances.create_v2(V2Request(name=name, type="replica", disk_name="d1", size=SIZE))
+        return f"127.0.0.1:{view.port_start}"
+
+    async def engine(self, name: str, replicas: list[str], frontend: str = "spdk-tcp-nvmf") -> None:
+        addresses = {r: await self.replica(r) for r in replicas}
+        await self.instances.create_v2(
+            V2Request(
+                name=name, type="engine", volume_name="vol", size=SIZE, replica_address_map=addresses, frontend=frontend
+            )
+        )
+
+    async def allocation(self, disk_path: str) -> dict[str, int]:
+        """The fake target's allocation, as imd reads the real one from the device."""
+        lvs = self.spdk.devices[disk_path]
+        return {lvol.uuid: lvol.allocated_mib << 20 for lvol in lvs.lvols.values()}
+
+    def write(self, engine: str) -> str:
+        """A host write through ``engine``: every RW replica's head reads the same new data."""
+        token = f"data-{len(self.spdk.calls)}"
+        for replica, mode in self.v2.engines.engines[engine].record.modes.items():
+            if mode == ReplicaMode.RW:
+                self.spdk.write(f"d1/{replica}", 1, token)
+        return token
+
+    def lvol(self, name: str) -> Any:
+        return self.spdk.devices[next(iter(self.spdk.devices))].lvols[name]
+
+    def snapshot_lvol(self, replica: str, snapshot: str) -> Any:
+        return self.lvol(lvol_name_of(replica, snapshot))
+
+    def mirror(self, engine: str) -> Any:
+        return self.v2.engines.engines[engine].mirror
+
+    async def names(self, engine: str) -> dict[str, Any]:
+        return await self.engines.snapshot_list(engine, V2)
+
+
+async def until(predicate: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def until_async(predicate: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.01)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def world(tmp_path: Path) -> World:
+    return await World(tmp_path).start()
+
+
+# -- take and list ---------------------------------------------------------------------
+
+
+async def test_a_snapshot_is_taken_on_every_replica_while_writes_are_held(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    a = w.write("e1")
+    calls_before = list(w.mirror("e1").calls)
+    assert await w.engines.snapshot_create("e1", V2, "s1", {"app": "db"}) == "s1"
+    assert w.mirror("e1").calls[len(calls_before) :] == ["quiesce", "resume"]
+    for replica in ("r1", "r2"):
+        lvol = w.snapshot_lvol(replica, "s1")
+        assert lvol.snapshot and lvol.content == a
+        assert w.lvol(replica).parent == lvol.name  # the head is its clone now
+    w.write("e1")
+    generated = await w.engines.snapshot_create("e1", V2, "", {})
+    assert re.match(r"^[0-9a-f-]{36}$", generated)
+    listing = await w.names("e1")
+    assert set(listing) == {"s1", generated, VOLUME_HEAD}
+    assert (listing["s1"].parent, listing["s1"].children) == ("", (generated,))
+    assert (listing[generated].parent, listing[generated].children) == ("s1", (VOLUME_HEAD,))
+    assert listing[VOLUME_HEAD].parent == generated and not listing[VOLUME_HEAD].user_created
+    assert listing["s1"].labels == {"app": "db"} and listing["s1"].user_created
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", listing["s1"].created)
+    assert (listing["s1"].size, listing[generated].size, listing[VOLUME_HEAD].size) == (1 << 20, 1 << 20, 0)
+    # The names and metadata are on disk before the snapshot is acknowledged.
+    saved = v2state.decode(w.store.snapshots[-1]).snapshots
+    assert {(m.replica, m.name, m.labels.get("app", "")) for m in saved} == {
+        ("r1", "s1", "db"),
+        ("r2", "s1", "db"),
+        ("r1", generated, ""),
+        ("r2", generated, ""),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "error", "field"),
+    [
+        ("volume-head", {}, InvalidArgument, "snapshot_volume.name"),
+        ("a/b", {}, InvalidArgument, "snapshot_volume.name"),
+        ("x" * 256, {}, InvalidArgument, "snapshot_volume.name"),
+        ("s2", {"a=b": "c"}, InvalidArgument, "snapshot_volume.labels"),
+        ("s2", {"imd/missing-on": "r1"}, InvalidArgument, "snapshot_volume.labels"),
+        ("s1", {}, AlreadyExists, "snapshot_volume.name"),
+    ],
+)
+async def test_bad_snapshots_are_refused_naming_the_field(
+    tmp_path: Path, name: str, labels: dict[str, str], error: type[Exception], field: str
+) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    before = len(w.spdk.called("bdev_lvol_snapshot"))
+    with pytest.raises(error) as err:
+        await w.engines.snapshot_create("e1", V2, name, labels)
+    assert getattr(err.value, "field", None) == field
+    assert len(w.spdk.called("bdev_lvol_snapshot")) == before  # nothing half-made
+
+
+async def test_all_or_none_a_replica_that_fails_undoes_the_others(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    chains = w.v2.chains
+    real = chains.create
+
+    async def r2_fails(replica: str, name: str, **kw: Any) -> Any:
+        if replica == "r2":
+            raise Unavailable("disk d1 is not answering")
+        return await real(replica, name, **kw)
+
+    chains.create = r2_fails  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match=r"replica r2: disk d1 is not answering"):
+        await w.engines.snapshot_create("e1", V2, "s1", {})
+    chains.create = real  # type: ignore[method-assign]
+    assert [n for n in w.spdk.devices[next(iter(w.spdk.devices))].lvols if n.startswith("snap-")] == []
+    assert set(await w.names("e1")) == {VOLUME_HEAD}
+    assert w.mirror("e1").quiesced is False  # the writes were let go
+
+
+async def test_the_snapshot_limit_is_enforced_naming_it(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    await w.engines.snapshot_max_count_set("e1", V2, 2)
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    with pytest.raises(FailedPrecondition) as err:
+        await w.engines.snapshot_create("e1", V2, "s3", {})
+    assert err.value.field == "snapshot_max_count" and "limit" in str(err.value)
+    assert w.engines.volume("e1", V2).snapshot_max_count == 2
+    with pytest.raises(InvalidArgument) as bad:
+        await w.engines.snapshot_max_count_set("e1", V2, -1)
+    assert bad.value.field == "count.count"
+
+
+# -- remove, purge, revert -----------------------------------------------------------------
+
+
+async def test_remove_folds_a_snapshot_into_its_child_and_the_data_stays(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    b = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    await w.engines.snapshot_remove("e1", V2, ["s1"])
+    listing = await w.names("e1")
+    assert set(listing) == {"s2", VOLUME_HEAD} and listing["s2"].parent == ""
+    assert w.snapshot_lvol("r1", "s2").content == b  # what s2 reads did not change
+    with pytest.raises(NotFound) as err:
+        await w.engines.snapshot_remove("e1", V2, ["s1"])
+    assert err.value.field == "names"
+    with pytest.raises(InvalidArgument):
+        await w.engines.snapshot_remove("e1", V2, [VOLUME_HEAD])
+
+
+async def test_revert_needs_no_frontend_and_branches_the_chain(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"], frontend="")
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    w.write("e1")
+    await w.engines.snapshot_revert("e1", V2, "s1")
+    for replica in ("r1", "r2"):
+        head = w.lvol(replica)
+        assert head.parent == lvol_name_of(replica, "s1") and head.content == a
+    listing = await w.names("e1")
+    assert listing[VOLUME_HEAD].parent == "s1"
+    assert set(listing["s1"].children) == {"s2", VOLUME_HEAD}  # the later snapshot stays
+    assert w.v2.engines.engines["e1"].record.modes == {"r1": ReplicaMode.RW, "r2": ReplicaMode.RW}
+    # s1 now has two children: a remove marks it, a purge leaves it until it has one.
+    await w.engines.snapshot_remove("e1", V2, ["s1"])
+    assert (await w.names("e1"))["s1"].removed
+    await w.engines.snapshot_remove("e1", V2, ["s2"])
+    await w.engines.snapshot_purge("e1", V2, False)
+    assert set(await w.names("e1")) == {VOLUME_HEAD}
+    statuses = w.engines.snapshot_purge_status("e1", V2)
+    assert {s.state for s in statuses.values()} == {"complete"} and not any(s.is_purging for s in statuses.values())
+
+
+async def test_revert_with_a_frontend_is_refused(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    with pytest.raises(FailedPrecondition) as err:
+        await w.engines.snapshot_revert("e1", V2, "s1")
+    assert err.value.field == "frontend"
+    with pytest.raises(InvalidArgument):
+        await w.engines.snapshot_revert("e1", V2, VOLUME_HEAD)
+
+
+# -- hash ----------------------------------------------------------------------------------
+
+
+async def test_hash_runs_on_each_replica_is_cached_and_rehashed_on_demand(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.data.jobs.delay = None  # jobs end when the test says
+    await w.engines.snapshot_hash("e1", V2, "s1", False)
+    status = await w.engines.snapshot_hash_status("e1", V2, "s1")
+    assert {s.state for s in status.values()} == {"in_progress"} and len(status) == 2
+    await until(lambda: len(w.data.jobs.jobs) == 2)  # each node attached its snapshot's export
+    for job in w.data.jobs.jobs:
+        job.finish()
+
+    async def complete() -> bool:
+        s = await w.engines.snapshot_hash_status("e1", V2, "s1")
+        return {x.state for x in s.values()} == {"complete"}
+
+    await until_async(complete)
+    status = await w.engines.snapshot_hash_status("e1", V2, "s1")
+    assert {s.checksum for s in status.values()} == {digest(a)}
+    jobs = len(w.data.jobs.jobs)
+    await w.engines.snapshot_hash("e1", V2, "s1", False)  # cached: no new job
+    assert len(w.data.jobs.jobs) == jobs
+    await w.engines.snapshot_hash("e1", V2, "s1", True)  # rehash: new jobs, in progress until done
+    await until(lambda: len(w.data.jobs.jobs) == jobs + 2)
+    assert {s.state for s in (await w.engines.snapshot_hash_status("e1", V2, "s1")).values()} == {"in_progress"}
+
+
+async def test_an_engine_delete_preempts_its_replicas_hashes(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.data.jobs.delay = None
+    await w.engines.snapshot_hash("e1", V2, "s1", False)
+    view = w.v2.engines.engines["e1"]
+    await w.instances.delete_v2("e1", view.uuid, "engine", cleanup=False)
+    await until(lambda: "e1" not in w.v2.engines.engines)
+    assert {j.status().state.value for j in w.data.jobs.jobs} == {"cancelled"}
+    assert [c.name for c in w.data.path.initiator.controllers()] == []  # the hash exports' controllers too
+
+
+# -- rebuild ------------------------------------------------------------------------------
+
+
+async def test_a_rebuild_carries_the_chain_then_copies_the_head_comparing(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {"k": "v"})
+    b = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})
+    w.write("e1")
+    address = await w.replica("r3")
+    await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    mirror = w.mirror("e1")
+    await until(lambda: bool(mirror.rebuilds))  # the chain phase runs first; the head phase is the mirror's
+    assert mirror.rebuild_compare
+    assert (w.snapshot_lvol("r3", "s1").content, w.snapshot_lvol("r3", "s2").content) == (a, b)
+    r3 = await w.v2.chains.chain("r3")
+    assert [(s.name, s.parent, s.labels) for s in r3.snapshots] == [("s1", "", {"k": "v"}), ("s2", "s1", {})]
+    progress(mirror.rebuilds[-1], 1.0)
+    mirror.finish_rebuild()
+    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+    assert w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW
+
+
+async def test_a_snapshot_during_a_rebuild_ends_up_on_the_new_replica(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    address = await w.replica("r3")
+    await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    mirror = w.mirror("e1")
+    await until(lambda: bool(mirror.rebuilds))
+    head_copy = mirror.rebuilds[-1]
+    c = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s2", {})  # the head phase steps back for it
+    assert head_copy.status().state.value == "cancelled"
+    await until(lambda: len(mirror.rebuilds) == 2)
+    assert [s.name for s in (await w.v2.chains.chain("r3")).snapshots] == ["s1", "s2"]
+    assert w.snapshot_lvol("r3", "s2").content == c
+    mirror.finish_rebuild()
+    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+    assert "imd/missing-on" not in (await w.names("e1"))["s2"].labels
+
+
+async def test_a_rebuild_onto_a_replica_with_foreign_snapshots_fails_visibly(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    address = await w.replica("r3")
+    await w.v2.chains.create("r3", "other", user_created=True)
+    await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
+    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.ERR)
+    engine = w.v2.engines.engines["e1"]
+    assert engine.record.modes["r3"] == ReplicaMode.ERR and "rebuild onto an empty replica" in engine.errors["r3"]
+
+
+# -- what preempts what --------------------------------------------------------------------
+
+
+async def test_a_snapshot_while_an_expansion_runs_is_aborted_for_a_retry(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    w.data.expander.delay = 10  # the replica's node is slow to grow it
+    expanding = asyncio.ensure_future(w.engines.expand("e1", V2, 2 * SIZE))
+    await until(lambda: w.v2.engines.engines["e1"].op is not None)
+    with pytest.raises(Conflict, match="expansion"):
+        await w.engines.snapshot_create("e1", V2, "s1", {})
+    expanding.cancel()
+
+
+async def test_replicas_that_disagree_are_named_in_the_listing(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1", "r2"])
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    await w.v2.chains.create("r1", "only-r1", user_created=True)  # behind the engine's back
+    listing = await w.names("e1")
+    assert listing["only-r1"].labels == {"imd/missing-on": "r2"}
+    assert "imd/missing-on" not in listing["s1"].labels
+
+
+# -- restart ------------------------------------------------------------------------------
+
+
+async def test_after_a_restart_the_chain_is_read_again_and_metadata_reconciled(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    await w.engines.snapshot_create("e1", V2, "s1", {"keep": "me"})
+    saved = v2state.decode(w.store.snapshots[-1])
+    # A record whose lvol is gone (a delete that finished before the crash)
+    # and an lvol with no record (a snapshot made outside imd).
+    ghost = msgspec.structs.replace(saved.snapshots[0], lvol_name="snap-ghost", name="ghost")
+    w.spdk.rpc_bdev_lvol_snapshot("bdev_lvol_snapshot", "d1/r1", "stray")
+    persisted = msgspec.structs.replace(saved, snapshots=[*saved.snapshots, ghost])
+    again, keeper, data, _ = node(tmp_path / "again", w.spdk)
+    link(data, w.spdk)
+    data.expander.nodes = LocalReplicaNodes({"127.0.0.1": again.chains}, {"127.0.0.1": again.engines})
+    keeper.fresh = False
+    report = await again.start(persisted)
+    assert report["v2_snapshot_records_dropped"] == 1
+    services = EngineService(InstanceService(ProcessService(again.supervisor, Lifecycle()), again, ""))
+    listing = await services.snapshot_list("e1", V2)
+    assert listing["s1"].labels == {"keep": "me"} and listing["s1"].user_created
+    assert not listing["stray"].user_created  # a system snapshot, named after its lvol
+    await services.snapshot_purge("e1", V2, False)
+    assert set(await services.snapshot_list("e1", V2)) == {"s1", VOLUME_HEAD}
+
+
+# -- clone ---------------------------------------------------------------------------------
+
+
+async def test_a_clone_copies_another_volume_s_snapshot_onto_every_replica(tmp_path: Path) -> None:
+    w = await world(tmp_path)
+    await w.engine("e1", ["r1"])
+    a = w.write("e1")
+    await w.engines.snapshot_create("e1", V2, "s1", {})
+    w.write("e1")
+    await w.engine("e2", ["r4", "r5"])
+    before = w.engines.snapshot_clone_status("e2", V2)
+    assert [s.state for s in before.values()] == [""]  # what Longhorn's manager waits for to start one
+    await w.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
+    await until(lambda: all(s.state == "complete" for s in w.engines.snapshot_clone_status("e2", V2).values()))
+    status = w.engines.snapshot_clone_status("e2", V2)
+    assert set(status) == {k for k in status if k.startswith("tcp://127.0.0.1:")} and len(status) == 2
+    assert {(s.state, s.progress, s.snapshot) for s in status.values()} == {("complete", 100, "s1")}
+    assert (w.lvol("r4").content, w.lvol("r5").content) == (a, a)
+    with pytest.raises(Exception) as err:
+        await w.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 1)
+    assert getattr(err.value, "field", "") == "clone_mode"
