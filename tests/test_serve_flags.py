@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -20,7 +21,7 @@ from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.cli.main import build_parser
 from imd.cli.serve import config_from_args
 from imd.config import ConfigError, V2Config
-from tests.helpers import CHILD_PORTS, PY, health_serving, make_daemon
+from tests.helpers import PY, health_serving, make_daemon
 
 ONE_LINE = [
     "serve",
@@ -134,7 +135,7 @@ async def test_a_one_line_v2_node_uses_its_flags(tmp_path: Path) -> None:
     argv = [
         *("serve", "--listen", f"127.0.0.1:{daemon.base_port}", "--socket", str(daemon.socket)),
         *("--state-dir", str(daemon.state_dir), "--logs-dir", str(daemon.logs_dir)),
-        *("--port-range", f"{CHILD_PORTS[0]}-{CHILD_PORTS[1]}", "--metrics-listen", ""),
+        *("--port-range", msgspec.toml.decode(daemon.config_path.read_bytes())["port_range"], "--metrics-listen", ""),
         *("--v2", "--spdk-dir", str(missing), "--replica-address", "127.0.0.1", "--engine-address", "127.0.0.1"),
         *("--target-core-mask", "0x1", "--engine-core-mask", "0x2", "--target-arg=--disable-cpumask-locks"),
     ]
