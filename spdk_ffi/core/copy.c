@@ -10,7 +10,9 @@
  *          as the source. With IMDN_COPY_SKIP_ZERO (a destination that reads
  *          zeroes) all-zero chunks are never written.
  *   hash   SHA-256 of the namespace's whole logical content: equal on two
- *          replicas exactly when their contents are equal. With a base (the
+ *          replicas exactly when their contents are equal (SHA-512 with
+ *          IMDN_HASH_SHA512: a backing image's checksum, which Longhorn
+ *          computes so over the image's device). With a base (the
  *          snapshot's parent), the chunks that differ from it are counted:
  *          what the snapshot itself holds, at chunk (cluster) granularity.
  *
@@ -60,6 +62,7 @@ struct imdn_job {
 	bool done;
 	struct imdn_req *cancel_req;
 	EVP_MD_CTX *sha;
+	uint32_t digest_len;
 	/* Python reads these (imdn_job_stats) */
 	_Atomic int state, error;
 	_Atomic uint64_t bytes_done, chunks_written, chunks_skipped, chunks_differ;
@@ -92,6 +95,7 @@ static void job_finish(struct imdn_job *job, int state, int err)
 	if (job->kind == IMDN_JOB_HASH && state == IMDN_RB_COMPLETE) {
 		unsigned int len = 0;
 		EVP_DigestFinal_ex(job->sha, job->digest, &len);
+		job->digest_len = len;
 	}
 	job->done = true;
 	mpath_unref(job->src);
@@ -329,8 +333,9 @@ void job_start(struct imdn_req *req)
 	bool second = req->job_dst.mpath != NULL && (req->job_kind == IMDN_JOB_HASH || (req->copy_flags & IMDN_COPY_COMPARE));
 	job->other = second ? spdk_dma_zmalloc(chunk, 4096, NULL) : NULL;
 	job->sha = req->job_kind == IMDN_JOB_HASH ? EVP_MD_CTX_new() : NULL;
+	const EVP_MD *md = (req->copy_flags & IMDN_HASH_SHA512) ? EVP_sha512() : EVP_sha256();
 	if (job->buf == NULL || (second && job->other == NULL) ||
-	    (job->sha != NULL && EVP_DigestInit_ex(job->sha, EVP_sha256(), NULL) != 1) ||
+	    (job->sha != NULL && EVP_DigestInit_ex(job->sha, md, NULL) != 1) ||
 	    (req->job_kind == IMDN_JOB_HASH && job->sha == NULL)) {
 		spdk_dma_free(job->buf);
 		spdk_dma_free(job->other);
@@ -417,6 +422,7 @@ void imdn_job_stats(struct imdn_job *job, struct imdn_job_stats *out)
 	out->chunks_skipped = CTR_GET(job->chunks_skipped);
 	out->chunks_differ = CTR_GET(job->chunks_differ);
 	if (out->state == IMDN_RB_COMPLETE) {
+		out->digest_len = job->digest_len;
 		memcpy(out->digest, job->digest, sizeof(out->digest));
 	}
 }
