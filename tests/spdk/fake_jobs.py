@@ -26,7 +26,7 @@ def _default_digest(controller: Any) -> str:
     return hashlib.sha256(str(paths[0] if paths else controller).encode()).hexdigest()
 
 
-def _default_sha512(controller: Any) -> str:
+def _default_sha512(controller: Any, blocks: int) -> str:
     paths = getattr(controller, "paths", None)
     return hashlib.sha512(str(paths[0] if paths else controller).encode()).hexdigest()
 
@@ -66,7 +66,7 @@ class FakeJobs:
         self.jobs: list[FakeJob] = []
         self.delay: float | None = 0.0
         self.digest_of: Callable[[Any], str] = _default_digest
-        self.sha512_of: Callable[[Any], str] = _default_sha512
+        self.sha512_of: Callable[[Any, int], str] = _default_sha512  # (source, blocks)
         self.on_copied: Callable[[FakeJob], None] | None = None  # a copy completed: make dst read as src
 
     def _start(self, kind: str, src: Any, dst: Any, blocks: int, **flags: Any) -> FakeJob:
@@ -74,7 +74,7 @@ class FakeJobs:
             raise InvalidOptions(f"a {kind}: blocks > 0")
         job = FakeJob(kind, src, dst, blocks, flags, on_copied=self.on_copied)
         if kind == "hash":
-            job.digest = self.sha512_of(src) if flags.get("algorithm") == "sha512" else self.digest_of(src)
+            job.digest = self.sha512_of(src, blocks) if flags.get("algorithm") == "sha512" else self.digest_of(src)
         self.jobs.append(job)
         if self.delay is not None:
             asyncio.get_running_loop().call_later(self.delay, job.finish)
