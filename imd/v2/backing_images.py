@@ -15,7 +15,8 @@ Longhorn's SPDK engine does (``pkg/spdk/backing_image.go``):
   served to this node itself over NVMe-oF and filled, in this node's C
   core: from the URL through spdk_ffi's Python tier in 1 MiB writes
   (imd.v2.image_io), or from the other node's export by a copy job; either
-  way chunks of zeroes are not written, so a sparse image stays thin. Its
+  way chunks of zeroes are not written, so a sparse image stays thin (the
+  head is as large as the disk, thin, for SPDK v24.01's sake: imd.v2.bases). Its
   SHA-512 is then read back from the lvol by a hash job (what Longhorn
   computes over the image's device: ``util.GetFileChecksum``) and compared
   with the expected checksum. A match snapshots the head into the image
@@ -101,6 +102,7 @@ from spdk_ffi.mirror import RebuildState
 
 log = logging.getLogger("imd.v2.backing_images")
 
+MIB = 1 << 20
 SERIAL = "IMD0000000000003"
 MODEL = "imd backing image"
 PROGRESS_POLL_S = 0.25
@@ -279,7 +281,16 @@ class BackingImages:
             else:
                 self._leases.pop(key, None)
 
-        return BaseLease(name, disk_name, record.lvol_name, record.spec.size, release)
+        return BaseLease(name, disk_name, record.lvol_name, record.spec.size, self._lvol_mib(record), release)
+
+    def clone_limit(self, name: str, disk_name: str) -> int:
+        disk = self.disks.records.get(disk_name)
+        record = self.records.get(f"{disk.uuid}/{name}") if disk is not None else None
+        return self._lvol_mib(record) * MIB if record is not None else 0
+
+    @staticmethod
+    def _lvol_mib(record: BackingImageRecord) -> int:
+        return record.lvol_mib or lvol_mib(record.spec.size)
 
     # -- create ------------------------------------------------------------------------------
 
@@ -432,8 +443,11 @@ class BackingImages:
             if data is None:
                 raise _Failed("this node's spdk_ffi core went away")
             self._set(record, state=IN_PROGRESS, progress=0, error="")
+            # As large as the disk, so that any replica on it lies within (see imd.v2.bases).
+            disk = await self.disks.view(record.disk_name)
+            record.lvol_mib = max(lvol_mib(spec.size), disk.total_size // MIB)
             try:
-                await client.lvol_create(record.disk_name, record.temp_lvol, lvol_mib(spec.size))
+                await client.lvol_create(record.disk_name, record.temp_lvol, record.lvol_mib)
                 checksum = await self._fill(record, source, client, data, temp)
             finally:
                 await source.close()
@@ -441,6 +455,7 @@ class BackingImages:
             if checksum != spec.checksum:
                 raise _Failed(f"checksum mismatch: expected {spec.checksum}, the content's SHA-512 is {checksum}")
             record.lvol_uuid = await client.lvol_snapshot(temp, record.lvol_name)
+            await _gone_ok(client.lvol_delete(temp))  # the head has done its job: ready means nothing else is left
             self._set(record, state=READY, progress=100, error="")
             await self._durable()
         except asyncio.CancelledError:
@@ -461,9 +476,6 @@ class BackingImages:
                 await self._durable()
             log.error("backing image failed", extra=fields(name=spec.name, disk=record.disk_name, error=why))
             return
-        # Ready: the temporary head has done its job (a failure here is swept later).
-        with contextlib.suppress(TargetRpcError, TargetUnreachable, ImdError):
-            await _gone_ok(self.target.require().lvol_delete(temp))
         log.info("backing image ready", extra=fields(name=spec.name, disk=record.disk_name, lvol=record.lvol_name))
 
     async def _fill(

@@ -14,7 +14,14 @@ checksum, how far the copy got) lives in a ``BackingImageRecord`` in
 first lvol is made and dropped after the last one went.
 
 A replica made from an image is a clone of that snapshot
-(``bdev_lvol_clone``): it reads the image where it has not written. The
+(``bdev_lvol_clone``), resized to the replica's size: it reads the image
+where it has not written. The image's lvol is as large as its disk (thin:
+only the image's data takes room), not as the image: SPDK v24.01 fails I/O
+to the part of a clone that lies beyond its parent snapshot's end (fixed
+upstream in v24.05, "blob: handle IO to a resized blob"), so every replica
+the disk can hold must lie within the image's lvol; a clone is shrunk to
+its replica's size, so only the image itself pays the disk-sized cluster
+map in the target's memory (8 bytes per MiB of disk). The
 image is the base of the replica's chain, never a snapshot in it
 (``Bases.base_of``); a replica takes a ``lease`` on the image for the time
 its clone is being made, so that a delete of the image cannot slip in
@@ -84,6 +91,8 @@ class BackingImageRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     disk_name: str
     lvol_name: str
     lvol_uuid: str = ""
+    lvol_mib: int = 0
+    """The image lvol's size (the disk's, at the copy; see the module doc)."""
     state: str = PENDING
     progress: int = 0
     current_checksum: str = ""
@@ -117,11 +126,14 @@ class BaseLease:
     """A replica's hold on an image while its clone is being made: the image
     cannot be deleted meanwhile. ``release`` is idempotent."""
 
-    def __init__(self, name: str, disk_name: str, lvol_name: str, size: int, release: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, disk_name: str, lvol_name: str, size: int, lvol_mib: int, release: Callable[[], None]
+    ) -> None:
         self.name = name
         self.disk_name = disk_name
         self.lvol_name = lvol_name
-        self.size = size
+        self.size = size  # the image's
+        self.lvol_mib = lvol_mib  # its lvol's: what a clone of it starts as, and the most a clone may be
         self._release = release
         self._released = False
 
@@ -143,6 +155,11 @@ class Bases(Protocol):
         """Hold image ``name`` on disk ``disk_name`` for a clone; raises
         FailedPrecondition (naming ``field``) if it is not there and ready,
         or is being deleted."""
+        ...
+
+    def clone_limit(self, name: str, disk_name: str) -> int:
+        """The most bytes a clone of image ``name`` may hold (its lvol's
+        size), or 0 if the image is not known."""
         ...
 
 

@@ -190,6 +190,13 @@ class Replicas:
                 f"{spec.size} is smaller than backing image {spec.backing_image} ({lease.size} bytes)",
                 field=f"{field_prefix}.size",
             )
+        if lvol_mib(spec.size) > lease.lvol_mib:
+            lease.release()
+            raise ResourceExhausted(
+                f"{spec.size} bytes are more than a clone of backing image {spec.backing_image} can hold "
+                f"on disk {spec.disk_name} ({lease.lvol_mib * MIB} bytes, the disk's size)",
+                field=f"{field_prefix}.size",
+            )
         return lease
 
     async def _build(self, client: SpdkTargetClient, record: ReplicaRecord, lease: BaseLease | None = None) -> None:
@@ -200,11 +207,12 @@ class Replicas:
             self.hub.publish(self.view(record))
             await self.hub.durable()  # the intent, before anything exists on the target
             if existing is None and lease is not None:
-                # A clone of the image (its size), grown to the replica's.
+                # A clone of the image (as large as the image's lvol), cut to
+                # the replica's size (imd.v2.bases says why the lvol is large).
                 image = f"{lease.disk_name}/{lease.lvol_name}"
                 record.lvol_uuid = await client.lvol_clone(image, record.name)
                 lease.release()  # the clone exists: the image has a child now, which a delete sees
-                if lvol_mib(record.spec.size) > lvol_mib(lease.size):
+                if lvol_mib(record.spec.size) != lease.lvol_mib:
                     await client.lvol_resize(alias, lvol_mib(record.spec.size))
             elif existing is None:
                 record.lvol_uuid = await client.lvol_create(
@@ -270,6 +278,15 @@ class Replicas:
             raise InvalidArgument(f"{size} is not a multiple of the block size {disk.block_size}", field="size")
         if size <= record.spec.size:
             return record.spec.size
+        bases = self.bases if record.spec.backing_image else None
+        limit = bases.clone_limit(record.spec.backing_image, disk.name) if bases is not None else 0
+        if limit and size > limit:
+            # SPDK v24.01 fails I/O to a clone beyond its image's lvol (imd.v2.bases).
+            raise ResourceExhausted(
+                f"replica {name} is a clone of backing image {record.spec.backing_image}, which it "
+                f"cannot outgrow on this SPDK ({limit} bytes, its disk's size)",
+                field="size",
+            )
         client = self.target.require()
         try:
             await client.lvol_resize(f"{record.spec.disk_name}/{name}", lvol_mib(size))

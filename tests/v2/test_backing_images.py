@@ -280,7 +280,8 @@ async def test_an_image_is_downloaded_checked_and_snapshotted(tmp_path: Path, se
     done = await n.state("img", READY)
     assert (done.progress, done.current_checksum, done.error) == (100, sha512(data), "")
     lvol = n.lvols()[image_lvol_name("img", n.disk_uuid)]
-    assert lvol.snapshot and lvol.size_mib == 4  # the clusters the image needs
+    disk = await n.v2.disks.view("d1")
+    assert lvol.snapshot and lvol.size_mib == disk.total_size // MIB  # room for any replica (imd.v2.bases)
     assert temp_lvol_name("img", n.disk_uuid) not in n.lvols()
     assert bytes(n.content.blobs[lvol.content])[:SIZE] == data  # what the lvol holds is the image
     # The chunk of zeroes was never written: the image is as thin as its content.
@@ -406,7 +407,7 @@ async def test_replicas_are_clones_of_the_image_and_their_chains_stop_there(tmp_
     addresses = {r: await n.replica(r, "img") for r in ("r1", "r2")}
     for r in addresses:
         head = n.lvols()[r]
-        assert head.parent == image and head.size_mib == 64  # a clone, grown to the replica's size
+        assert head.parent == image and head.size_mib == 64  # a clone, cut to the replica's size
         assert head.content == n.lvols()[image].content  # reads the image where it did not write
     await n.instances.create_v2(
         V2Request(name="e1", type="engine", volume_name="vol", size=64 * MIB, replica_address_map=addresses)
@@ -424,6 +425,11 @@ async def test_replicas_are_clones_of_the_image_and_their_chains_stop_there(tmp_
     # A purge or snapshot delete never reaches the image.
     await n.engines.snapshot_remove("e1", V2, ["s1"])
     assert n.lvols()["r1"].parent == image and image in n.lvols()
+    # A clone grows within the image's lvol (the disk's size), not beyond: SPDK v24.01 would fail its I/O there.
+    assert await n.v2.replicas.expand("r1", 128 * MIB) == 128 * MIB and n.lvols()["r1"].size_mib == 128
+    with pytest.raises(ResourceExhausted) as big:
+        await n.v2.replicas.expand("r1", 2 << 30)
+    assert big.value.field == "size" and "backing image img" in str(big.value)
     # DiskReplicaInstanceList shows replicas, not images' lvols; neither can be removed that way.
     assert {lvol.name for lvol in await n.v2.disks.lvols("d1")} == {"r1", "r2"}
     with pytest.raises(FailedPrecondition, match="SPDKBackingImageDelete"):
