@@ -109,9 +109,13 @@ async def replica(node: Node, name: str, image: str = "", disk: str = "d1", size
 
 
 async def drop(node: Node, name: str) -> None:
-    await node.stub.InstanceDelete(
-        inst.InstanceDeleteRequest(name=name, type="replica", data_engine=V2, cleanup_required=True)
-    )
+    try:
+        await node.stub.InstanceDelete(
+            inst.InstanceDeleteRequest(name=name, type="replica", data_engine=V2, cleanup_required=True)
+        )
+    except GRPCError as exc:
+        if exc.status != Status.NOT_FOUND:  # gone already (a delete of its own finished meanwhile)
+            raise
 
     async def gone() -> bool:
         return name not in (await node.stub.InstanceList(Empty())).instances
