@@ -22,6 +22,7 @@ class Served:
     status: int = 200
     redirect_to: str = ""
     silent: bool = False  # accept the request, never answer
+    head_delay: float = 0.0  # answer only after this many seconds
     cut_after: int | None = None  # close the connection after this many body bytes
     hold_after: int | None = None  # stop after this many body bytes until ``release``
     declared_length: int | None = None  # a Content-Length that is not the body's
@@ -77,6 +78,7 @@ class FileServer:
             served.gets += 1
             if served.silent:
                 await asyncio.Event().wait()
+            await asyncio.sleep(served.head_delay)
             if served.redirect_to:
                 writer.write(
                     f"HTTP/1.1 302 Found\r\nLocation: {served.redirect_to}\r\nContent-Length: 0\r\n\r\n".encode()

@@ -62,6 +62,7 @@ from imd.edges.http_download import Download, DownloadError, open_download
 from imd.edges.spdk_target import LvolBdev, SpdkTargetClient, TargetRpcError, TargetUnreachable
 from imd.errors import (
     AlreadyExists,
+    Conflict,
     FailedPrecondition,
     ImdError,
     InvalidArgument,
@@ -197,6 +198,7 @@ class BackingImages:
         self.events: Broadcaster[int] = Broadcaster(watch_queue_limit)
         self._seq = 0
         self._opening: set[str] = set()  # creates checking their source, not yet recorded
+        self._open_deleted: set[str] = set()  # of those, the ones a delete came for meanwhile
         self._copies: dict[str, asyncio.Task[None]] = {}
         self._deletes: dict[str, asyncio.Task[None]] = {}
         self._stop_reasons: dict[str, str] = {}
@@ -335,6 +337,8 @@ class BackingImages:
                 await self._finish_delete(self.target.require(), existing)
             source = await self._open(spec)
             try:
+                if key in self._open_deleted:
+                    raise Conflict(f"backing image {spec.name} was deleted while its create was starting", field="name")
                 if self.disks.by_uuid(spec.disk_uuid) is None or disk.name in self._leaving:
                     raise FailedPrecondition(f"disk {disk.name} was removed meanwhile", field="disk_uuid")
                 record = BackingImageRecord(
@@ -356,6 +360,7 @@ class BackingImages:
                 raise
         finally:
             self._opening.discard(key)
+            self._open_deleted.discard(key)
         task = asyncio.ensure_future(self._prepare(record, source))
         self._copies[key] = task
         task.add_done_callback(functools.partial(self._copy_done, record, source))
@@ -661,6 +666,9 @@ class BackingImages:
         running = self._deletes.get(key)
         if running is None:
             record = self.records.get(key)
+            if record is None and key in self._opening:
+                self._open_deleted.add(key)  # the create still checking its source gives up (ABORTED)
+                return
             if record is None:
                 await self._delete_orphan(name, disk_uuid)
                 return  # unknown, or deleted already: Longhorn's OK
