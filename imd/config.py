@@ -71,6 +71,12 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
     machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
+    image_connect_timeout_s: Seconds = 10.0
+    """A backing image's download: how long connecting to its URL may take."""
+    image_read_timeout_s: Seconds = 30.0
+    """A backing image's download: how long the server may send nothing
+    (for the answer, and for each piece of the body) before the download
+    fails."""
 
     def validate(self) -> None:
         """Values the types cannot check, named by their key (a bad mask or

@@ -18,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from imd.api.gen.imrpc import imrpc_grpc, instance_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
+from imd.cli.backing_images import add_commands as add_backing_image_commands
 from imd.cli.backup import add_commands as add_backup_commands
 from imd.cli.client import open_channel
 from imd.cli.output import emit, process_row, stream_lines
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_parser("version").set_defaults(func=version, port_offset=0)
     top.add_parser("status", help="the daemon at a glance").set_defaults(func=status, port_offset=0)
     add_v2_commands(top)
+    add_backing_image_commands(top)
     add_backup_commands(top)
     return parser
 

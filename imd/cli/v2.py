@@ -141,7 +141,9 @@ async def replica_create(a: argparse.Namespace, ch: Channel) -> None:
         type="replica",
         volume_name=a.volume,
         data_engine=common.DATA_ENGINE_V2,
-        spdk_instance_spec=inst.SpdkInstanceSpec(disk_name=a.disk, disk_uuid=a.disk_uuid, size=parse_size(a.size)),
+        spdk_instance_spec=inst.SpdkInstanceSpec(
+            disk_name=a.disk, disk_uuid=a.disk_uuid, size=parse_size(a.size), backing_image_name=a.backing_image
+        ),
     )
     _show_instance(a, await _inst(ch).InstanceCreate(inst.InstanceCreateRequest(spec=spec)))
 
@@ -344,6 +346,7 @@ def add_commands(top: Any) -> None:
         if kind == "replica":
             p.add_argument("--disk", required=True)
             p.add_argument("--disk-uuid", default="")
+            p.add_argument("--backing-image", default="", help="a ready backing image on the disk: a clone of it")
         else:
             p.add_argument("--replica", action="append", default=[], metavar="NAME=IP:PORT[,IP:PORT]")
             p.add_argument("--frontend", default="spdk-tcp-nvmf", help="spdk-tcp-nvmf, or '' for none")

@@ -142,7 +142,15 @@ def replica_spec(request: V2Request) -> ReplicaSpec:
     validate_name(disk, f"{SPDK_SPEC}.disk_name")
     if request.volume_name:
         validate_name(request.volume_name, "spec.volume_name")
-    return ReplicaSpec(name=request.name, disk_name=disk, size=request.size, volume_name=request.volume_name)
+    if request.backing_image_name:
+        validate_name(request.backing_image_name, f"{SPDK_SPEC}.backing_image_name")
+    return ReplicaSpec(
+        name=request.name,
+        disk_name=disk,
+        size=request.size,
+        volume_name=request.volume_name,
+        backing_image=request.backing_image_name,
+    )
 
 
 def engine_spec(request: V2Request) -> EngineSpec:

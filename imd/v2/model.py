@@ -104,6 +104,8 @@ class ReplicaSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     disk_name: str
     size: int
     volume_name: str = ""
+    backing_image: str = ""
+    """A backing image on the same disk: the replica's head is a clone of it."""
 
 
 class ReplicaRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -178,12 +180,15 @@ class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class ReplicaChain(msgspec.Struct, frozen=True, kw_only=True):
     """A replica's snapshots, oldest first along the head's ancestry, then
-    any branch a revert left; ``head_parent`` is the head's (``""``: none)."""
+    any branch a revert left; ``head_parent`` is the head's (``""``: none).
+    ``backing_image`` names the image the chain starts from (``""``: none);
+    it is the chain's base, not one of its snapshots."""
 
     replica: str
     head_parent: str
     head_size: int
     snapshots: tuple[SnapshotInfo, ...]
+    backing_image: str = ""
 
 
 class HashStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -320,7 +320,12 @@ def supervisor(root: Path) -> Supervisor:
 
 
 def node(
-    root: Path, spdk: FakeSpdk | None = None, data: FakeData | None = None, *, sup: Supervisor | None = None
+    root: Path,
+    spdk: FakeSpdk | None = None,
+    data: FakeData | None = None,
+    *,
+    sup: Supervisor | None = None,
+    address: str = "127.0.0.1",
 ) -> tuple[V2Node, FakeKeeper, FakeData, FakeStore]:
     sup = sup or supervisor(root)
     keeper = FakeKeeper(sup, spdk or FakeSpdk())
@@ -330,8 +335,8 @@ def node(
         target=keeper,
         data=data.path,
         data_unavailable="",
-        replica_address="127.0.0.1",
-        engine_address="127.0.0.1",
+        replica_address=address,
+        engine_address=address,
         state_dir=root,
         watch_queue_limit=1000,
         expander=data.expander,
