@@ -67,6 +67,10 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
     machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
+    backup_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 128
+    """Cap on what a V2 backup reads to hash, compress and upload (all-zero
+    blocks are not counted), so host I/O keeps most of the machine (0: no
+    cap)."""
 
     def spdk_prefix(self) -> str:
         return self.spdk_dir or os.environ.get("SPDK_DIR", "")

@@ -38,6 +38,8 @@ from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
+from imd.v2.backups import DEFAULT_RATE_BYTES_PER_S as DEFAULT_BACKUP_RATE
+from imd.v2.backups import Backups
 from imd.v2.chains import Allocation, Chains
 from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.disks import Disks
@@ -96,6 +98,7 @@ class V2Node:
         rebuild_rate_bytes_per_s: int = 0,
         replica_timeout_ms: int = 5000,
         hash_rate_bytes_per_s: int = 0,
+        backup_rate_bytes_per_s: int = DEFAULT_BACKUP_RATE,
         allocation: Allocation | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -133,7 +136,8 @@ class V2Node:
         if data is not None and hasattr(data.backend, "on_silent"):
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.snapshots = Snapshots(self.engines)
-        self.engines.on_deleted = self.snapshots.forget
+        self.backups = Backups(self.engines, self.snapshots, rate_bytes_per_s=backup_rate_bytes_per_s)
+        self.engines.on_deleted = self._engine_gone
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE
@@ -141,6 +145,10 @@ class V2Node:
         self._seq = 0
         self._removed: dict[str, asyncio.Future[None]] = {}
         logging.getLogger("imd.v2").addHandler(self.logs)
+
+    def _engine_gone(self, name: str) -> None:
+        self.snapshots.forget(name)
+        self.backups.forget(name)
 
     # -- Hub ---------------------------------------------------------------------------
 
@@ -199,6 +207,7 @@ class V2Node:
             self.replicas.adopt_unserved(persisted.replicas, self.target.reason)
             report["replicas_unserved"] = len(persisted.replicas)
         report.update(await self.engines.recover(persisted.engines))
+        report["backups_interrupted"] = self.backups.recover()
         self.changed()
         with contextlib.suppress(ImdError):
             # A state dir that cannot be written leaves the daemon degraded
@@ -315,6 +324,7 @@ class V2Node:
 
     async def close(self) -> None:
         self.events.close_all()
+        await self.backups.close()
         await self.engines.close()
         await self.chains.close()
         await self.replicas.close()
