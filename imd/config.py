@@ -71,6 +71,10 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
     machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
+    backup_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 128
+    """Cap on what a V2 backup reads to hash, compress and upload (all-zero
+    blocks are not counted), so host I/O keeps most of the machine (0: no
+    cap)."""
     image_connect_timeout_s: Seconds = 10.0
     """A backing image's download: how long connecting to its URL may take."""
     image_read_timeout_s: Seconds = 30.0

@@ -20,7 +20,7 @@ from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.api.gen.imrpc import proxy_pb2 as ppb
 from imd.api.gen.ptypes import controller_pb2 as ctl
-from imd.cli import snapshots
+from imd.cli import backups, snapshots
 from imd.cli.output import as_dict, emit, stream_lines
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
@@ -312,6 +312,7 @@ def _add_engine_operations(commands: Any) -> None:
     p.add_argument("engine")
     p.set_defaults(func=engine_rebuild_status, port_offset=PROXY_OFFSET)
     snapshots.add_commands(commands)
+    backups.add_commands(commands)
 
 
 def add_commands(top: Any) -> None:

@@ -133,6 +133,10 @@ class Engines:
         self.metrics = metrics if metrics is not None else Metrics()
         self.engines: dict[str, Engine] = {}
         self.on_deleted: Callable[[str], None] | None = None  # what else goes with an engine (its statuses)
+        # Work an engine owns outside its one operation (backups, restores:
+        # imd.v2.backups) is told here when something must stop it:
+        # (engine, why, replica) with replica "" for the whole engine.
+        self.preempters: list[Callable[[Engine, str, str], None]] = []
 
     # -- queries ------------------------------------------------------------------
 
@@ -317,6 +321,13 @@ class Engines:
         if record.delete_requested or record.state != ProcessState.RUNNING or engine.mirror is None:
             raise FailedPrecondition(f"engine {name} is {record.state.value}", field=field)
         return engine
+
+    def preempt(self, engine: Engine, why: str, replica: str = "") -> None:
+        """Stop the engine's side work (backups, restores) that ``why``
+        makes impossible: everything for the engine, or what reads from
+        ``replica``. Returns at once; each stops within one block."""
+        for preempter in self.preempters:
+            preempter(engine, why, replica)
 
     def _busy(self, engine: Engine) -> None:
         if engine.op is not None:
@@ -595,9 +606,10 @@ class Engines:
         ):
             raise FailedPrecondition(f"replica {replica} is engine {name}'s last healthy one", field="replica_name")
         op = engine.op
+        if op is not None and engine.op_kind != "rebuild":
+            self._busy(engine)
+        self.preempt(engine, f"replica {replica} was removed", replica)
         if op is not None:
-            if engine.op_kind != "rebuild":
-                self._busy(engine)
             op.cancel()
             with contextlib.suppress(BaseException):
                 await op
@@ -768,6 +780,7 @@ class Engines:
             raise
         if engine.op is not None:
             engine.op.cancel()  # preempt a create, expansion or rebuild at once
+        self.preempt(engine, "the engine was deleted")
         engine.teardown = asyncio.ensure_future(self._teardown(engine))
         return self.view(engine, deleted=True)
 

@@ -225,6 +225,44 @@ class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     """From the InstanceSpec (0: Longhorn's default, 250)."""
 
 
+class BackupRecord(msgspec.Struct, kw_only=True):
+    """One backup an engine made or is making (imd.v2.backups), kept in the
+    engine's record until the engine goes, so that a backup running when
+    imd died reads "interrupted by restart" afterwards instead of being
+    forgotten. No credentials: those travel with the request only."""
+
+    name: str
+    snapshot: str
+    volume: str
+    target: str
+    replica: str = ""
+    replica_address: str = ""
+    state: str = "in_progress"  # Longhorn's: in_progress, complete, error
+    progress: int = 0
+    url: str = ""
+    error: str = ""
+    is_incremental: bool = False
+    started: str = ""
+    finished: str = ""
+
+
+class RestoreRecord(msgspec.Struct, kw_only=True):
+    """The engine's restore (imd.v2.backups): the one in progress or the
+    last one, and ``last_restored``, the backup the volume holds (the base
+    of the next, incremental, restore)."""
+
+    backup_url: str = ""
+    backup: str = ""  # the backup being (or last) restored
+    last_restored: str = ""
+    state: str = ""  # "", in_progress, complete, error
+    is_restoring: bool = False
+    progress: int = 0
+    error: str = ""
+    snapshot: str = ""  # the snapshot taken of the restored volume
+    replica_errors: dict[str, str] = {}  # replicas that left the mirror during the restore
+    started: str = ""
+
+
 class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One engine. ``port`` is its frontend's (0 with no frontend);
     ``modes`` is the engine's view of each replica; ``size`` the volume's
@@ -253,6 +291,10 @@ class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Set when the daemon took the engine down cleanly (no write in flight),
     so its replicas hold the same bytes; a restore after anything else
     resyncs them from one replica first."""
+    backups: dict[str, BackupRecord] = {}
+    """By backup name: in progress, and the finished ones (the newest
+    ``imd.v2.backups.KEEP_FINISHED``) until the engine goes."""
+    restore: RestoreRecord | None = None
 
 
 # -- what clients see ----------------------------------------------------------------

@@ -41,6 +41,8 @@ from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
 from imd.v2.backing_images import BackingImages
+from imd.v2.backups import DEFAULT_RATE_BYTES_PER_S as DEFAULT_BACKUP_RATE
+from imd.v2.backups import Backups
 from imd.v2.bases import ImagePeers
 from imd.v2.chains import Allocation, Chains
 from imd.v2.datapath import DataPath, ReplicaNodes
@@ -101,6 +103,7 @@ class V2Node:
         rebuild_rate_bytes_per_s: int = 0,
         replica_timeout_ms: int = 5000,
         hash_rate_bytes_per_s: int = 0,
+        backup_rate_bytes_per_s: int = DEFAULT_BACKUP_RATE,
         allocation: Allocation | None = None,
         metrics: Metrics | None = None,
         image_peers: ImagePeers | None = None,
@@ -142,7 +145,6 @@ class V2Node:
         if data is not None and hasattr(data.backend, "on_silent"):
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.snapshots = Snapshots(self.engines)
-        self.engines.on_deleted = self.snapshots.forget
         self.backing_images = BackingImages(
             self.target,
             self.disks,
@@ -159,6 +161,8 @@ class V2Node:
         )
         self.replicas.bases = self.backing_images
         self.chains.bases = self.backing_images
+        self.backups = Backups(self.engines, self.snapshots, rate_bytes_per_s=backup_rate_bytes_per_s)
+        self.engines.on_deleted = self._engine_gone
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE
@@ -166,6 +170,10 @@ class V2Node:
         self._seq = 0
         self._removed: dict[str, asyncio.Future[None]] = {}
         logging.getLogger("imd.v2").addHandler(self.logs)
+
+    def _engine_gone(self, name: str) -> None:
+        self.snapshots.forget(name)
+        self.backups.forget(name)
 
     # -- Hub ---------------------------------------------------------------------------
 
@@ -227,6 +235,7 @@ class V2Node:
             self.backing_images.adopt_unserved(persisted.backing_images)
             report["replicas_unserved"] = len(persisted.replicas)
         report.update(await self.engines.recover(persisted.engines))
+        report["backups_interrupted"] = self.backups.recover()
         self.changed()
         with contextlib.suppress(ImdError):
             # A state dir that cannot be written leaves the daemon degraded
@@ -367,6 +376,7 @@ class V2Node:
     async def close(self) -> None:
         self.events.close_all()
         await self.backing_images.close()
+        await self.backups.close()
         await self.engines.close()
         await self.chains.close()
         await self.replicas.close()
