@@ -67,15 +67,28 @@ class FakeKeeper(TargetKeeper):
 
 
 class FakeExpander:
-    """Replicas' nodes, as an engine's expansion reaches them."""
+    """Replicas' nodes, as an engine's expansion reaches them. With
+    ``hold()``, every call waits (after it is recorded in ``calls``) until
+    the test calls ``release()``: an expansion the test can catch in
+    progress and end when it chooses."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int]] = []
         self.fail: dict[str, Exception] = {}
         self.delay = 0.0
+        self._held: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._held = asyncio.Event()
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.set()
 
     async def expand(self, address: str, replica: str, size: int) -> None:
         self.calls.append((address, replica, size))
+        if self._held is not None:
+            await self._held.wait()
         await asyncio.sleep(self.delay)
         if replica in self.fail:
             raise self.fail[replica]
