@@ -67,7 +67,14 @@ class RemoteReplicas:
             await stub.ReplicaExpand(rpb.ReplicaExpandRequest(name=replica, size=size), timeout=self.timeout)
         except GRPCError as exc:
             cls = _ERROR_OF.get(exc.status, errors.Unavailable)
-            raise cls(f"replica {replica} at {host}: {exc.message}") from exc
+            message = exc.message or exc.status.name
+            if message.startswith("size: "):
+                # The size the replica's node could not take is the size of
+                # the expansion the engine was asked for.
+                raise cls(
+                    f"replica {replica} at {host}: {message.removeprefix('size: ')}", field="expand.size"
+                ) from exc
+            raise cls(f"replica {replica} at {host}: {message}") from exc
         except (OSError, StreamTerminatedError, TimeoutError) as exc:
             raise errors.Unavailable(f"replica {replica}: cannot reach imd at {host}:{self.port}: {exc}") from exc
         finally:

@@ -8,6 +8,15 @@ it keeps in memory (bdevs, loaded lvstores, subsystems), so a "restart"
 loses the one and keeps the other. Every call is recorded, so tests can
 check what imd asked for, and any method can be made to fail.
 
+An lvstore runs out as a real one does (lib/blob, lib/lvol, v24.01): a
+thick lvol takes its clusters when made or grown, a thin one only as it is
+written (``write``), so neither a thin create nor a thin resize ever runs
+out of clusters; every lvol takes one metadata page, and an lvstore has as
+many as its device has clusters (one is the lvstore's own). Running out
+is answered as SPDK answers a failure in a completion callback: "Invalid
+params" (-32602) with the errno's text, ``No space left on device`` for
+clusters and ``Cannot allocate memory`` for metadata pages.
+
 The real target is exercised by tests/v2/test_v2_spdk.py where SPDK is
 installed; this fake lets the orchestration above be tested everywhere.
 """
@@ -21,7 +30,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from imd.edges.spdk_target import SpdkTargetClient, TargetRpcError, TargetUnreachable
+from imd.edges.spdk_target import INVALID_PARAMS, SpdkTargetClient, TargetRpcError, TargetUnreachable
 
 
 @dataclass
@@ -29,6 +38,8 @@ class Lvol:
     name: str
     uuid: str
     size_mib: int
+    thin: bool = True
+    clusters: int = 0  # allocated: all of them for a thick lvol, the written ones for a thin one
 
 
 @dataclass
@@ -36,8 +47,16 @@ class LvstoreOnDevice:
     uuid: str
     name: str
     cluster_size: int
-    total_clusters: int
+    total_clusters: int  # data clusters
+    md_pages: int  # one per lvol, and one for the lvstore itself
     lvols: dict[str, Lvol] = field(default_factory=dict)
+
+    @property
+    def free_clusters(self) -> int:
+        return self.total_clusters - sum(lvol.clusters for lvol in self.lvols.values())
+
+    def clusters_for(self, size_mib: int) -> int:
+        return -(-size_mib * (1 << 20) // self.cluster_size)
 
 
 class FakeSpdk:
@@ -82,6 +101,18 @@ class FakeSpdk:
     @staticmethod
     def _err(method: str, code: int, message: str = "") -> TargetRpcError:
         return TargetRpcError(method, code, message or os.strerror(-code) if code < 0 else message)
+
+    @staticmethod
+    def _callback_err(method: str, err: int) -> TargetRpcError:
+        """A failure in an operation's completion callback, as SPDK's lvol
+        RPCs report it: "Invalid params" with the errno's text."""
+        return TargetRpcError(method, INVALID_PARAMS, os.strerror(err))
+
+    def write(self, alias: str, clusters: int) -> None:
+        """A host wrote ``clusters`` more clusters of a thin lvol: they are
+        allocated now (no more than the lvol's size)."""
+        lvs, lvol = self._lvol("write", alias)
+        lvol.clusters = min(lvol.clusters + min(clusters, lvs.free_clusters), lvs.clusters_for(lvol.size_mib))
 
     # -- misc ---------------------------------------------------------------------------
 
@@ -157,14 +188,13 @@ class FakeSpdk:
         result = []
         for bdev, path in self.loaded.items():
             lvs = self.devices[path]
-            used = sum(-(-lvol.size_mib * (1 << 20) // lvs.cluster_size) for lvol in lvs.lvols.values()) // 4
             result.append(
                 {
                     "uuid": lvs.uuid,
                     "name": lvs.name,
                     "base_bdev": bdev,
                     "total_data_clusters": lvs.total_clusters,
-                    "free_clusters": max(0, lvs.total_clusters - used),
+                    "free_clusters": lvs.free_clusters,
                     "block_size": self.aio[bdev][1],
                     "cluster_size": lvs.cluster_size,
                 }
@@ -177,8 +207,10 @@ class FakeSpdk:
         if bdev_name in self.loaded or self._lvstore_by_name(lvs_name):
             raise self._err(method, -errno.EEXIST)
         path = self.aio[bdev_name][0]
-        total = os.path.getsize(path) // cluster_sz - 1
-        self.devices[path] = LvstoreOnDevice(str(uuidlib.uuid4()), lvs_name, cluster_sz, total)
+        clusters = os.path.getsize(path) // cluster_sz
+        # Metadata takes the first cluster; md pages: one per device cluster
+        # (num_md_pages_per_cluster_ratio 100).
+        self.devices[path] = LvstoreOnDevice(str(uuidlib.uuid4()), lvs_name, cluster_sz, clusters - 1, clusters)
         self.loaded[bdev_name] = path
         return self.devices[path].uuid
 
@@ -200,21 +232,27 @@ class FakeSpdk:
                 "uuid": lvol.uuid,
                 "name": lvol.name,
                 "lvs": {"name": lvs.name, "uuid": lvs.uuid},
-                "is_thin_provisioned": True,
+                "is_thin_provisioned": lvol.thin,
             }
             for lvol in lvs.lvols.values()
         ]
 
     def rpc_bdev_lvol_create(
-        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool
+        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool = False
     ) -> str:
         found = self._lvstore_by_name(lvs_name)
         if found is None:
             raise self._err(method, -errno.ENODEV)
-        if lvol_name in found[1].lvols:
+        lvs = found[1]
+        if lvol_name in lvs.lvols:
             raise self._err(method, -errno.EEXIST)
-        lvol = Lvol(lvol_name, str(uuidlib.uuid4()), size_in_mib)
-        found[1].lvols[lvol_name] = lvol
+        if 1 + len(lvs.lvols) >= lvs.md_pages:
+            raise self._callback_err(method, errno.ENOMEM)  # bs_create_blob: no free md page
+        clusters = 0 if thin_provision else lvs.clusters_for(size_in_mib)
+        if clusters > lvs.free_clusters:
+            raise self._callback_err(method, errno.ENOSPC)
+        lvol = Lvol(lvol_name, str(uuidlib.uuid4()), size_in_mib, thin=thin_provision, clusters=clusters)
+        lvs.lvols[lvol_name] = lvol
         return lvol.uuid
 
     def _lvol(self, method: str, alias: str) -> tuple[LvstoreOnDevice, Lvol]:
@@ -225,7 +263,13 @@ class FakeSpdk:
         return found[1], found[1].lvols[lvol_name]
 
     def rpc_bdev_lvol_resize(self, method: str, name: str, size_in_mib: int) -> bool:
-        self._lvol(method, name)[1].size_mib = size_in_mib
+        lvs, lvol = self._lvol(method, name)
+        if not lvol.thin:
+            more = lvs.clusters_for(size_in_mib) - lvol.clusters
+            if more > lvs.free_clusters:
+                raise self._callback_err(method, errno.ENOSPC)  # blob_resize: not enough free clusters
+            lvol.clusters += max(more, 0)
+        lvol.size_mib = size_in_mib
         return True
 
     def rpc_bdev_lvol_delete(self, method: str, name: str) -> bool:

@@ -22,7 +22,7 @@ from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
 from imd.supervisor.supervisor import Supervisor
-from imd.v2.datapath import DataPath
+from imd.v2.datapath import DataPath, ReplicaExpander
 from imd.v2.node import V2Node
 from imd.v2.target import TargetKeeper, TargetSettings
 from spdk_ffi import ControllerOpts, Initiator
@@ -227,8 +227,15 @@ def supervisor(root: Path) -> Supervisor:
 
 
 def node(
-    root: Path, spdk: FakeSpdk | None = None, data: FakeData | None = None, *, sup: Supervisor | None = None
+    root: Path,
+    spdk: FakeSpdk | None = None,
+    data: FakeData | None = None,
+    *,
+    sup: Supervisor | None = None,
+    expander: ReplicaExpander | None = None,
 ) -> tuple[V2Node, FakeKeeper, FakeData, FakeStore]:
+    """A V2 node on the fakes; its engines reach replicas' nodes through
+    ``expander`` (default: the recording FakeExpander in ``data``)."""
     sup = sup or supervisor(root)
     keeper = FakeKeeper(sup, spdk or FakeSpdk())
     data = data or FakeData()
@@ -241,7 +248,7 @@ def node(
         engine_address="127.0.0.1",
         state_dir=root,
         watch_queue_limit=1000,
-        expander=data.expander,
+        expander=expander or data.expander,
     )
     store = FakeStore(v2)
     v2.store = store
