@@ -20,7 +20,7 @@ from imd.services.instances import InstanceService, V2Request
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.model import ProcessState
 from imd.v2 import state as v2state
-from imd.v2.model import nqn_of
+from imd.v2.model import nguid_of, nqn_of
 from tests.v2.fake_spdk import FakeSpdk
 from tests.v2.fakes import node
 
@@ -50,6 +50,18 @@ async def started(tmp_path: Path, spdk: FakeSpdk | None = None):  # type: ignore
     await v2.start(v2.load())
     disks, instances = services(v2)
     return v2, keeper, store, disks, instances
+
+
+async def test_names_are_longhorns() -> None:
+    """Literals computed by Longhorn's own code, not ours: go-spdk-helper's
+    types.GetNQN and longhorn-spdk-engine's generateNGUID (a SHA-1
+    name-based UUID in the OID namespace, as hex), built with Go from their
+    sources for these names."""
+    assert nqn_of("r1") == "nqn.2023-01.io.longhorn.spdk:r1"
+    assert nqn_of("pvc-0a1b2c3d-r-0") == "nqn.2023-01.io.longhorn.spdk:pvc-0a1b2c3d-r-0"
+    assert nguid_of("r1") == "d01a42ab5bfd532aa2bb240ba2e5bc12"
+    assert nguid_of("e1") == "19f2bfd82a1a5e2d83d6541a3157afdb"
+    assert nguid_of("pvc-0a1b2c3d-r-0") == "b466095020f150ccba664816fc2fab0e"
 
 
 # -- disks ----------------------------------------------------------------------------
@@ -180,8 +192,9 @@ async def test_replica_lifecycle_exports_lvol_on_a_port_of_the_range(tmp_path: P
     view = await instances.create_v2(replica("r1", volume_name="vol-1"))
     assert view.state == ProcessState.RUNNING and view.type == "replica"
     assert 23000 <= view.port_start == view.port_end <= 23099
-    subsystem = keeper.spdk.subsystems[nqn_of("r1")]
+    subsystem = keeper.spdk.subsystems["nqn.2023-01.io.longhorn.spdk:r1"]  # Longhorn's (test_names_are_longhorns)
     assert subsystem["namespaces"][0]["bdev_name"] == "disk-1/r1"
+    assert subsystem["namespaces"][0]["nguid"] == "d01a42ab5bfd532aa2bb240ba2e5bc12"
     assert subsystem["listen_addresses"][0]["trsvcid"] == str(view.port_start)
     assert v2state.decode(store.snapshots[-1]).replicas[0].state == ProcessState.RUNNING
     with pytest.raises(AlreadyExists, match=r"^spec.name:"):
@@ -545,3 +558,18 @@ async def test_replica_expand_of_a_thick_lvol_the_target_cannot_grow(tmp_path: P
         await v2.replicas.expand("r1", 16 << 20)
     assert v2.replicas.records["r1"].spec.size == 8 << 20  # unchanged
     assert await v2.replicas.expand("r1", 12 << 20) == 12 << 20  # what fits, fits
+
+
+async def test_replica_lvols_report_their_size_and_no_allocation(tmp_path: Path) -> None:
+    """DiskReplicaInstanceList: SPDK v24.01 reports no allocated clusters per
+    lvol, so actual_size is 0 (README says so), even once clusters were
+    written; spec_size is the lvol's size as the target reports it."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1", size=SIZE))
+    keeper.spdk.write("disk-1/r1", 10)  # a host wrote 10 MiB
+    (lvol,) = await disks.replicas(DISK_TYPE_BLOCK, "disk-1", "")
+    assert (lvol.name, lvol.spec_size, lvol.actual_size) == ("r1", SIZE, 0)
+    assert lvol.uuid == v2.replicas.records["r1"].lvol_uuid and lvol.disk_name == "disk-1"
+    view = await disks.get(DISK_TYPE_BLOCK, "disk-1", "")
+    assert view.total_size - view.free_size == 10 << 20  # the disk shows the writes

@@ -55,8 +55,9 @@ async def test_engine_attaches_each_replica_mirrors_and_exports(tmp_path: Path) 
     replicas = {"r1": data.replica_target("r1", 4420), "r2": data.replica_target("r2", 4421)}
     view = await instances.create_v2(engine("e1", replicas))
     assert view.state == ProcessState.RUNNING and view.type == "engine"
-    assert view.endpoint == f"nvmf://127.0.0.1:{view.port_start}/{nqn_of('e1')}"
-    assert view.paths[0].nguid == nguid_of("e1") and view.paths[0].target_port == view.port_start
+    # Longhorn's names (tests/v2/test_disks_replicas.py::test_names_are_longhorns).
+    assert view.endpoint == f"nvmf://127.0.0.1:{view.port_start}/nqn.2023-01.io.longhorn.spdk:e1"
+    assert view.paths[0].nguid == "19f2bfd82a1a5e2d83d6541a3157afdb" and view.paths[0].target_port == view.port_start
     infos = {c.name: c for c in data.path.initiator.controllers()}
     assert set(infos) == {"r1", "r2"}
     assert {c.owner for c in infos.values()} == {view.uuid}
