@@ -342,7 +342,7 @@ async def test_concurrent_creates_and_deletes_keep_every_invariant(tmp_path: Pat
                     done["deleted"] += 1
                 except allowed:
                     pass
-            await asyncio.sleep(local.random() * 0.005)
+            await asyncio.sleep(local.random() * 0.005)  # jitter between a client's calls, not a wait
 
     await asyncio.gather(*(client(rng.randrange(1 << 30)) for _ in range(6)))
     await settled(v2)
