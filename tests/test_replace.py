@@ -4,6 +4,8 @@ new one runs, failures leave the old one untouched."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from tests.helpers import (
     STUBBORN,
     RunningDaemon,
     health_spec,
+    pid_alive,
+    registry_state,
     spec,
     until_event,
     wait_gone,
@@ -82,9 +86,30 @@ async def test_old_ports_are_held_until_old_process_exits(daemon_factory) -> Non
 
 
 async def test_failed_replacement_leaves_old_untouched_and_frees_its_ports(daemon_factory) -> None:  # type: ignore[no-untyped-def]
-    daemon = await daemon_factory(health_timeout_s=1.0)
-    stub = daemon.pm()
+    """A replacement that never serves misses its health deadline. The
+    deadline is short for that (1 s), so the old process is started under
+    the usual one first (a loaded machine can take longer than 1 s to start
+    a Python child), and the daemon restarted with the short one: it
+    re-adopts the old process as it was."""
+    daemon = await daemon_factory(stop_children_on_exit=False)
     old = await running(daemon, "keep")
+    await daemon.stop()
+    config = daemon.config_path.read_text()
+    assert "health_timeout_s = 15.0\n" in config
+    daemon.config_path.write_text(config.replace("health_timeout_s = 15.0\n", "health_timeout_s = 1.0\n"))
+    await daemon.start()
+    try:
+        await _replacement_fails(daemon, old)
+    finally:
+        await daemon.stop()
+        for entry in registry_state(daemon.state_dir)["processes"]:
+            if pid_alive(entry["pid"]):
+                os.kill(entry["pid"], signal.SIGKILL)
+
+
+async def _replacement_fails(daemon: RunningDaemon, old: pm.ProcessResponse) -> None:
+    stub = daemon.pm()
+    assert (await stub.ProcessGet(pm.ProcessGetRequest(name="keep"))).status.uuid == old.status.uuid
     async with watching(daemon.pm()) as events:
         with pytest.raises(GRPCError) as err:
             await replace(stub, health_spec("keep", "--not-serving"))

@@ -207,11 +207,11 @@ async def test_an_engine_lost_with_its_controllers_is_created_again_first_time(
     first call, and the replica's target sees exactly one controller, the
     new engine's."""
     node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
-    await node.replica("r1")
-    first = await node.engine("e1", ["r1"])
-    await node.daemon.stop(signal.SIGKILL)
-    await node.daemon.start()
-    try:
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        await node.replica("r1")
+        first = await node.engine("e1", ["r1"])
+        await node.daemon.stop(signal.SIGKILL)
+        await node.daemon.start()
         await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", uuid=first.status.uuid, data_engine=V2))
 
         async def gone() -> bool:
@@ -309,21 +309,22 @@ async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
-    await node.replica("r1")
-    await node.replica("r2")
-    e1 = await node.engine("e1", ["r1", "r2"])
-    loop = asyncio.ensure_future(
-        host(
-            cmd="loop",
-            path=path(e1.status.port_start, "e1"),
-            seed=21,
-            seconds=12,
-            qd=2,
-            span=4096,
-            opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1},
+    loop: asyncio.Future[dict[str, Any]] | None = None
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        await node.replica("r1")
+        await node.replica("r2")
+        e1 = await node.engine("e1", ["r1", "r2"])
+        loop = asyncio.ensure_future(
+            host(
+                cmd="loop",
+                path=path(e1.status.port_start, "e1"),
+                seed=21,
+                seconds=12,
+                qd=2,
+                span=4096,
+                opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1},
+            )
         )
-    )
-    try:
         await host_writing(node, "e1")
         await node.daemon.stop(signal.SIGKILL)  # writes in flight
         await node.daemon.start()
@@ -339,7 +340,7 @@ async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
         assert await hashes(node, "r1") == await hashes(node, "r2")
         print(f"restart pause seen by the host: {report['longest_gap_s']} s")
     finally:
-        if not loop.done():
+        if loop is not None and not loop.done():
             loop.cancel()
         await node.daemon.stop()
         from tests.v2.spdk_env import target_pid

@@ -160,10 +160,10 @@ async def test_the_target_outlives_a_daemon_kill_and_is_readopted(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     daemon, config = await with_disk(daemon_factory, tmp_path, stop_children_on_exit=False)
-    made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
     pid = target_pid(config)
     assert pid is not None
-    try:
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
         # A stray export under our prefix, as a crash could leave.
         rpc(config).call("nvmf_create_subsystem", nqn=nqn_of("stray"), allow_any_host=True)
         await daemon.stop(signal.SIGKILL)
