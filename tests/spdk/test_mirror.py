@@ -104,8 +104,17 @@ class Env:
         self.target.remove_listener(nqn(replica), port)
         self.removed.append((replica, port))
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
+        """Add the cut listeners back, once the target has closed the
+        qpairs they had: it tears those down after its RPC answered, and a
+        listener added back on the port before that is lost with them."""
         for replica, port in self.removed:
+
+            def closed(replica: str = replica, port: int = port) -> bool:
+                qpairs = self.target.rpc.call("nvmf_subsystem_get_qpairs", nqn=nqn(replica))
+                return all(q["listen_address"]["trsvcid"] != str(port) for q in qpairs)
+
+            await eventually(closed, f"the target closed the qpairs of {replica}'s port {port}")
             self.target.add_listener(nqn(replica), port)
         self.removed.clear()
 
@@ -140,7 +149,7 @@ class Env:
         return bytes(out)
 
     async def close(self) -> None:
-        self.restore()
+        await self.restore()
         for m in self.mirrors:
             await m.destroy()
         for info in self.ini.controllers():
@@ -300,7 +309,7 @@ async def test_leg_failing_under_load_goes_err_without_host_errors(env: Env) -> 
     assert legs["b"].mode == "ERR" and legs["b"].error and legs["a"].mode == "RW"
     assert [leg for leg, _ in failed] == ["b"], failed  # called once
     assert m.counters()["errors"] == 0
-    env.restore()
+    await env.restore()
     assert await env.read_replica("r1") == bytes(w.shadow)
 
 
@@ -335,7 +344,9 @@ async def test_multipath_leg_keeps_working_when_one_path_goes(env: Env) -> None:
     assert all(leg.mode == "RW" and leg.errors == 0 for leg in m.legs())
     paths = {p.path.trsvcid: p.connected for p in env.ini.controllers()[0].paths}
     assert paths == {"4431": False, "4432": True}
-    env.restore()
+
+    await env.restore()
+    await eventually(lambda: not path_4431_down(), "leg a's path 4431 back")  # the listener serves again
     assert await env.read_replica("r1") == bytes(w.shadow)
     assert await env.read_replica("r2") == bytes(w.shadow)
 
