@@ -204,7 +204,12 @@ class RemoteReplicas:
             yield replica_grpc.ReplicaServiceStub(channel)
         except GRPCError as exc:
             cls = _ERROR_OF.get(exc.status, errors.Unavailable)
-            raise cls(f"{what} at {host}: {exc.message}") from exc
+            message = exc.message or exc.status.name
+            if message.startswith("size: "):
+                # The size the replica's node could not take is the size of
+                # the expansion the engine was asked for.
+                raise cls(f"{what} at {host}: {message.removeprefix('size: ')}", field="expand.size") from exc
+            raise cls(f"{what} at {host}: {message}") from exc
         except (OSError, StreamTerminatedError, TimeoutError) as exc:
             raise errors.Unavailable(f"{what}: cannot reach imd at {host}:{self.port}: {exc}") from exc
         finally:

@@ -237,8 +237,19 @@ class Replicas:
             )
             await self._undo(client, record)
             if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOSPC:
+                # Out of clusters: growing a reused thick lvol (a thin one
+                # never runs out at create; its clusters come with writes).
                 raise ResourceExhausted(
-                    f"disk {record.spec.disk_name}: {exc}", field="spec.spdk_instance_spec.size"
+                    f"disk {record.spec.disk_name} has no room for {record.spec.size} bytes: {exc}",
+                    field="spec.spdk_instance_spec.size",
+                ) from exc
+            if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOMEM and exc.method == "bdev_lvol_create":
+                # The lvstore's metadata pages are used up (one per lvol, as
+                # many as the disk has clusters): no further lvol fits,
+                # whatever its size.
+                raise ResourceExhausted(
+                    f"disk {record.spec.disk_name} has no room for another lvol: {exc}",
+                    field="spec.spdk_instance_spec.disk_name",
                 ) from exc
             if isinstance(exc, (TargetRpcError, TargetUnreachable)):
                 raise target_failure(f"cannot create replica {record.name}", exc) from exc
@@ -288,6 +299,15 @@ class Replicas:
                 field="size",
             )
         client = self.target.require()
+        # The rule a create follows: no more than the disk holds in all. The
+        # lvol is thin, so the target itself would grow it past the disk
+        # (its clusters come with writes, and run out then).
+        view = await self.disks.view(disk.name)
+        if size > view.total_size:
+            raise ResourceExhausted(
+                f"disk {disk.name} has no room to grow {name} to {size} bytes ({view.total_size} bytes in all)",
+                field="size",
+            )
         try:
             await client.lvol_resize(f"{record.spec.disk_name}/{name}", lvol_mib(size))
         except TargetRpcError as exc:

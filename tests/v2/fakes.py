@@ -26,7 +26,7 @@ from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
 from imd.supervisor.supervisor import Supervisor
 from imd.v2.chains import LocalReplicaNodes
-from imd.v2.datapath import DataPath
+from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.model import HashStatus, ReplicaChain, SnapshotExport, SnapshotInfo
 from imd.v2.node import V2Node
 from imd.v2.target import TargetKeeper, TargetSettings
@@ -80,16 +80,29 @@ class FakeExpander:
     """Replicas' nodes, as an engine reaches them (``ReplicaNodes``): it
     grows their lvols (recording the calls), and, without ``nodes`` (real
     ``Chains`` of fake nodes, tests/v2/test_snapshots.py), their replicas
-    (fake targets with no lvstore) have no snapshots."""
+    (fake targets with no lvstore) have no snapshots. With ``hold()``,
+    every expansion waits (after it is recorded in ``calls``) until the test
+    calls ``release()``: an expansion the test can catch in progress and end
+    when it chooses."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int]] = []
         self.fail: dict[str, Exception] = {}
         self.delay = 0.0
         self.nodes: LocalReplicaNodes | None = None
+        self._held: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._held = asyncio.Event()
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.set()
 
     async def expand(self, address: str, replica: str, size: int) -> None:
         self.calls.append((address, replica, size))
+        if self._held is not None:
+            await self._held.wait()
         await asyncio.sleep(self.delay)
         if replica in self.fail:
             raise self.fail[replica]
@@ -419,7 +432,10 @@ def node(
     *,
     sup: Supervisor | None = None,
     address: str = "127.0.0.1",
+    expander: ReplicaNodes | None = None,
 ) -> tuple[V2Node, FakeKeeper, FakeData, FakeStore]:
+    """A V2 node on the fakes; its engines reach replicas' nodes through
+    ``expander`` (default: the recording FakeExpander in ``data``)."""
     sup = sup or supervisor(root)
     keeper = FakeKeeper(sup, spdk or FakeSpdk())
     data = data or FakeData()
@@ -432,7 +448,7 @@ def node(
         engine_address=address,
         state_dir=root,
         watch_queue_limit=1000,
-        expander=data.expander,
+        expander=expander or data.expander,
     )
     store = FakeStore(v2)
     v2.store = store

@@ -185,8 +185,7 @@ class Node:
         return self
 
     async def allocation(self, disk_path: str) -> dict[str, int]:
-        lvs = self.spdk.devices[disk_path]
-        return {lvol.uuid: lvol.allocated_mib << 20 for lvol in lvs.lvols.values()}
+        return self.spdk.allocated_bytes(disk_path)
 
     @property
     def disk_uuid(self) -> str:
