@@ -2,7 +2,12 @@
 side, to the same S3 server (SeaweedFS on loopback), on the same image.
 
     python -m bench.backup [--tool PATH] [--size-mib 1024] [--reps 3]
-                           [--compression lz4] [--concurrency 5]
+                           [--compression lz4] [--concurrency 5] [--v2]
+
+With ``--v2`` (needs SPDK: ``SPDK_DIR``), a third tool: the full V2 data
+path (bench/backup_v2.py): the image in a V2 volume of a real imd, backed
+up from a snapshot through its engine and C core, restored onto another
+engine; and the host's IOPS during a backup at the default rate cap.
 
 The image is ``--size-mib`` of alternating 2 MiB blocks of random data and
 zeros (half random). Each repetition backs it up into a fresh volume with
@@ -64,7 +69,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, s3: SeaweedS3, image: Path, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, s3: SeaweedS3, image: Path, work: Path, v2: Any = None) -> None:
+        self.v2 = v2
         self.args = args
         self.s3 = s3
         self.image = image
@@ -151,8 +157,21 @@ class Bench:
     async def rep(self, n: int) -> dict[str, dict[str, float | str]]:
         runs: dict[str, dict[str, float | str]] = {}
         order = ["imd", "go"] if n % 2 == 0 else ["go", "imd"]
+        if self.v2 is not None:
+            order.insert(1, "v2")
         for tool in order:
             volume = f"bench-{tool}-{n}-{int(time.time())}"
+            if tool == "v2":
+                s3_cpu = cpu_ticks(self.s3_pid)
+                backup = await self.v2.backup(volume)
+                backup["s3_cpu"], backup["client_cpu"] = cpu_ticks(self.s3_pid) - s3_cpu, float("nan")
+                s3_cpu = cpu_ticks(self.s3_pid)
+                restored = await self.v2.restore(str(backup["url"]))  # checked against the snapshot's SHA-256
+                restored["s3_cpu"], restored["client_cpu"] = cpu_ticks(self.s3_pid) - s3_cpu, float("nan")
+                runs[f"{tool} backup"] = backup
+                runs[f"{tool} restore"] = restored
+                print(f"rep {n} {tool}: backup {backup['time']:.2f}s, restore {restored['time']:.2f}s", flush=True)
+                continue
             backup = await self.imd_backup(volume) if tool == "imd" else self.go_backup(volume)
             out = self.work / f"restored-{tool}"
             url = str(backup["url"])
@@ -166,11 +185,15 @@ class Bench:
         return runs
 
 
+TOOLS = {"go": "Longhorn library (Go)", "imd": "imd (raw file)", "v2": "imd V2 (engine, C core)"}
+
+
 def summarize(reps: list[dict[str, dict[str, float | str]]]) -> list[dict[str, str]]:
     rows = []
+    tools = [t for t in TOOLS if f"{t} backup" in reps[0]]
     for op in ("backup", "restore"):
         medians: dict[str, float] = {}
-        for tool in ("go", "imd"):
+        for tool in tools:
             key = f"{tool} {op}"
             runs = [r[key] for r in reps]
 
@@ -181,16 +204,15 @@ def summarize(reps: list[dict[str, dict[str, float | str]]]) -> list[dict[str, s
             rows.append(
                 {
                     "operation": op,
-                    "tool": "Longhorn library (Go)" if tool == "go" else "imd",
+                    "tool": TOOLS[tool],
                     "time": f"{med('time'):.2f} s",
                     "spread": f"{min(float(r['time']) for r in runs):.2f}-{max(float(r['time']) for r in runs):.2f}",
-                    "after lock": "-" if op == "restore" and tool == "imd" else f"{med('after_lock'):.2f} s",
+                    "after lock": "-" if op == "restore" and tool != "go" else f"{med('after_lock'):.2f} s",
                     "client CPU": f"{med('client_cpu'):.2f} s",
                     "S3 CPU": f"{med('s3_cpu'):.2f} s",
-                    "Go/imd": "",
+                    "Go/imd": "" if tool == "go" else f"{medians['go'] / medians[tool]:.2f}x",
                 }
             )
-        rows[-1]["Go/imd"] = f"{medians['go'] / medians['imd']:.2f}x"
     return rows
 
 
@@ -205,13 +227,15 @@ def plot(name: str, reps: list[dict[str, dict[str, float | str]]]) -> Path | Non
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     ops = ["backup", "restore"]
-    for i, tool in enumerate(("go", "imd")):
+    tools = [t for t in TOOLS if f"{t} backup" in reps[0]]
+    width = 0.8 / len(tools)
+    for i, tool in enumerate(tools):
         values = [statistics.median(float(r[f"{tool} {op}"]["time"]) for r in reps) for op in ops]
-        xs = [j + i * 0.38 for j in range(len(ops))]
-        ax.bar(xs, values, width=0.36, label="Longhorn library (Go)" if tool == "go" else "imd")
+        xs = [j + i * width for j in range(len(ops))]
+        ax.bar(xs, values, width=width * 0.95, label=TOOLS[tool])
         for x, v in zip(xs, values, strict=True):
             ax.text(x, v, f"{v:.1f}s", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks([j + 0.19 for j in range(len(ops))], ops)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ops))], ops)
     ax.set_ylabel("seconds (median)")
     ax.set_title("1 GiB (half random) to S3 (SeaweedFS), lz4")
     ax.legend()
@@ -235,15 +259,31 @@ async def main(args: argparse.Namespace) -> None:
         make_image(image, args.size_mib)
         s3 = SeaweedS3(work / "s3", binary)
         s3.start()
+        v2: Any = None
+        iops: dict[str, float] = {}
         try:
-            bench = Bench(args, s3, image, work)
+            if args.v2:
+                from bench.backup_v2 import V2Bench
+
+                v2 = V2Bench(args, s3.target("bench"), s3.envs(), image, work)
+                await v2.start()
+            bench = Bench(args, s3, image, work, v2)
             reps = [await bench.rep(n) for n in range(args.reps)]
+            if v2 is not None:
+                iops = await v2.host_iops()
+                alone, during = iops["iops_alone"], iops["iops_during_backup"]
+                print(
+                    f"host IOPS alone {alone:,.0f}, during a backup {during:,.0f} ({iops['ratio']:.2f}), "
+                    f"errors {iops['errors']:.0f}, mismatches {iops['mismatches']:.0f}"
+                )
         finally:
+            if v2 is not None:
+                await v2.close()
             s3.stop()
     rows = summarize(reps)
     columns = ["operation", "tool", "time", "spread", "after lock", "client CPU", "S3 CPU", "Go/imd"]
     print(markdown_table(rows, columns))
-    data = {"environment": environment(), "args": vars(args), "reps": reps, "table": rows}
+    data = {"environment": environment(), "args": vars(args), "reps": reps, "table": rows, "host_iops": iops}
     print(f"saved {save(args.label, data)}")
     if (png := plot(args.label, reps)) is not None:
         print(f"saved {png}")
@@ -257,6 +297,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compression", default="lz4", choices=["lz4", "gzip", "none"])
     p.add_argument("--concurrency", type=int, default=5)
     p.add_argument("--label", default="backup")
+    p.add_argument("--v2", action="store_true", help="also the V2 data path through a real imd (needs SPDK)")
+    p.add_argument("--disk-dir", default="/dev/shm", help="--v2: where the V2 disk's sparse file lives")
     return p.parse_args()
 
 

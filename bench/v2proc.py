@@ -22,7 +22,8 @@
   ``"until_eof"``). It records every pause between two completions longer
   than ``gap_ms`` (with monotonic timestamps, comparable with the parent's
   ``time.monotonic()``), completions per 100 ms, errors and mismatches.
-  Prints ``{"ready": true}`` once attached, then its report.
+  Prints ``{"ready": true}`` once attached, then its report, with
+  ``written`` (each block whose last write was acknowledged: its seed).
 
 Every role prints JSON lines on stdout; the last one is the report.
 """
@@ -211,6 +212,7 @@ async def loop(spec: dict[str, Any]) -> dict[str, Any]:
         "end": end,
         "gaps": gaps,
         "bins_100ms": [bins.get(i, 0) for i in range(int((end - start) * 10) + 1)],
+        "written": written,
     }
 
 

@@ -8,7 +8,9 @@ daemon was started: handy in a checkout, and never a surprise write to
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,8 @@ from imd.supervisor.process import SupervisionSettings
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# SPDK's -m: a hex mask, or a list of cores and ranges in brackets.
+_CORE_MASK = re.compile(r"0[xX][0-9a-fA-F]+|\[\d+(-\d+)?(,\d+(-\d+)?)*\]")
 
 
 class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -67,6 +71,31 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
     machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
+    backup_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 128
+    """Cap on what a V2 backup reads to hash, compress and upload (all-zero
+    blocks are not counted), so host I/O keeps most of the machine (0: no
+    cap)."""
+    image_connect_timeout_s: Seconds = 10.0
+    """A backing image's download: how long connecting to its URL may take."""
+    image_read_timeout_s: Seconds = 30.0
+    """A backing image's download: how long the server may send nothing
+    (for the answer, and for each piece of the body) before the download
+    fails."""
+
+    def validate(self) -> None:
+        """Values the types cannot check, named by their key (a bad mask or
+        address would otherwise surface only as a target that cannot start,
+        or an engine that cannot listen)."""
+        for key in ("target_core_mask", "engine_core_mask"):
+            mask = getattr(self, key)
+            if not _CORE_MASK.fullmatch(mask) or (mask[:2] in ("0x", "0X") and int(mask, 16) == 0):
+                raise ConfigError(f"v2.{key}: {mask!r} is not a core mask (0x1, or a list such as [0,1])")
+        for key in ("replica_address", "engine_address"):
+            value = getattr(self, key)
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ConfigError(f"v2.{key}: {value!r} is not an IP address") from None
 
     def spdk_prefix(self) -> str:
         return self.spdk_dir or os.environ.get("SPDK_DIR", "")
@@ -148,6 +177,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         self.listen_host_port()
         self.port_bounds()
         self.metrics_host_port()
+        self.v2.validate()
 
 
 class ConfigError(Exception):
@@ -161,7 +191,12 @@ def load(path: str | None, overrides: dict[str, object]) -> Config:
             base = msgspec.toml.decode(Path(path).read_bytes())
         except (OSError, msgspec.DecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        table = base.get(key)
+        if isinstance(value, dict) and isinstance(table, dict):
+            base[key] = {**table, **value}  # a flag wins over its key in the file's table
+        elif value is not None:
+            base[key] = value
     try:
         config = msgspec.convert(base, Config)
     except msgspec.ValidationError as exc:

@@ -142,12 +142,17 @@ class Daemon:
             extra_args=tuple(cfg.target_args),
         )
         _, base = self.config.listen_host_port()
+        peers = RemoteReplicas(base, client_context(self.config.tls.dir) if self.config.tls else None)
         self.v2 = V2Node(
             supervisor=self.supervisor,
             target=TargetKeeper(self.supervisor, target),
-            expander=RemoteReplicas(base, client_context(self.config.tls.dir) if self.config.tls else None),
+            expander=peers,
+            image_peers=peers,
+            image_connect_timeout_s=cfg.image_connect_timeout_s,
+            image_read_timeout_s=cfg.image_read_timeout_s,
             rebuild_chunk_bytes=cfg.rebuild_chunk_kib * 1024,
             rebuild_rate_bytes_per_s=cfg.rebuild_rate_mib_s * (1 << 20),
+            backup_rate_bytes_per_s=cfg.backup_rate_mib_s * (1 << 20),
             replica_timeout_ms=round(cfg.replica_timeout_s * 1000),
             metrics=self.metrics,
             data=data,
@@ -372,6 +377,7 @@ class Daemon:
         self.supervisor.events.close_all()
         if self.v2 is not None:
             self.v2.events.close_all()
+            self.v2.backing_images.events.close_all()
         if not await self.in_flight.wait_idle(cfg.drain_timeout_s):
             log.warning("drain deadline passed", extra=fields(in_flight=self.in_flight.count))
         for server in self._servers:

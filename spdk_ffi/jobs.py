@@ -9,8 +9,10 @@ namespace that never run Python per block.
   ``skip_zero=True`` never writes an all-zero chunk (the destination reads
   zeroes).
 * ``hash(src, blocks)`` computes the SHA-256 of the namespace's whole
-  logical content; with ``base`` (the parent snapshot) it also counts the
-  chunks that differ from it, which is what the snapshot holds of its own.
+  logical content (SHA-512 with ``algorithm="sha512"``: a backing image's
+  checksum, as Longhorn computes it); with ``base`` (the parent snapshot) it
+  also counts the chunks that differ from it, which is what the snapshot
+  holds of its own.
 
 A job runs in the poller, one chunk at a time, capped at
 ``rate_bytes_per_s``, and ``cancel()`` stops it within one chunk. Its handle
@@ -39,6 +41,7 @@ except ImportError:  # pragma: no cover - exercised where the core is absent
 
 _STATE = {1: RebuildState.IN_PROGRESS, 2: RebuildState.COMPLETE, 3: RebuildState.ERROR, 4: RebuildState.CANCELLED}
 MAX_CHUNK = 16 << 20
+HASH_ALGORITHMS = ("sha256", "sha512")
 
 
 class JobResult(msgspec.Struct, frozen=True):
@@ -49,7 +52,7 @@ class JobResult(msgspec.Struct, frozen=True):
     chunks_written: int = 0  # copy
     chunks_skipped: int = 0  # copy: chunks the destination needed no write for
     chunks_differ: int = 0  # hash: chunks that differ from the base (no base: that are not all zero)
-    digest: str = ""  # hash: SHA-256, hex, once complete
+    digest: str = ""  # hash: SHA-256 (or SHA-512), hex, once complete
     error: str = ""
 
 
@@ -84,6 +87,7 @@ class Jobs(Protocol):
         chunk_bytes: int = 1 << 20,
         rate_bytes_per_s: int = 0,
         nsid: int = 1,
+        algorithm: str = "sha256",
     ) -> JobHandle: ...
 
 
@@ -117,7 +121,8 @@ class NativeJob:
         out = ffi.new("struct imdn_job_stats *")
         lib.imdn_job_stats(self._ptr, out)
         state = _STATE.get(out.state, RebuildState.ERROR)
-        digest = bytes(ffi.buffer(out.digest, lib.IMDN_DIGEST_LEN)).hex() if state is RebuildState.COMPLETE else ""
+        done = state is RebuildState.COMPLETE
+        digest = bytes(ffi.buffer(out.digest, out.digest_len)).hex() if done and out.digest_len else ""
         return JobResult(
             state=state,
             bytes_done=out.bytes_done,
@@ -201,8 +206,12 @@ class NativeJobs:
         chunk_bytes: int = 1 << 20,
         rate_bytes_per_s: int = 0,
         nsid: int = 1,
+        algorithm: str = "sha256",
     ) -> NativeJob:
-        return self._start(lib.IMDN_JOB_HASH, src, base, blocks, 0, chunk_bytes, rate_bytes_per_s, nsid, "a hash")
+        if algorithm not in HASH_ALGORITHMS:
+            raise InvalidOptions(f"a hash: algorithm one of {', '.join(HASH_ALGORITHMS)}, not {algorithm!r}")
+        flags = lib.IMDN_HASH_SHA512 if algorithm == "sha512" else 0
+        return self._start(lib.IMDN_JOB_HASH, src, base, blocks, flags, chunk_bytes, rate_bytes_per_s, nsid, "a hash")
 
     def _start(
         self,

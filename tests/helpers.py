@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ PY = sys.executable
 CHILDREN = Path(__file__).parent / "children"
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
 STUBBORN = str(CHILDREN / "stubborn.py")
+BLOCKER = str(CHILDREN / "blocker.py")
 WRITER = str(CHILDREN / "writer.py")
 SLEEP = "/bin/sleep"
 SH = "/bin/sh"
@@ -308,6 +309,50 @@ async def wait_state(
             await asyncio.sleep(0.05)
 
 
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20, interval: float = 0.05
+) -> None:
+    """Poll ``check`` (a predicate, sync or async) until it holds; fail
+    naming ``what`` if it has not within ``timeout`` seconds. The deadline is
+    a bound on a hang, not a measurement: a loaded machine only polls longer."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                outcome = check()
+                if not isinstance(outcome, bool):
+                    outcome = await outcome
+                if outcome:
+                    return
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout:g}s: {what}") from None
+
+
+async def wait_log(daemon: RunningDaemon, name: str, text: str, timeout: float = 20) -> str:
+    """The log of child ``name`` once it contains ``text`` (the child said
+    it has done something: installed a handler, printed its argv)."""
+    path = daemon.logs_dir / f"{name}.log"
+
+    def logged() -> bool:
+        return path.exists() and text in path.read_text(errors="replace")
+
+    await eventually(logged, f"{text!r} in {path}", timeout)
+    return path.read_text(errors="replace")
+
+
+def pending_signals(pid: int) -> int:
+    """The signals sent to ``pid`` and not yet delivered (thread and process
+    pending sets of /proc/PID/status). A child that blocks a signal keeps it
+    pending, so a test can see, at once and for certain, whether it was sent."""
+    pending = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("SigPnd", "ShdPnd"):
+                pending |= int(value.strip(), 16)
+    return pending
+
+
 async def wait_gone(stub: imrpc_grpc.ProcessManagerServiceStub, name: str, timeout: float = 20) -> None:
     async with asyncio.timeout(timeout):
         while name in (await stub.ProcessList(pm.ProcessListRequest())).processes:
@@ -347,6 +392,13 @@ def registry_state(state_dir: Path) -> dict[str, Any]:
     """The durable registry as JSON (``{"version": 1, "processes": [...]}``):
     the state file with its journal replayed, what a restart would recover."""
     return json.loads(encode_registry(read_registry(state_dir)))
+
+
+def pid_of(daemon: RunningDaemon, name: str) -> int:
+    """The pid of the current process ``name``, as the daemon recorded it."""
+    state = registry_state(daemon.state_dir)
+    (pid,) = [e["pid"] for e in state["processes"] if e["name"] == name and e.get("role", "current") == "current"]
+    return int(pid)
 
 
 def write_registry_state(state_dir: Path, state: dict[str, Any]) -> None:

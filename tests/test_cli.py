@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import PY, SH, SLEEP, RunningDaemon, make_daemon
+from tests.helpers import PY, SH, SLEEP, RunningDaemon, make_daemon, wait_log
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,7 +55,7 @@ async def test_log_follow_and_instance_commands(daemon: RunningDaemon) -> None:
         *sock, "instance", "create", "--type", "engine", "e1", SH, "--", "-c", "echo one; echo two; sleep 100"
     )
     assert made.returncode == 0, made.stderr
-    await asyncio.sleep(0.3)
+    await wait_log(daemon, "e1", "two\n")
     logs = await imd(*sock, "instance", "log", "e1")
     assert logs.stdout.splitlines() == ["one", "two"]
     follower = await asyncio.create_subprocess_exec(

@@ -15,7 +15,9 @@ from google.protobuf.empty_pb2 import Empty
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.edges.mounts import staged_volumes, volume_key
-from tests.helpers import SLEEP, RunningDaemon, spec, until_event, watching
+from imd.services.conditions import MountConditions
+from tests.helpers import SLEEP, RunningDaemon, eventually, spec, until_event, watching
+from tests.v2.fakes import supervisor
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,7 +97,24 @@ async def test_engines_report_a_read_only_staged_volume(daemon_factory, tmp_path
     await wait_conditions(daemon, "pvc-1-e-0", {"FilesystemReadOnly": False})
     # No longer staged, or a table that cannot be read: nothing changes.
     mounts.unlink()
-    await asyncio.sleep(0.5)
+    await eventually(lambda: "cannot read the mount table" in daemon.stderr(), "the unreadable table logged")
     got = await stub.InstanceGet(inst.InstanceGetRequest(name="pvc-1-e-0"))
     assert conditions_of(got) == {"FilesystemReadOnly": False}
+    # Readable again, with a change: the checks went on, and the failure was
+    # said once (test_an_unreadable_table_is_logged_once checks "once" pass
+    # by pass).
+    mounts.write_text(staging("pvc-1", "ro,relatime"))
+    await wait_conditions(daemon, "pvc-1-e-0", {"FilesystemReadOnly": True})
     assert daemon.stderr().count("cannot read the mount table") == 1
+
+
+async def test_an_unreadable_table_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conditions = MountConditions(supervisor(tmp_path), tmp_path / "absent", interval=60)
+    for _ in range(3):
+        assert await conditions.check() == 0
+    assert [r.getMessage() for r in caplog.records].count("cannot read the mount table") == 1
+    (tmp_path / "absent").write_text("")
+    assert await conditions.check() == 0  # readable again: a later failure is said again
+    (tmp_path / "absent").unlink()
+    await conditions.check()
+    assert [r.getMessage() for r in caplog.records].count("cannot read the mount table") == 2

@@ -92,6 +92,7 @@ class Storm:
         self.killed = False
         stubs = [self.daemon.pm("unix" if k % 2 else "tcp") for k in range(CLIENTS)]
         clients = [asyncio.ensure_future(self.client(stubs[k], self.names[k])) for k in range(CLIENTS)]
+        # The kill's random instant (the storm's point), not a wait for anything.
         await asyncio.sleep(self.rng.uniform(0.0, 0.4))
         self.killed = True
         os.kill(self.daemon.pid, signal.SIGKILL)

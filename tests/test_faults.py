@@ -32,17 +32,21 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from tests.helpers import (
+    BLOCKER,
+    PY,
     SH,
     SLEEP,
     RunningDaemon,
     children_of,
     health_spec,
     make_daemon,
+    pending_signals,
     pid_alive,
     registry_state,
     spec,
     until_event,
     wait_gone,
+    wait_log,
     wait_state,
     watching,
 )
@@ -211,7 +215,7 @@ async def test_full_state_dir_undoes_and_refuses_changes_then_recovers(tmp_path:
                 assert await next_line(logs) == "tick"
                 # sd_notify says why.
                 async with asyncio.timeout(5):
-                    while not [m for _, m in listener.messages if "STATUS=degraded" in m and FULL in m]:
+                    while not [m for m in listener.messages if "STATUS=degraded" in m and FULL in m]:
                         await asyncio.sleep(0.05)
 
                 # Space comes back: the daemon recovers by itself.
@@ -227,7 +231,7 @@ async def test_full_state_dir_undoes_and_refuses_changes_then_recovers(tmp_path:
             assert set(registry(daemon)) == {"after"}
             assert events_logged(daemon, "state not writable; refusing changes until it is") == 1
             assert events_logged(daemon, "state writable again; accepting changes") == 1
-            statuses = [m for _, m in listener.messages if "STATUS=" in m]
+            statuses = [m for m in listener.messages if "STATUS=" in m]
             degraded_at = next(i for i, m in enumerate(statuses) if "STATUS=degraded" in m)
             assert any("STATUS=degraded" not in m for m in statuses[degraded_at:])
     finally:
@@ -237,13 +241,15 @@ async def test_full_state_dir_undoes_and_refuses_changes_then_recovers(tmp_path:
 async def test_delete_whose_intent_cannot_be_written_leaves_the_process_alone(tmp_path: Path) -> None:
     async with daemon_on_tmpfs(tmp_path / "d") as daemon:
         stub = daemon.pm()
-        created = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("victim", SH, ["-c", TICKER, BIG])))
+        # The victim blocks the signals a delete sends: one sent stays pending.
+        created = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("victim", PY, [BLOCKER, BIG])))
+        await wait_log(daemon, "victim", "blocking")
         pid = registry(daemon)["victim"]["pid"]
         ballast = fill(daemon.state_dir)
         err = await refused(stub.ProcessDelete(pm.ProcessDeleteRequest(name="victim")))
         assert err.status == Status.RESOURCE_EXHAUSTED and (err.message or "").startswith(FULL)
         # Not signalled, not stopping, same process.
-        await asyncio.sleep(0.3)
+        assert pending_signals(pid) == 0
         got = await stub.ProcessGet(pm.ProcessGetRequest(name="victim"))
         assert (got.status.uuid, got.status.state) == (created.status.uuid, "running")
         assert pid_alive(pid)
@@ -317,7 +323,7 @@ async def test_a_daemon_started_on_a_read_only_state_dir_comes_up_degraded(tmp_p
             await daemon.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}, serving=False)
             try:
                 assert await health(daemon) == HealthCheckResponse.NOT_SERVING
-                ready = [m for _, m in listener.with_key("READY=1")]
+                ready = listener.with_key("READY=1")
                 assert ready and "STATUS=degraded, refusing changes: " + READ_ONLY in ready[0]
                 err = await refused(daemon.pm().ProcessCreate(pm.ProcessCreateRequest(spec=spec("a"))))
                 assert err.status == Status.UNAVAILABLE and (err.message or "").startswith(READ_ONLY)

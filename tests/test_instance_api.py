@@ -13,7 +13,7 @@ from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import common_pb2 as common
 from imd.api.gen.imrpc import instance_pb2 as inst
-from tests.helpers import HEALTH_SERVER, PY, SLEEP, RunningDaemon
+from tests.helpers import HEALTH_SERVER, PY, SLEEP, RunningDaemon, wait_log
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,7 +71,7 @@ async def test_instance_watch_sends_one_empty_per_change(daemon: RunningDaemon) 
 async def test_instance_log(daemon: RunningDaemon) -> None:
     stub = daemon.instances()
     await stub.InstanceCreate(inst.InstanceCreateRequest(spec=ispec("e4", "/bin/sh", ["-c", "echo hello; sleep 100"])))
-    await asyncio.sleep(0.3)
+    await wait_log(daemon, "e4", "hello\n")
     async with stub.InstanceLog.open() as stream:
         await stream.send_message(inst.InstanceLogRequest(name="e4"), end=True)
         lines = [reply.line async for reply in stream]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
@@ -11,16 +10,20 @@ from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from tests.helpers import (
+    BLOCKER,
     PY,
     SH,
     SLEEP,
     STUBBORN,
     RunningDaemon,
     health_spec,
+    pending_signals,
     pid_alive,
+    pid_of,
     spec,
     until_event,
     wait_gone,
+    wait_log,
     wait_state,
     watching,
 )
@@ -113,9 +116,8 @@ async def test_port_rendering_matches_longhorn(daemon: RunningDaemon) -> None:
         stub,
         spec("argv", binary=SH, args=["-c", 'echo "$@"; sleep 1000', "sh"], port_count=1, port_args=["--p="]),
     )
-    await asyncio.sleep(0.3)
-    log = (daemon.logs_dir / "argv.log").read_text()
-    assert f"--p={rec.status.port_start}" in log
+    log = await wait_log(daemon, "argv", "--p=")
+    assert log.splitlines()[0] == f"--p={rec.status.port_start}"
 
 
 async def test_ports_are_contiguous_and_next_fit(daemon: RunningDaemon) -> None:
@@ -202,12 +204,19 @@ async def test_stale_uuid_never_touches_the_recreated_process(daemon: RunningDae
     old = await create(stub, spec("orphan"))
     await stub.ProcessDelete(pm.ProcessDeleteRequest(name="orphan", uuid=old.status.uuid))
     await wait_gone(stub, "orphan")
-    new = await create(stub, spec("orphan"))
-    with pytest.raises(GRPCError) as err:
-        await stub.ProcessDelete(pm.ProcessDeleteRequest(name="orphan", uuid=old.status.uuid))
-    assert err.value.status == Status.NOT_FOUND
-    assert old.status.uuid in (err.value.message or "")
-    await asyncio.sleep(0.2)
+    # The new process blocks the signals a delete sends: had the stale delete
+    # signalled it, the signal would be pending when the NOT_FOUND arrives.
+    new = await create(stub, spec("orphan", binary=PY, args=[BLOCKER]))
+    await wait_log(daemon, "orphan", "blocking")
+    async with watching(daemon.pm()) as events:
+        with pytest.raises(GRPCError) as err:
+            await stub.ProcessDelete(pm.ProcessDeleteRequest(name="orphan", uuid=old.status.uuid))
+        assert err.value.status == Status.NOT_FOUND
+        assert old.status.uuid in (err.value.message or "")
+        assert pending_signals(pid_of(daemon, "orphan")) == 0
+        await create(stub, spec("marker"))  # every event before it is about the stale delete, if any
+        seen = await until_event(events, lambda e: e.spec.name == "marker")
+    assert [e for e in seen if e.spec.name == "orphan"] == []
     still = await stub.ProcessGet(pm.ProcessGetRequest(name="orphan"))
     assert still.status.uuid == new.status.uuid
     assert still.status.state == "running"
@@ -219,7 +228,7 @@ async def test_stale_uuid_never_touches_the_recreated_process(daemon: RunningDae
 async def test_child_ignoring_sigint_is_killed_after_grace(daemon: RunningDaemon) -> None:
     stub = daemon.pm()
     await create(stub, spec("stubborn", binary=PY, args=[STUBBORN]))
-    await asyncio.sleep(0.5)  # let it install its handler
+    await wait_log(daemon, "stubborn", "ignoring SIGINT")  # its handler is in place
     async with watching(daemon.pm()) as events:
         await stub.ProcessDelete(pm.ProcessDeleteRequest(name="stubborn"))
         seen = await until_event(events, lambda e: e.deleted, timeout=10)
@@ -231,7 +240,7 @@ async def test_child_ignoring_sigint_is_killed_after_grace(daemon: RunningDaemon
 async def test_double_delete_is_idempotent_with_one_final_event(daemon: RunningDaemon) -> None:
     stub = daemon.pm()
     await create(stub, spec("dd", binary=PY, args=[STUBBORN]))
-    await asyncio.sleep(0.5)
+    await wait_log(daemon, "dd", "ignoring SIGINT")
     async with watching(daemon.pm()) as events:
         first = await stub.ProcessDelete(pm.ProcessDeleteRequest(name="dd"))
         second = await stub.ProcessDelete(pm.ProcessDeleteRequest(name="dd"))
@@ -259,7 +268,7 @@ async def test_ports_released_only_after_exit(daemon_factory) -> None:  # type: 
     daemon = await daemon_factory(port_range="22100-22103", stop_grace_s=1.5)
     stub = daemon.pm()
     await create(stub, spec("holder", binary=PY, args=[STUBBORN], port_count=4))
-    await asyncio.sleep(0.5)
+    await wait_log(daemon, "holder", "ignoring SIGINT")
     await stub.ProcessDelete(pm.ProcessDeleteRequest(name="holder"))
     # Still stopping (it ignores SIGINT): its ports are not free yet.
     with pytest.raises(GRPCError) as err:

@@ -15,9 +15,13 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from tests.helpers import (
+    BLOCKER,
+    PY,
     SH,
     RunningDaemon,
+    eventually,
     health_spec,
+    pending_signals,
     pid_alive,
     registry_state,
     spec,
@@ -75,8 +79,7 @@ async def check_readopted(daemon: RunningDaemon, before: dict[str, pm.ProcessRes
     # Logs keep growing: the children write straight to their files.
     log = daemon.logs_dir / "t0.log"
     size = log.stat().st_size
-    await asyncio.sleep(0.6)
-    assert log.stat().st_size > size
+    await eventually(lambda: log.stat().st_size > size, f"{log} grows")
     # New creates never get an adopted child's ports.
     fresh = await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("fresh", port_count=3)))
     taken = {
@@ -130,14 +133,16 @@ async def test_children_that_died_or_whose_pid_was_recycled(daemon_factory) -> N
     os.kill(pids["killed"], signal.SIGKILL)
     os.kill(pids["recycled"], signal.SIGKILL)
     # Point "recycled" at an unrelated live program, as if its pid had been
-    # reused: same pid field, different process (start time differs).
-    unrelated = subprocess.Popen(["/bin/sleep", "1000"])
+    # reused: same pid field, different process (start time differs). It
+    # blocks the signals a delete sends, so any sent would stay pending.
+    unrelated = subprocess.Popen([PY, BLOCKER], stdout=subprocess.PIPE)
+    assert unrelated.stdout is not None
+    assert (await asyncio.to_thread(unrelated.stdout.readline)).startswith(b"blocking")
     state = registry_state(daemon.state_dir)
     for entry in state["processes"]:
         if entry["name"] == "recycled":
             entry["pid"] = unrelated.pid
     write_registry_state(daemon.state_dir, state)
-    await asyncio.sleep(0.2)
     try:
         await daemon.start()
         listing = (await daemon.pm().ProcessList(pm.ProcessListRequest())).processes
@@ -148,8 +153,7 @@ async def test_children_that_died_or_whose_pid_was_recycled(daemon_factory) -> N
         # Deleting the stale entry never signals the unrelated program.
         await daemon.pm().ProcessDelete(pm.ProcessDeleteRequest(name="recycled"))
         await wait_gone(daemon.pm(), "recycled")
-        await asyncio.sleep(0.3)
-        assert unrelated.poll() is None
+        assert unrelated.poll() is None and pending_signals(unrelated.pid) == 0
         # An adopted child that exits later is reported stopped, status unknown.
         os.kill(pids["alive"], signal.SIGKILL)
         gone = await wait_state(daemon.pm(), "alive", {"stopped", "error"})
@@ -231,13 +235,19 @@ async def test_replacement_in_flight_at_crash_is_stopped(daemon_factory) -> None
     stub = daemon.pm()
     await stub.ProcessCreate(pm.ProcessCreateRequest(spec=health_spec("r")))
     old = await wait_state(stub, "r", {"running"})
+    never = str(daemon.root / "never")
     pending = asyncio.ensure_future(
-        stub.ProcessReplace(pm.ProcessReplaceRequest(spec=health_spec("r", "--delay", "60"), terminate_signal="SIGHUP"))
+        stub.ProcessReplace(
+            pm.ProcessReplaceRequest(spec=health_spec("r", "--wait-for", never), terminate_signal="SIGHUP")
+        )
     )
-    await asyncio.sleep(1.0)
-    state = registry_state(daemon.state_dir)
-    roles = {e["role"]: e["pid"] for e in state["processes"]}
-    assert set(roles) == {"current", "replacing"}
+
+    def roles_on_disk() -> dict[str, int]:
+        return {e["role"]: e["pid"] for e in registry_state(daemon.state_dir)["processes"]}
+
+    # The replacement is recorded (role "replacing") before the crash.
+    await eventually(lambda: set(roles_on_disk()) == {"current", "replacing"}, "the replacement on disk")
+    roles = roles_on_disk()
     await daemon.stop(signal.SIGKILL)
     with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError)):
         await pending  # the connection died with the daemon

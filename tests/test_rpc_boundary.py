@@ -26,14 +26,14 @@ class Probe(Servicer):
 
     @rpc
     async def Preempted(self, stream: Any) -> None:
-        work = asyncio.ensure_future(asyncio.sleep(30))
+        work = asyncio.ensure_future(asyncio.sleep(30))  # long work that never ends by itself
         asyncio.get_running_loop().call_later(0.01, work.cancel)  # someone else preempts it
         await work
 
     @rpc
     async def Slow(self, stream: Any) -> None:
         self.entered.set()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # a slow handler: the test ends it, never waits it out
 
 
 def answered(probe: Probe, method: str, code: str) -> float | None:

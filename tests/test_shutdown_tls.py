@@ -18,7 +18,17 @@ from imd.api.gen.imrpc import imrpc_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.tls import client_context
 from tests.certs import write_tls_dir
-from tests.helpers import PY, health_serving, health_spec, make_daemon, pid_alive, spec, wait_state, watching
+from tests.helpers import (
+    PY,
+    health_serving,
+    health_spec,
+    make_daemon,
+    pid_alive,
+    spec,
+    until_event,
+    wait_state,
+    watching,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,13 +51,15 @@ async def test_sigterm_drains_then_stops_children(daemon_factory) -> None:  # ty
     await stub.ProcessCreate(pm.ProcessCreateRequest(spec=health_spec("h")))
     await wait_state(stub, "h", {"running"})
     async with watching(daemon.pm("unix")) as events:
-        # A replace that needs ~2 s is in flight when SIGTERM arrives.
+        # A replace is in flight when SIGTERM arrives: its replacement starts
+        # serving only once the test has seen the drain begin.
+        go = daemon.root / "go"
         pending = asyncio.ensure_future(
             daemon.pm().ProcessReplace(
-                pm.ProcessReplaceRequest(spec=health_spec("h", "--delay", "2"), terminate_signal="SIGHUP")
+                pm.ProcessReplaceRequest(spec=health_spec("h", "--wait-for", str(go)), terminate_signal="SIGHUP")
             )
         )
-        await asyncio.sleep(0.5)
+        await until_event(events, lambda e: e.status.state == "starting")
         daemon.proc.send_signal(signal.SIGTERM)
         # While draining: health says NOT_SERVING and new work is refused.
         async with asyncio.timeout(5):
@@ -56,6 +68,8 @@ async def test_sigterm_drains_then_stops_children(daemon_factory) -> None:  # ty
         with pytest.raises(GRPCError) as err:
             await daemon.pm("unix").ProcessCreate(pm.ProcessCreateRequest(spec=spec("late")))
         assert err.value.status == Status.UNAVAILABLE
+        assert not pending.done()
+        go.touch()
         # The in-flight replace completes; the watch stream ends cleanly (OK).
         replaced = await asyncio.wait_for(pending, 10)
         assert replaced.status.state == "running"

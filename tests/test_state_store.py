@@ -123,7 +123,8 @@ async def test_changes_nobody_waits_for_share_the_next_commits_write(tmp_path: P
     store = StateStore(tmp_path / "c.json", state.encode, durability, write=disk, linger_s=30)
     state.value = 1
     store.mark_dirty()  # say, a child exited: nobody waits for this one
-    await asyncio.sleep(0.05)  # the writer runs, and lingers
+    await asyncio.sleep(0)  # one loop turn: the writer task starts, and lingers
+    assert store._writer is not None and not store._writer.done()
     assert disk.attempts == 0 and store.pending
     state.value = 2
     store.mark_dirty()

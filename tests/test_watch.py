@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError
 
 from imd.api.gen.imrpc import imrpc_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
-from tests.helpers import RunningDaemon, health_spec, next_events, spec, until_event, watching
+from tests.helpers import RunningDaemon, health_spec, next_events, spec, until_event, wait_gone, watching
 
 pytestmark = pytest.mark.asyncio
 
@@ -97,7 +97,7 @@ async def test_deleted_flag_is_decided_when_the_change_happens(daemon: RunningDa
     async with watching(daemon.pm()) as events:
         await stub.ProcessCreate(pm.ProcessCreateRequest(spec=spec("late")))
         await stub.ProcessDelete(pm.ProcessDeleteRequest(name="late"))
-        await asyncio.sleep(1.0)
+        await wait_gone(stub, "late")  # gone before a single event is read
         seen = await until_event(events, lambda e: e.deleted)
     assert [(e.status.state, e.deleted) for e in seen] == [
         ("running", False),

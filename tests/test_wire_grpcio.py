@@ -5,6 +5,7 @@ numbers a Go client would use. Over loopback TCP and the Unix socket."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from google.protobuf.empty_pb2 import Empty
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.v1 import reflection_pb2
 
-from tests.helpers import SLEEP, RunningDaemon
+from tests.helpers import SH, SLEEP, RunningDaemon
 
 pytestmark = pytest.mark.asyncio
 
@@ -37,10 +38,15 @@ async def test_process_manager_over_grpcio(
     def exercise() -> None:
         with grpc.insecure_channel(target(daemon, transport, 0)) as channel:
             stub = pb_grpc.ProcessManagerServiceStub(channel)
-            spec = pb.ProcessSpec(name="g1", binary=SLEEP, args=["1000"], port_count=1, port_args=["--p="])
+            script = "echo from-g1; exec sleep 1000"
+            spec = pb.ProcessSpec(name="g1", binary=SH, args=["-c", script], port_count=1, port_args=["--p="])
             created = stub.ProcessCreate(pb.ProcessCreateRequest(spec=spec))
             assert created.status.uuid and created.status.state in ("starting", "error")
             assert created.spec.args[-1] == f"--p={created.status.port_start}"
+            for _ in range(400):  # the child's line, polled (20 s at most)
+                if [r.line for r in stub.ProcessLog(pb.LogRequest(name="g1"))] == ["from-g1"]:
+                    break
+                time.sleep(0.05)
             got = stub.ProcessGet(pb.ProcessGetRequest(name="g1"))
             assert got.status.uuid == created.status.uuid
             listing = stub.ProcessList(pb.ProcessListRequest())
@@ -56,8 +62,8 @@ async def test_process_manager_over_grpcio(
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             deleted = stub.ProcessDelete(pb.ProcessDeleteRequest(name="g1", uuid=created.status.uuid))
             assert deleted.deleted
-            lines = list(stub.ProcessLog(pb.LogRequest(name="g1")))
-            assert isinstance(lines, list)
+            lines = [r.line for r in stub.ProcessLog(pb.LogRequest(name="g1"))]
+            assert lines[0] == "from-g1"  # the log outlives the process, over field numbers of our proto
             with pytest.raises(grpc.RpcError) as err:
                 stub.ProcessCreate(pb.ProcessCreateRequest())
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -149,3 +155,35 @@ async def test_health_and_reflection(daemon: RunningDaemon, transport: str, offs
                 assert "imrpc.InstanceService" in names
 
     await asyncio.to_thread(exercise)
+
+
+async def test_a_compressed_request_is_unimplemented_saying_how_to_send_it(
+    daemon: RunningDaemon, grpcio_modules: dict[str, Any]
+) -> None:
+    """README: compressed requests get UNIMPLEMENTED. grpcio compresses the
+    message (gzip, grpc-encoding header and the compressed flag), as a Go
+    client with a compressor would; nothing is created."""
+    pb, pb_grpc = grpcio_modules["imrpc_pb2"], grpcio_modules["imrpc_pb2_grpc"]
+
+    def exercise() -> tuple[Any, str]:
+        with grpc.insecure_channel(target(daemon, "tcp", 0), compression=grpc.Compression.Gzip) as channel:
+            stub = pb_grpc.ProcessManagerServiceStub(channel)
+            # Large and repetitive: grpcio sends a message uncompressed when
+            # gzip would not make it smaller.
+            spec = pb.ProcessSpec(name="zipped", binary=SLEEP, args=["1000", "x" * 100_000])
+            try:
+                stub.ProcessCreate(pb.ProcessCreateRequest(spec=spec))
+            except grpc.RpcError as exc:
+                return exc.code(), exc.details() or ""
+            return grpc.StatusCode.OK, ""
+
+    code, details = await asyncio.to_thread(exercise)
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert details.endswith("send messages uncompressed (grpc-encoding identity)"), details
+    assert "zipped" not in (await daemon.pm().ProcessList(_process_list())).processes
+
+
+def _process_list() -> Any:
+    from imd.api.gen.imrpc import imrpc_pb2 as pm
+
+    return pm.ProcessListRequest()

@@ -6,9 +6,12 @@ ReplicaRemove, ReplicaRebuildingStatus, ReplicaRebuildingQosSet,
 ReplicaModeUpdate, MetricsGet, and the snapshot methods (VolumeSnapshot,
 SnapshotList, SnapshotRemove, SnapshotPurge and its status, SnapshotRevert,
 SnapshotHash and its status, SnapshotClone and its status,
-VolumeSnapshotMaxCountSet, VolumeSnapshotMaxSizeSet). Every other method of
-the service (backups, backing images, ...) answers UNIMPLEMENTED, naming
-itself.
+VolumeSnapshotMaxCountSet, VolumeSnapshotMaxSizeSet), backups and
+restores (SnapshotBackup and its status, BackupRestore and its status,
+BackupRestoreFinish, CleanupBackupMountPoints), and the backing images of
+this node's disks (SPDKBackingImageCreate, Delete, Get, List and Watch:
+imd.services.backing_images). Every other method of the service answers
+UNIMPLEMENTED, naming itself.
 """
 
 from __future__ import annotations
@@ -24,30 +27,23 @@ from imd.api.gen.imrpc import proxy_pb2 as ppb
 from imd.api.gen.ptypes import controller_pb2 as ctl
 from imd.api.gen.ptypes import syncagent_pb2 as sync
 from imd.api.status import InFlight, Servicer, recv, rpc
+from imd.api.streams import pump_events
 from imd.errors import Unimplemented
-from imd.services.engines import EngineService
+from imd.services.backing_images import BackingImageService
+from imd.services.engines import BackupRequest, EngineService, tcp
+from imd.v2.bases import BackingImageView
 
 _EMPTY = Empty()
+_FRAMED_EMPTY = b"\x00" + (0).to_bytes(4, "big")  # one empty message, framed (a watch notice)
 _MODE = {"WO": ctl.WO, "RW": ctl.RW, "ERR": ctl.ERR}
 
 NOT_SERVED = (
     "VolumeFrontendStart",
     "VolumeFrontendShutdown",
     "VolumeUnmapMarkSnapChainRemovedSet",
-    "SnapshotBackup",
-    "SnapshotBackupStatus",
-    "BackupRestore",
-    "BackupRestoreStatus",
-    "BackupRestoreFinish",
-    "CleanupBackupMountPoints",
     "ReplicaVerifyRebuild",
     "ReplicaRebuildConcurrentSyncLimitSet",
     "ReplicaRebuildConcurrentSyncLimitGet",
-    "SPDKBackingImageCreate",
-    "SPDKBackingImageDelete",
-    "SPDKBackingImageGet",
-    "SPDKBackingImageList",
-    "SPDKBackingImageWatch",
     "RemountReadOnlyVolume",
 )
 
@@ -56,6 +52,7 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
     def __init__(self, engines: EngineService, in_flight: InFlight) -> None:
         super().__init__(in_flight)
         self.engines = engines
+        self.images = BackingImageService(engines.instances)
 
     @rpc
     async def ServerVersionGet(self, stream: Any) -> None:
@@ -160,6 +157,41 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
         e = r.proxy_engine_request
         await self.engines.set_mode(e.engine_name, e.data_engine, r.replica_address, r.mode)
         await stream.send_message(_EMPTY)
+
+    # -- backing images (this node's disks) -------------------------------------------
+
+    @rpc
+    async def SPDKBackingImageCreate(self, stream: Any) -> None:
+        r: ppb.SPDKBackingImageCreateRequest = await recv(stream)
+        view = await self.images.create(
+            r.name, r.backing_image_uuid, r.disk_uuid, r.size, r.checksum, r.from_address, r.src_lvs_uuid
+        )
+        await stream.send_message(backing_image_pb(view))
+
+    @rpc
+    async def SPDKBackingImageDelete(self, stream: Any) -> None:
+        r: ppb.SPDKBackingImageDeleteRequest = await recv(stream)
+        await self.images.delete(r.name, r.disk_uuid)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def SPDKBackingImageGet(self, stream: Any) -> None:
+        r: ppb.SPDKBackingImageGetRequest = await recv(stream)
+        await stream.send_message(backing_image_pb(self.images.get(r.name, r.disk_uuid)))
+
+    @rpc
+    async def SPDKBackingImageList(self, stream: Any) -> None:
+        await recv(stream)
+        reply = ppb.SPDKBackingImageListResponse()
+        for key, view in self.images.listing().items():
+            reply.backing_images[key].CopyFrom(backing_image_pb(view))
+        await stream.send_message(reply)
+
+    @rpc
+    async def SPDKBackingImageWatch(self, stream: Any) -> None:
+        await recv(stream)
+        watch = self.images.watch()
+        await pump_events(stream, watch, lambda _: _FRAMED_EMPTY, self.in_flight.metrics, "backing_image")
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -283,6 +315,108 @@ class ProxyServicer(Servicer, proxy_grpc.ProxyEngineServiceBase):
         e = r.proxy_engine_request
         await self.engines.snapshot_max_size_set(e.engine_name, e.data_engine, r.size.size)
         await stream.send_message(_EMPTY)
+
+    # -- backups and restores --------------------------------------------------------------
+
+    @rpc
+    async def SnapshotBackup(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotBackupRequest = await recv(stream)
+        e = r.proxy_engine_request
+        started = await self.engines.backup_create(
+            e.engine_name,
+            e.data_engine,
+            BackupRequest(
+                snapshot_name=r.snapshot_name,
+                backup_target=r.backup_target,
+                backup_name=r.backup_name,
+                volume_name=e.volume_name,
+                envs=list(r.envs),
+                compression_method=r.compression_method,
+                concurrent_limit=r.concurrent_limit,
+                labels=dict(r.labels),
+                parameters=dict(r.parameters),
+                backing_image_name=r.backing_image_name,
+                backing_image_checksum=r.backing_image_checksum,
+                storage_class_name=r.storage_class_name,
+            ),
+        )
+        await stream.send_message(
+            ppb.EngineSnapshotBackupProxyResponse(
+                backup_id=started.backup, replica=started.replica_address, is_incremental=started.is_incremental
+            )
+        )
+
+    @rpc
+    async def SnapshotBackupStatus(self, stream: Any) -> None:
+        r: ppb.EngineSnapshotBackupStatusRequest = await recv(stream)
+        e = r.proxy_engine_request
+        s = self.engines.backup_status(e.engine_name, e.data_engine, r.backup_name, r.replica_address)
+        await stream.send_message(
+            ppb.EngineSnapshotBackupStatusProxyResponse(
+                backup_url=s.url,
+                error=s.error,
+                progress=s.progress,
+                snapshot_name=s.snapshot,
+                state=s.state,
+                replica_address=s.replica_address,
+            )
+        )
+
+    @rpc
+    async def BackupRestore(self, stream: Any) -> None:
+        r: ppb.EngineBackupRestoreRequest = await recv(stream)
+        e = r.proxy_engine_request
+        await self.engines.restore(e.engine_name, e.data_engine, r.url, list(r.envs), r.concurrent_limit)
+        await stream.send_message(ppb.EngineBackupRestoreProxyResponse())
+
+    @rpc
+    async def BackupRestoreStatus(self, stream: Any) -> None:
+        r: ppb.ProxyEngineRequest = await recv(stream)
+        reply = ppb.EngineBackupRestoreStatusProxyResponse()
+        for address, s in self.engines.restore_status(r.engine_name, r.data_engine).values():
+            reply.status[tcp(address)].CopyFrom(
+                ppb.EngineBackupRestoreStatus(
+                    is_restoring=s.is_restoring,
+                    last_restored=s.last_restored,
+                    current_restoring_backup=s.backup if s.is_restoring else "",
+                    progress=s.progress,
+                    error=s.error,
+                    state=s.state,
+                    backup_url=s.backup_url,
+                )
+            )
+        await stream.send_message(reply)
+
+    @rpc
+    async def BackupRestoreFinish(self, stream: Any) -> None:
+        r: ppb.EngineBackupRestoreFinishRequest = await recv(stream)
+        e = r.proxy_engine_request
+        self.engines.restore_finish(e.engine_name, e.data_engine)
+        await stream.send_message(_EMPTY)
+
+    @rpc
+    async def CleanupBackupMountPoints(self, stream: Any) -> None:
+        await recv(stream)
+        await self.engines.cleanup_mount_points()
+        await stream.send_message(_EMPTY)
+
+
+def backing_image_pb(v: BackingImageView) -> ppb.SPDKBackingImageResponse:
+    """Longhorn's shape (its proxy's spdkBackingImageToBackingImageResponse):
+    ``disk_uuid`` is the lvstore's UUID, ``checksum`` in the spec the one
+    asked for, in the status the one the content has."""
+    return ppb.SPDKBackingImageResponse(
+        spec=ppb.SPDKBackingImageSpec(
+            name=v.spec.name,
+            backing_image_uuid=v.spec.uuid,
+            disk_uuid=v.spec.disk_uuid,
+            size=v.spec.size,
+            checksum=v.spec.checksum,
+        ),
+        status=ppb.SPDKBackingImageStatus(
+            progress=v.progress, state=v.state, checksum=v.current_checksum, error_msg=v.error
+        ),
+    )
 
 
 def _not_served(method: str) -> Any:

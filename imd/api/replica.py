@@ -112,6 +112,7 @@ class ReplicaServicer(Servicer, replica_grpc.ReplicaServiceBase):
                 head_parent=chain.head_parent,
                 head_size=chain.head_size,
                 snapshots=[snapshot_pb(s) for s in chain.snapshots],
+                backing_image=chain.backing_image,
             )
         )
 
@@ -156,6 +157,22 @@ class ReplicaServicer(Servicer, replica_grpc.ReplicaServiceBase):
         await self._chains(r.replica).cancel_hashes(r.replica)
         await stream.send_message(_EMPTY)
 
+    # -- backing images: this node's copy, served to another node's copy ---------------
+
+    @rpc
+    async def BackingImageExpose(self, stream: Any) -> None:
+        r: rpb.BackingImageRequest = await recv(stream)
+        validate_name(r.name, "name")
+        e = await self.instances.v2().backing_images.expose(r.name, r.disk_uuid)
+        await stream.send_message(rpb.SnapshotExposeResponse(address=e.address, port=e.port, nqn=e.nqn, size=e.size))
+
+    @rpc
+    async def BackingImageUnexpose(self, stream: Any) -> None:
+        r: rpb.BackingImageRequest = await recv(stream)
+        validate_name(r.name, "name")
+        await self.instances.v2().backing_images.unexpose(r.name, r.disk_uuid)
+        await stream.send_message(_EMPTY)
+
 
 # A remote failure keeps its meaning: a full disk over there is a full disk here.
 _ERROR_OF = {
@@ -180,23 +197,28 @@ class RemoteReplicas:
         self.timeout = timeout
 
     @asynccontextmanager
-    async def _stub(self, address: str, replica: str) -> AsyncIterator[replica_grpc.ReplicaServiceStub]:
+    async def _stub(self, address: str, what: str) -> AsyncIterator[replica_grpc.ReplicaServiceStub]:
         host = address.rpartition(":")[0].strip("[]")
         channel = Channel(host, self.port, ssl=self.tls, codec=BoundedProtoCodec())
         try:
             yield replica_grpc.ReplicaServiceStub(channel)
         except GRPCError as exc:
             cls = _ERROR_OF.get(exc.status, errors.Unavailable)
-            raise cls(f"replica {replica} at {host}: {exc.message}") from exc
+            message = exc.message or exc.status.name
+            if message.startswith("size: "):
+                # The size the replica's node could not take is the size of
+                # the expansion the engine was asked for.
+                raise cls(f"{what} at {host}: {message.removeprefix('size: ')}", field="expand.size") from exc
+            raise cls(f"{what} at {host}: {message}") from exc
         except (OSError, StreamTerminatedError, TimeoutError) as exc:
-            raise errors.Unavailable(f"replica {replica}: cannot reach imd at {host}:{self.port}: {exc}") from exc
+            raise errors.Unavailable(f"{what}: cannot reach imd at {host}:{self.port}: {exc}") from exc
         finally:
             channel.close()
 
     async def _call(
         self, address: str, replica: str, method: Callable[[replica_grpc.ReplicaServiceStub], Awaitable[T]]
     ) -> T:
-        async with self._stub(address, replica) as stub:
+        async with self._stub(address, f"replica {replica}") as stub:
             return await method(stub)
 
     async def expand(self, address: str, replica: str, size: int) -> None:
@@ -228,6 +250,7 @@ class RemoteReplicas:
             head_parent=r.head_parent,
             head_size=r.head_size,
             snapshots=tuple(snapshot_of(s) for s in r.snapshots),
+            backing_image=r.backing_image,
         )
 
     async def snapshot_purge(self, address: str, replica: str) -> list[str]:
@@ -261,6 +284,19 @@ class RemoteReplicas:
     async def snapshot_hash_cancel(self, address: str, replica: str) -> None:
         request = rpb.ReplicaRequest(replica=replica)
         await self._call(address, replica, lambda s: s.SnapshotHashCancel(request, timeout=self.timeout))
+
+    async def image_expose(self, address: str, name: str, disk_uuid: str) -> SnapshotExport:
+        """The node at ``address`` serves its copy of backing image ``name``
+        (on its disk ``disk_uuid``) for a copy onto this node's disk."""
+        request = rpb.BackingImageRequest(name=name, disk_uuid=disk_uuid)
+        async with self._stub(address, f"backing image {name}") as stub:
+            r = await stub.BackingImageExpose(request, timeout=self.timeout)
+        return SnapshotExport(address=r.address, port=r.port, nqn=r.nqn, size=r.size)
+
+    async def image_unexpose(self, address: str, name: str, disk_uuid: str) -> None:
+        request = rpb.BackingImageRequest(name=name, disk_uuid=disk_uuid)
+        async with self._stub(address, f"backing image {name}") as stub:
+            await stub.BackingImageUnexpose(request, timeout=self.timeout)
 
     async def engine_replicas(self, address: str, engine: str) -> list[tuple[str, str]]:
         """Longhorn's own ReplicaList on the engine proxy (base + 1) of the

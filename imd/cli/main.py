@@ -18,6 +18,7 @@ from grpclib.exceptions import GRPCError
 from imd.api.gen.imrpc import imrpc_grpc, instance_grpc
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 from imd.api.gen.imrpc import instance_pb2 as inst
+from imd.cli.backing_images import add_commands as add_backing_image_commands
 from imd.cli.backup import add_commands as add_backup_commands
 from imd.cli.client import open_channel
 from imd.cli.output import emit, process_row, stream_lines
@@ -146,6 +147,36 @@ def _spec_args(p: argparse.ArgumentParser, instance: bool) -> None:
         p.add_argument("--volume", default="")
 
 
+def _v2_serve_args(serve: argparse.ArgumentParser) -> None:
+    """Data engine V2's node settings (the ``[v2]`` table), so that a node
+    starts in one line; each wins over the config file."""
+    v2 = serve.add_argument_group("data engine V2 (overrides the [v2] table)")
+    on = v2.add_mutually_exclusive_group()
+    on.add_argument("--v2", dest="v2_enabled", action="store_true", default=None, help="serve data engine V2")
+    on.add_argument("--no-v2", dest="v2_enabled", action="store_false")
+    v2.add_argument("--spdk-dir", help="SPDK install prefix (bin/nvmf_tgt, lib/); default $SPDK_DIR")
+    v2.add_argument("--replica-address", help="IP replicas listen on (engines on other nodes connect)")
+    v2.add_argument("--engine-address", help="IP engines' frontends listen on (hosts connect)")
+    v2.add_argument("--target-core-mask", help="cores of the SPDK target, e.g. 0x1 or [0]")
+    v2.add_argument("--engine-core-mask", help="core of imd's own SPDK poller (engines), e.g. 0x2")
+    v2.add_argument("--target-mem-mb", type=int, help="the target's memory in MiB (>= 64)")
+    v2.add_argument("--engine-mem-mb", type=int, help="imd's SPDK memory in MiB (>= 64)")
+    huge = v2.add_mutually_exclusive_group()
+    huge.add_argument("--hugepages", dest="v2_hugepages", action="store_true", default=None)
+    huge.add_argument("--no-hugepages", dest="v2_hugepages", action="store_false")
+    v2.add_argument("--target-rpc-socket", help="the target's JSON-RPC socket; default <state-dir>/spdk-target.sock")
+    v2.add_argument(
+        "--target-arg",
+        action="append",
+        dest="target_args",
+        help="an extra argument for the target, repeatable (e.g. --target-arg=--disable-cpumask-locks)",
+    )
+    v2.add_argument("--engine-idle-spin-us", type=int, help="how long imd's poller spins after work before it sleeps")
+    v2.add_argument(
+        "--replica-timeout-s", type=float, help="a replica that answers nothing this long leaves its engines' mirrors"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imd", description=__doc__)
     parser.add_argument("--addr", help="daemon base address HOST:PORT (default 127.0.0.1:8500)")
@@ -168,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     children = serve.add_mutually_exclusive_group()
     children.add_argument("--stop-children", dest="stop_children", action="store_true", default=None)
     children.add_argument("--leave-children", dest="stop_children", action="store_false")
+    _v2_serve_args(serve)
 
     for group, offset, commands in (
         (
@@ -214,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_parser("version").set_defaults(func=version, port_offset=0)
     top.add_parser("status", help="the daemon at a glance").set_defaults(func=status, port_offset=0)
     add_v2_commands(top)
+    add_backing_image_commands(top)
     add_backup_commands(top)
     return parser
 

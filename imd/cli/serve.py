@@ -10,11 +10,13 @@ import sys
 import uvloop
 
 from imd import eventlog
-from imd.config import ConfigError, load
+from imd.config import Config, ConfigError, load
 from imd.daemon import serve
 
 
-def run_serve(a: argparse.Namespace) -> int:
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The config file (if any) with the flags over it; ConfigError if
+    either is malformed."""
     overrides: dict[str, object] = {
         "listen": a.listen,
         "socket": a.serve_socket,
@@ -27,8 +29,28 @@ def run_serve(a: argparse.Namespace) -> int:
     }
     if a.serve_tls_dir:
         overrides["tls"] = {"dir": a.serve_tls_dir}
+    v2 = {
+        "enabled": a.v2_enabled,
+        "spdk_dir": a.spdk_dir,
+        "replica_address": a.replica_address,
+        "engine_address": a.engine_address,
+        "target_core_mask": a.target_core_mask,
+        "engine_core_mask": a.engine_core_mask,
+        "target_mem_size_mb": a.target_mem_mb,
+        "engine_mem_size_mb": a.engine_mem_mb,
+        "hugepages": a.v2_hugepages,
+        "target_rpc_socket": a.target_rpc_socket,
+        "target_args": a.target_args,
+        "engine_idle_spin_us": a.engine_idle_spin_us,
+        "replica_timeout_s": a.replica_timeout_s,
+    }
+    overrides["v2"] = {key: value for key, value in v2.items() if value is not None} or None
+    return load(a.config, overrides)
+
+
+def run_serve(a: argparse.Namespace) -> int:
     try:
-        config = load(a.config, overrides)
+        config = config_from_args(a)
     except ConfigError as exc:
         sys.stderr.write(f"imd: config error: {exc}\n")
         return 2

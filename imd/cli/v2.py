@@ -20,7 +20,7 @@ from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.api.gen.imrpc import instance_pb2 as inst
 from imd.api.gen.imrpc import proxy_pb2 as ppb
 from imd.api.gen.ptypes import controller_pb2 as ctl
-from imd.cli import snapshots
+from imd.cli import backups, snapshots
 from imd.cli.output import as_dict, emit, stream_lines
 
 Command = Callable[[argparse.Namespace, Channel], Awaitable[None]]
@@ -141,7 +141,9 @@ async def replica_create(a: argparse.Namespace, ch: Channel) -> None:
         type="replica",
         volume_name=a.volume,
         data_engine=common.DATA_ENGINE_V2,
-        spdk_instance_spec=inst.SpdkInstanceSpec(disk_name=a.disk, disk_uuid=a.disk_uuid, size=parse_size(a.size)),
+        spdk_instance_spec=inst.SpdkInstanceSpec(
+            disk_name=a.disk, disk_uuid=a.disk_uuid, size=parse_size(a.size), backing_image_name=a.backing_image
+        ),
     )
     _show_instance(a, await _inst(ch).InstanceCreate(inst.InstanceCreateRequest(spec=spec)))
 
@@ -310,6 +312,7 @@ def _add_engine_operations(commands: Any) -> None:
     p.add_argument("engine")
     p.set_defaults(func=engine_rebuild_status, port_offset=PROXY_OFFSET)
     snapshots.add_commands(commands)
+    backups.add_commands(commands)
 
 
 def add_commands(top: Any) -> None:
@@ -344,6 +347,7 @@ def add_commands(top: Any) -> None:
         if kind == "replica":
             p.add_argument("--disk", required=True)
             p.add_argument("--disk-uuid", default="")
+            p.add_argument("--backing-image", default="", help="a ready backing image on the disk: a clone of it")
         else:
             p.add_argument("--replica", action="append", default=[], metavar="NAME=IP:PORT[,IP:PORT]")
             p.add_argument("--frontend", default="spdk-tcp-nvmf", help="spdk-tcp-nvmf, or '' for none")

@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,13 @@ log = logging.getLogger("imd.spdk_target")
 SLOW_CALL_S = 1.0
 
 
+# JSON-RPC's "Invalid params": what SPDK v24.01 answers when an operation
+# fails in its completion callback (bdev_lvol_create, bdev_lvol_resize, ...),
+# with the errno only as its strerror() text for a message.
+INVALID_PARAMS = -32602
+_ERRNO_OF_TEXT = {os.strerror(number): number for number in sorted(errno.errorcode, reverse=True)}
+
+
 class TargetRpcError(Exception):
     """The target answered a call with a JSON-RPC error."""
 
@@ -52,8 +60,15 @@ class TargetRpcError(Exception):
 
     @property
     def errno(self) -> int:
-        """SPDK reports most failures as ``-errno``; 0 if this one is not."""
-        return -self.code if -4096 < self.code < 0 else 0
+        """SPDK reports most failures as ``-errno``; an operation that fails
+        in its completion callback as "Invalid params" with the errno's
+        text (an lvstore out of clusters: ``No space left on device``, out
+        of metadata pages: ``Cannot allocate memory``). 0 if neither."""
+        if -4096 < self.code < 0:
+            return -self.code
+        if self.code == INVALID_PARAMS:
+            return _ERRNO_OF_TEXT.get(self.message, 0)
+        return 0
 
     @property
     def not_found(self) -> bool:

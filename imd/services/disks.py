@@ -115,7 +115,7 @@ class DiskService:
         check_driver(driver)
         node = self._node()
         self.durability.check()
-        return await node.disks.create(name, uuid, path, size)
+        return await node.create_disk(name, uuid, path, size)
 
     async def get(self, disk_type: int, name: str, driver: str) -> DiskView:
         check_type(disk_type)
@@ -130,7 +130,7 @@ class DiskService:
         check_driver(driver)
         node = self._node()
         self.durability.check()
-        await node.disks.delete(name, uuid, node.live_replica_names(name))
+        await node.delete_disk(name, uuid)
 
     async def listing(self) -> list[DiskView]:
         node = self._node()

@@ -135,14 +135,29 @@ def check_size(size: int, *, multiple: int = 512) -> None:
 
 
 def replica_spec(request: V2Request) -> ReplicaSpec:
+    """A disk's lvstore is named after the disk, so ``lvs_name`` names the
+    disk too: either one will do, both must agree."""
     check_size(request.size)
     disk = request.disk_name or request.lvs_name
     if not disk:
         raise InvalidArgument("a replica needs its disk (disk_name or lvs_name)", field=f"{SPDK_SPEC}.disk_name")
-    validate_name(disk, f"{SPDK_SPEC}.disk_name")
+    validate_name(disk, f"{SPDK_SPEC}.{'disk_name' if request.disk_name else 'lvs_name'}")
+    if request.lvs_name and request.lvs_name != disk:
+        raise InvalidArgument(
+            f"lvstore {request.lvs_name} is not disk {disk}'s (a disk's lvstore is named after the disk)",
+            field=f"{SPDK_SPEC}.lvs_name",
+        )
     if request.volume_name:
         validate_name(request.volume_name, "spec.volume_name")
-    return ReplicaSpec(name=request.name, disk_name=disk, size=request.size, volume_name=request.volume_name)
+    if request.backing_image_name:
+        validate_name(request.backing_image_name, f"{SPDK_SPEC}.backing_image_name")
+    return ReplicaSpec(
+        name=request.name,
+        disk_name=disk,
+        size=request.size,
+        volume_name=request.volume_name,
+        backing_image=request.backing_image_name,
+    )
 
 
 def engine_spec(request: V2Request) -> EngineSpec:
@@ -198,7 +213,7 @@ class InstanceService:
             self.processes.durability.check()
             self._not_a_process(request.name)
             node.target.require()  # a target that is down says so before any lookup
-            self._disk_uuid_matches(node, replica.disk_name, request.disk_uuid or request.lvs_uuid)
+            self._disk_uuid_matches(node, replica.disk_name, request.disk_uuid, request.lvs_uuid)
             return await node.create_replica(replica, SPDK_SPEC)
         if request.type == ENGINE:
             engine = engine_spec(request)
@@ -217,10 +232,13 @@ class InstanceService:
             raise AlreadyExists(f"instance {name} already exists (data engine V1)", field="spec.name")
 
     @staticmethod
-    def _disk_uuid_matches(node: V2Node, disk: str, uuid: str) -> None:
+    def _disk_uuid_matches(node: V2Node, disk: str, disk_uuid: str, lvs_uuid: str) -> None:
+        """The disk's UUID is its lvstore's: ``disk_uuid`` and ``lvs_uuid``,
+        each when given, must be it."""
         record = node.disks.record(disk, f"{SPDK_SPEC}.disk_name")
-        if uuid and uuid != record.uuid:
-            raise NotFound(f"disk {disk} has UUID {record.uuid}, not {uuid}", field=f"{SPDK_SPEC}.disk_uuid")
+        for field, uuid in (("disk_uuid", disk_uuid), ("lvs_uuid", lvs_uuid)):
+            if uuid and uuid != record.uuid:
+                raise NotFound(f"disk {disk} has UUID {record.uuid}, not {uuid}", field=f"{SPDK_SPEC}.{field}")
 
     async def delete_v2(self, name: str, uuid: str, kind: str, cleanup: bool) -> V2InstanceView:
         validate_name(name, "name")

@@ -59,6 +59,7 @@ from imd.errors import (
 from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
+from imd.v2.bases import Bases
 from imd.v2.datapath import DataPath, export_path
 from imd.v2.disks import Disks, target_failure
 from imd.v2.hub import Hub
@@ -131,14 +132,30 @@ def now_rfc3339() -> str:
 
 class _Tree:
     """The lvstore's lvols of one disk, by lvol name, with parent and
-    children links (what bdev_get_bdevs says)."""
+    children links (what bdev_get_bdevs says). A chain stops below a
+    backing image (``base_of`` names one: imd.v2.bases): the image is the
+    base of every replica cloned from it, not a snapshot of any, so it is
+    nobody's parent here and its other clones are no replica's branches."""
 
-    def __init__(self, lvols: list[LvolBdev]) -> None:
+    def __init__(self, lvols: list[LvolBdev], base_of: Callable[[str], str] = lambda _: "") -> None:
         self.lvols = {lvol.lvol_name: lvol for lvol in lvols}
+        self._base_of = base_of
 
-    def parent(self, name: str) -> str:
+    def _raw_parent(self, name: str) -> str:
         lvol = self.lvols.get(name)
         return lvol.details.base_snapshot if lvol is not None and lvol.details.clone else ""
+
+    def parent(self, name: str) -> str:
+        parent = self._raw_parent(name)
+        return "" if parent and self._base_of(parent) else parent
+
+    def base(self, head: str) -> str:
+        """The backing image under ``head``'s chain (its name), or ``""``."""
+        root = head
+        while self.parent(root):
+            root = self.parent(root)
+        below = self._raw_parent(root)
+        return self._base_of(below) if below else ""
 
     def children(self, name: str) -> list[str]:
         lvol = self.lvols.get(name)
@@ -207,6 +224,8 @@ class Chains:
         self._busy: dict[str, str] = {}  # replica -> the operation running on its chain
         self._exports: dict[str, _Export] = {}  # by NQN
         self._hashes: dict[str, _Hash] = {}  # by disk/lvol name
+        # Where chains stop: the backing images' owner (imd.v2.backing_images), set by the node.
+        self.bases: Bases | None = None
 
     # -- reading the chain ----------------------------------------------------------
 
@@ -221,7 +240,9 @@ class Chains:
             lvols = await client.lvol_bdevs()
         except (TargetRpcError, TargetUnreachable) as exc:
             raise target_failure("cannot read the lvstore's snapshots", exc) from exc
-        return _Tree([lvol for lvol in lvols if lvol.lvs_name == disk])
+        bases = self.bases
+        base_of = (lambda lvol: bases.base_of(disk, lvol)) if bases is not None else (lambda _: "")
+        return _Tree([lvol for lvol in lvols if lvol.lvs_name == disk], base_of)
 
     def _meta_of(self, disk: str, lvol: str) -> SnapshotMeta | None:
         meta = self.meta.get(f"{disk}/{lvol}")
@@ -271,6 +292,7 @@ class Chains:
             head_parent=names.get(tree.parent(replica), ""),
             head_size=sizes.get(head.uuid or head.name, -1),
             snapshots=tuple(infos),
+            backing_image=tree.base(replica),
         )
 
     @staticmethod

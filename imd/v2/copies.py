@@ -14,6 +14,17 @@ metadata (``snapshot_create``), and the next snapshot follows, oldest first.
 
 Every wait here is bounded by the caller (a delete cancels the task: the
 job stops within one chunk, the export is detached and withdrawn).
+
+Backing images: a chain starts from its backing image (the chain's base,
+never one of its snapshots), so the destination must start from the same
+image, on its own disk, as the source does: then its head already reads the
+image and only what the volume changed is copied. A destination without it
+is refused visibly (FAILED_PRECONDITION naming the image, and the replica
+ERR): the manager creates the image on that disk first (its own
+SPDKBackingImageCreate from another node) and the replica with
+``backing_image_name``, as Longhorn's manager does for every replica of
+such a volume. Carrying the image over as data instead would turn every
+rebuilt replica into a full, unshared copy of it.
 """
 
 from __future__ import annotations
@@ -46,6 +57,10 @@ def ancestry(chain: ReplicaChain) -> list[SnapshotInfo]:
         cur = by_name[cur].parent
     out.reverse()
     return out
+
+
+def _image(name: str) -> str:
+    return f"backing image {name}" if name else "no backing image"
 
 
 async def copy_snapshot(
@@ -129,8 +144,16 @@ async def carry_chain(
     its data is not this volume's."""
     copied = 0
     while True:
-        src = ancestry(await nodes.snapshot_chain(src_address, src_replica))
-        have = ancestry(await nodes.snapshot_chain(dst_address, dst_replica))
+        src_chain = await nodes.snapshot_chain(src_address, src_replica)
+        dst_chain = await nodes.snapshot_chain(dst_address, dst_replica)
+        if src_chain.backing_image != dst_chain.backing_image:
+            raise FailedPrecondition(
+                f"replica {dst_replica} starts from "
+                f"{_image(dst_chain.backing_image)}, {src_replica} from {_image(src_chain.backing_image)}: "
+                "create the backing image on its disk, and the replica with backing_image_name, first",
+                field="replica_name",
+            )
+        src, have = ancestry(src_chain), ancestry(dst_chain)
         if [s.name for s in have] != [s.name for s in src[: len(have)]]:
             raise FailedPrecondition(
                 f"replica {dst_replica} holds snapshots {[s.name for s in have]}, not a start of "

@@ -18,11 +18,14 @@ from typing import Any, Protocol
 from imd.errors import Conflict, FailedPrecondition, ImdError, InvalidArgument, Unavailable
 from imd.v2.model import HashStatus, ReplicaChain, SnapshotExport, SnapshotInfo, nqn_of
 from spdk_ffi import ControllerOpts, Initiator, Path
+from spdk_ffi.blockio import Block, BlockIo
 from spdk_ffi.errors import Busy, InvalidOptions, NameConflict, NvmeError, PathInUse
 from spdk_ffi.jobs import JobHandle, JobResult, Jobs
 from spdk_ffi.mirror import LegMode, Mirror, MirrorFactory, RebuildHandle
 
 __all__ = [
+    "Block",
+    "BlockIo",
     "DataPath",
     "JobHandle",
     "JobResult",
@@ -123,13 +126,20 @@ class DataPath:
     """Controllers and mirrors for the engines of this daemon."""
 
     def __init__(
-        self, initiator: Initiator, mirrors: MirrorFactory, opts: ControllerOpts, jobs: Jobs, backend: Any = None
+        self,
+        initiator: Initiator,
+        mirrors: MirrorFactory,
+        opts: ControllerOpts,
+        jobs: Jobs,
+        backend: Any = None,
+        blocks: BlockIo | None = None,
     ) -> None:
         self.initiator = initiator
         self.mirrors = mirrors
         self.opts = opts
         self.jobs = jobs  # copies and hashes in the core (snapshots, rebuilds, clones)
         self.backend = backend  # for its counters (reconnects_total), where it has them
+        self.blocks = blocks  # backup-block-sized reads and writes (backups, restores), where it has them
 
 
 def native_data_path(
@@ -138,6 +148,7 @@ def native_data_path(
     """The real one: spdk_ffi's native core (its poller starts here). Raises
     SpdkUnavailable where spdk_ffi was installed without its core."""
     from spdk_ffi import UNAVAILABLE, SpdkUnavailable, available
+    from spdk_ffi.blockio import NativeBlockIo
     from spdk_ffi.jobs import NativeJobs
     from spdk_ffi.mirror import NativeMirrorFactory
     from spdk_ffi.native import NativeBackend, NativeCore
@@ -148,4 +159,6 @@ def native_data_path(
     if idle_spin_us is not None:
         env["idle_spin_us"] = idle_spin_us
     backend = NativeBackend(NativeCore.start(**env))
-    return DataPath(Initiator(backend), NativeMirrorFactory(backend), opts, NativeJobs(backend), backend)
+    return DataPath(
+        Initiator(backend), NativeMirrorFactory(backend), opts, NativeJobs(backend), backend, NativeBlockIo(backend)
+    )

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from imd.edges.spdk_target import Lvstore, SpdkTargetClient, TargetRpcError, TargetUnreachable
 from imd.errors import AlreadyExists, FailedPrecondition, ImdError, NotFound, Unavailable
 from imd.eventlog import fields
+from imd.v2.bases import is_image_lvol
 from imd.v2.model import DiskRecord, DiskView, ReplicaLvol
 from imd.v2.target import TargetKeeper
 
@@ -78,8 +79,8 @@ class Disks:
             lvols = await client.lvols(record.name)
             result = []
             for lvol in lvols:
-                if lvol.is_snapshot:
-                    continue
+                if lvol.is_snapshot or is_image_lvol(lvol.name):
+                    continue  # snapshots, and backing images' lvols (imd.v2.bases), are no replicas
                 bdev = await client.bdev(lvol.alias)
                 size = bdev.num_blocks * bdev.block_size if bdev else 0
                 result.append(
@@ -223,6 +224,11 @@ class Disks:
             raise NotFound(f"cannot find disk {name} with UUID {uuid}", field="disk_uuid")
         if lvol in users:
             raise FailedPrecondition(f"replica {lvol} is a live instance; delete the instance", field="replica")
+        if is_image_lvol(lvol):
+            raise FailedPrecondition(
+                f"lvol {lvol} belongs to a backing image; delete it with SPDKBackingImageDelete",
+                field="replcia_instance_name",
+            )
         client = self.target.require()
         try:
             await client.lvol_delete(f"{record.name}/{lvol}")

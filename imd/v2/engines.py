@@ -140,6 +140,10 @@ class Engines:
         # Finishes or undoes a snapshot operation a restart interrupted
         # (EngineRecord.intent), before the engine's replicas are attached.
         self.finish_intent: Callable[[Engine], Awaitable[None]] | None = None
+        # Work an engine owns outside its one operation (backups, restores:
+        # imd.v2.backups) is told here when something must stop it:
+        # (engine, why, replica) with replica "" for the whole engine.
+        self.preempters: list[Callable[[Engine, str, str], None]] = []
 
     # -- queries ------------------------------------------------------------------
 
@@ -324,6 +328,13 @@ class Engines:
         if record.delete_requested or record.state != ProcessState.RUNNING or engine.mirror is None:
             raise FailedPrecondition(f"engine {name} is {record.state.value}", field=field)
         return engine
+
+    def preempt(self, engine: Engine, why: str, replica: str = "") -> None:
+        """Stop the engine's side work (backups, restores) that ``why``
+        makes impossible: everything for the engine, or what reads from
+        ``replica``. Returns at once; each stops within one block."""
+        for preempter in self.preempters:
+            preempter(engine, why, replica)
 
     def _busy(self, engine: Engine) -> None:
         if engine.op is not None:
@@ -617,6 +628,7 @@ class Engines:
         if op is not None and engine.op_kind != "rebuild":
             self._busy(engine)
         rebuilding = engine.rebuild_dst if op is not None else ""
+        self.preempt(engine, f"replica {replica} was removed", replica)
         engine.leaving.add(replica)
         try:
             if op is not None:
@@ -809,6 +821,7 @@ class Engines:
             raise
         if engine.op is not None:
             engine.op.cancel()  # preempt a create, expansion or rebuild at once
+        self.preempt(engine, "the engine was deleted")
         engine.teardown = asyncio.ensure_future(self._teardown(engine))
         return self.view(engine, deleted=True)
 

@@ -104,6 +104,8 @@ class ReplicaSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     disk_name: str
     size: int
     volume_name: str = ""
+    backing_image: str = ""
+    """A backing image on the same disk: the replica's head is a clone of it."""
 
 
 class ReplicaRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -178,12 +180,15 @@ class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class ReplicaChain(msgspec.Struct, frozen=True, kw_only=True):
     """A replica's snapshots, oldest first along the head's ancestry, then
-    any branch a revert left; ``head_parent`` is the head's (``""``: none)."""
+    any branch a revert left; ``head_parent`` is the head's (``""``: none).
+    ``backing_image`` names the image the chain starts from (``""``: none);
+    it is the chain's base, not one of its snapshots."""
 
     replica: str
     head_parent: str
     head_size: int
     snapshots: tuple[SnapshotInfo, ...]
+    backing_image: str = ""
 
 
 class HashStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -235,6 +240,44 @@ class SnapshotIntent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, f
     source: str = ""  # a clone's from_engine_address
 
 
+class BackupRecord(msgspec.Struct, kw_only=True):
+    """One backup an engine made or is making (imd.v2.backups), kept in the
+    engine's record until the engine goes, so that a backup running when
+    imd died reads "interrupted by restart" afterwards instead of being
+    forgotten. No credentials: those travel with the request only."""
+
+    name: str
+    snapshot: str
+    volume: str
+    target: str
+    replica: str = ""
+    replica_address: str = ""
+    state: str = "in_progress"  # Longhorn's: in_progress, complete, error
+    progress: int = 0
+    url: str = ""
+    error: str = ""
+    is_incremental: bool = False
+    started: str = ""
+    finished: str = ""
+
+
+class RestoreRecord(msgspec.Struct, kw_only=True):
+    """The engine's restore (imd.v2.backups): the one in progress or the
+    last one, and ``last_restored``, the backup the volume holds (the base
+    of the next, incremental, restore)."""
+
+    backup_url: str = ""
+    backup: str = ""  # the backup being (or last) restored
+    last_restored: str = ""
+    state: str = ""  # "", in_progress, complete, error
+    is_restoring: bool = False
+    progress: int = 0
+    error: str = ""
+    snapshot: str = ""  # the snapshot taken of the restored volume
+    replica_errors: dict[str, str] = {}  # replicas that left the mirror during the restore
+    started: str = ""
+
+
 class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One engine. ``port`` is its frontend's (0 with no frontend);
     ``modes`` is the engine's view of each replica; ``size`` the volume's
@@ -264,6 +307,10 @@ class EngineRecord(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     so its replicas hold the same bytes; a restore after anything else
     resyncs them from one replica first."""
     intent: SnapshotIntent | None = None
+    backups: dict[str, BackupRecord] = {}
+    """By backup name: in progress, and the finished ones (the newest
+    ``imd.v2.backups.KEEP_FINISHED``) until the engine goes."""
+    restore: RestoreRecord | None = None
 
 
 # -- what clients see ----------------------------------------------------------------

@@ -14,7 +14,9 @@ one order that is safe:
    exports nobody claims, fail what a restarted target lost);
 5. join the snapshot records with the lvstores (``Chains``: drop records
    whose lvol is gone, finish a revert a crash interrupted);
-6. re-create the engines that were running (they live in this process, so
+6. join the backing images with the lvstores (``BackingImages``: a copy a
+   restart interrupted is removed and failed, deletes are finished);
+7. re-create the engines that were running (they live in this process, so
    a restart took them down).
 
 Names are one namespace across replicas and engines (and V1 instances,
@@ -38,12 +40,17 @@ from imd.supervisor.broadcast import Broadcaster, Subscription
 from imd.supervisor.model import ProcessState
 from imd.supervisor.supervisor import Supervisor
 from imd.v2 import state as v2state
+from imd.v2.backing_images import BackingImages
+from imd.v2.backups import DEFAULT_RATE_BYTES_PER_S as DEFAULT_BACKUP_RATE
+from imd.v2.backups import Backups
+from imd.v2.bases import ImagePeers
 from imd.v2.chains import Allocation, Chains
 from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.disks import Disks
 from imd.v2.engines import Engines
+from imd.v2.image_io import Alloc
 from imd.v2.logs import InstanceLogHandler, instance_lines
-from imd.v2.model import ENGINE, EngineSpec, ReplicaSpec, V2Event, V2InstanceView
+from imd.v2.model import ENGINE, DiskView, EngineSpec, ReplicaSpec, V2Event, V2InstanceView
 from imd.v2.replicas import Replicas
 from imd.v2.snapshots import Snapshots
 from imd.v2.target import TARGET_NAME, TargetKeeper
@@ -96,8 +103,13 @@ class V2Node:
         rebuild_rate_bytes_per_s: int = 0,
         replica_timeout_ms: int = 5000,
         hash_rate_bytes_per_s: int = 0,
+        backup_rate_bytes_per_s: int = DEFAULT_BACKUP_RATE,
         allocation: Allocation | None = None,
         metrics: Metrics | None = None,
+        image_peers: ImagePeers | None = None,
+        image_connect_timeout_s: float = 10.0,
+        image_read_timeout_s: float = 30.0,
+        image_alloc: Alloc | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.metrics = metrics if metrics is not None else Metrics()
@@ -133,8 +145,25 @@ class V2Node:
         if data is not None and hasattr(data.backend, "on_silent"):
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.snapshots = Snapshots(self.engines)
-        self.engines.on_deleted = self.snapshots.forget
         self.engines.finish_intent = self.snapshots.finish_intent
+        self.backing_images = BackingImages(
+            self.target,
+            self.disks,
+            supervisor.ports,
+            replica_address,
+            changed=self.changed,
+            durable=self.durable,
+            data=lambda: self.engines.data,
+            peers=image_peers,
+            watch_queue_limit=watch_queue_limit,
+            connect_timeout_s=image_connect_timeout_s,
+            read_timeout_s=image_read_timeout_s,
+            alloc=image_alloc,
+        )
+        self.replicas.bases = self.backing_images
+        self.chains.bases = self.backing_images
+        self.backups = Backups(self.engines, self.snapshots, rate_bytes_per_s=backup_rate_bytes_per_s)
+        self.engines.on_deleted = self._engine_gone
         self.events: Broadcaster[V2Event] = Broadcaster(watch_queue_limit)
         self.logs = InstanceLogHandler()
         self.state_path = state_dir / v2state.V2_STATE_FILE
@@ -142,6 +171,10 @@ class V2Node:
         self._seq = 0
         self._removed: dict[str, asyncio.Future[None]] = {}
         logging.getLogger("imd.v2").addHandler(self.logs)
+
+    def _engine_gone(self, name: str) -> None:
+        self.snapshots.forget(name)
+        self.backups.forget(name)
 
     # -- Hub ---------------------------------------------------------------------------
 
@@ -174,6 +207,7 @@ class V2Node:
                 replicas=list(self.replicas.records.values()),
                 engines=[e.record for e in self.engines.engines.values()],
                 snapshots=self.chains.records(),
+                backing_images=self.backing_images.persisted(),
             )
         )
 
@@ -196,10 +230,13 @@ class V2Node:
             await self.disks.load_all()
             report.update(await self.replicas.recover(persisted.replicas, target_fresh=self.target.started_fresh))
             report.update(await self.chains.recover(persisted.snapshots))
+            report.update(await self.backing_images.recover(persisted.backing_images))
         else:
             self.replicas.adopt_unserved(persisted.replicas, self.target.reason)
+            self.backing_images.adopt_unserved(persisted.backing_images)
             report["replicas_unserved"] = len(persisted.replicas)
         report.update(await self.engines.recover(persisted.engines))
+        report["backups_interrupted"] = self.backups.recover()
         self.changed()
         with contextlib.suppress(ImdError):
             # A state dir that cannot be written leaves the daemon degraded
@@ -212,6 +249,7 @@ class V2Node:
     async def _target_back(self) -> None:
         await self.disks.load_all()
         await self.replicas.finish_deletes()
+        await self.backing_images.sweep()
 
     # -- instances ---------------------------------------------------------------------
 
@@ -271,6 +309,28 @@ class V2Node:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    async def delete_disk(self, name: str, uuid: str) -> None:
+        """DiskDelete: refused while replica instances live on the disk; else
+        copies of backing images onto it stop first (within one chunk, their
+        lvols removed while the disk is still here), then the bdev goes."""
+        users = self.live_replica_names(name)
+        record = self.disks.records.get(name)
+        if record is None or users or (uuid and uuid != record.uuid):
+            await self.disks.delete(name, uuid, users)  # refuses, naming why
+            return
+        try:
+            await self.backing_images.disk_leaving(name)
+            await self.disks.delete(name, uuid, self.live_replica_names(name))
+        finally:
+            self.backing_images.disk_left(name)
+
+    async def create_disk(self, name: str, uuid: str, path: str, block_size: int) -> DiskView:
+        """DiskCreate; backing images on a disk that comes back are checked
+        against it (and deletes its absence deferred are finished)."""
+        view = await self.disks.create(name, uuid, path, block_size)
+        await self.backing_images.disk_arrived(name)
+        return view
+
     def live_replica_names(self, disk: str) -> list[str]:
         return [
             r.name
@@ -316,6 +376,8 @@ class V2Node:
 
     async def close(self) -> None:
         self.events.close_all()
+        await self.backing_images.close()
+        await self.backups.close()
         await self.engines.close()
         await self.chains.close()
         await self.replicas.close()

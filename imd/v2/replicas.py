@@ -17,6 +17,13 @@ is finished by the next daemon.
 Delete keeps the lvol unless ``cleanup_required``; a later create of the
 same name on the same disk reuses it, data and all (Longhorn's rule).
 
+A replica with a backing image (``ReplicaSpec.backing_image``) is made as
+a clone of the image's snapshot on the same disk (``bdev_lvol_clone``,
+then grown to the replica's size): it reads the image wherever it has not
+written. The image must be there and ready (FAILED_PRECONDITION naming it
+otherwise); the create holds a lease on it (imd.v2.bases) until the clone
+exists, so that a delete of the image cannot come in between.
+
 ``Replicas`` is the one owner of the replica records; all mutation happens
 on the event loop, and long steps (target calls) never hold a lock: a
 create in progress is a record in state starting, which a concurrent create
@@ -47,6 +54,7 @@ from imd.errors import (
 from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
+from imd.v2.bases import BaseLease, Bases
 from imd.v2.disks import Disks, target_failure
 from imd.v2.hub import Hub
 from imd.v2.model import REPLICA, ReplicaRecord, ReplicaSpec, V2InstanceView, nguid_of, nqn_of
@@ -75,6 +83,8 @@ class Replicas:
         # What else goes with a replica (its snapshots: imd.v2.chains), told
         # before its lvol goes; ``delete_lvols`` with a cleanup.
         self.on_deleted: Callable[..., Awaitable[None]] | None = None
+        # The backing images' owner (imd.v2.backing_images), set by the node.
+        self.bases: Bases | None = None
 
     # -- queries --------------------------------------------------------------------
 
@@ -125,12 +135,22 @@ class Replicas:
         # creates of one name both passed the first check while the disk was
         # looked at, and both built, each undoing the other's export.
         self._check_free(spec.name)
-        port = self.ports.allocate(1).start
+        lease = self._lease(spec, field_prefix)
+        try:
+            port = self.ports.allocate(1).start
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         record = ReplicaRecord(
             name=spec.name, uuid=str(uuidlib.uuid4()), spec=spec, disk_uuid=disk.uuid, address=self.address, port=port
         )
         self.records[spec.name] = record
-        task = asyncio.ensure_future(self._build(client, record))
+        task = asyncio.ensure_future(self._build(client, record, lease))
+        if lease is not None:
+            # Also when the build is cancelled before it ran a step (its own
+            # handlers never run then).
+            task.add_done_callback(lambda _: lease.release())
         self._tasks[spec.name] = task
         try:
             # If the caller goes away, the build goes on (or fails and undoes
@@ -155,14 +175,46 @@ class Replicas:
         if name in self.records:
             raise AlreadyExists(f"instance {name} already exists", field="spec.name")
 
-    async def _build(self, client: SpdkTargetClient, record: ReplicaRecord) -> None:
+    def _lease(self, spec: ReplicaSpec, field_prefix: str) -> BaseLease | None:
+        """Hold the replica's backing image, if it has one (no await: the
+        check and the hold are one step)."""
+        if not spec.backing_image:
+            return None
+        field = f"{field_prefix}.backing_image_name"
+        if self.bases is None:
+            raise FailedPrecondition(f"backing image {spec.backing_image}: this node keeps none", field=field)
+        lease = self.bases.lease(spec.backing_image, spec.disk_name, field)
+        if spec.size < lease.size:
+            lease.release()
+            raise InvalidArgument(
+                f"{spec.size} is smaller than backing image {spec.backing_image} ({lease.size} bytes)",
+                field=f"{field_prefix}.size",
+            )
+        if lvol_mib(spec.size) > lease.lvol_mib:
+            lease.release()
+            raise ResourceExhausted(
+                f"{spec.size} bytes are more than a clone of backing image {spec.backing_image} can hold "
+                f"on disk {spec.disk_name} ({lease.lvol_mib * MIB} bytes, the disk's size)",
+                field=f"{field_prefix}.size",
+            )
+        return lease
+
+    async def _build(self, client: SpdkTargetClient, record: ReplicaRecord, lease: BaseLease | None = None) -> None:
         alias = f"{record.spec.disk_name}/{record.name}"
         try:
             existing = await client.bdev(alias)
             record.lvol_created = existing is None
             self.hub.publish(self.view(record))
             await self.hub.durable()  # the intent, before anything exists on the target
-            if existing is None:
+            if existing is None and lease is not None:
+                # A clone of the image (as large as the image's lvol), cut to
+                # the replica's size (imd.v2.bases says why the lvol is large).
+                image = f"{lease.disk_name}/{lease.lvol_name}"
+                record.lvol_uuid = await client.lvol_clone(image, record.name)
+                lease.release()  # the clone exists: the image has a child now, which a delete sees
+                if lvol_mib(record.spec.size) != lease.lvol_mib:
+                    await client.lvol_resize(alias, lvol_mib(record.spec.size))
+            elif existing is None:
                 record.lvol_uuid = await client.lvol_create(
                     record.spec.disk_name, record.name, lvol_mib(record.spec.size)
                 )
@@ -177,18 +229,33 @@ class Replicas:
             self.hub.publish(self.view(record))
             await self.hub.durable()
         except BaseException as exc:
+            if lease is not None:
+                lease.release()
             log.warning(
                 "replica create undone",
                 extra=fields(name=record.name, uuid=record.uuid, why=repr(exc) if str(exc) else type(exc).__name__),
             )
             await self._undo(client, record)
             if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOSPC:
+                # Out of clusters: growing a reused thick lvol (a thin one
+                # never runs out at create; its clusters come with writes).
                 raise ResourceExhausted(
-                    f"disk {record.spec.disk_name}: {exc}", field="spec.spdk_instance_spec.size"
+                    f"disk {record.spec.disk_name} has no room for {record.spec.size} bytes: {exc}",
+                    field="spec.spdk_instance_spec.size",
+                ) from exc
+            if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOMEM and exc.method == "bdev_lvol_create":
+                # The lvstore's metadata pages are used up (one per lvol, as
+                # many as the disk has clusters): no further lvol fits,
+                # whatever its size.
+                raise ResourceExhausted(
+                    f"disk {record.spec.disk_name} has no room for another lvol: {exc}",
+                    field="spec.spdk_instance_spec.disk_name",
                 ) from exc
             if isinstance(exc, (TargetRpcError, TargetUnreachable)):
                 raise target_failure(f"cannot create replica {record.name}", exc) from exc
             raise
+        if lease is not None:
+            lease.release()  # a reused lvol: nothing was cloned
         log.info("replica running", extra=fields(name=record.name, uuid=record.uuid, port=record.port))
 
     async def _export(self, client: SpdkTargetClient, record: ReplicaRecord, alias: str) -> None:
@@ -222,7 +289,25 @@ class Replicas:
             raise InvalidArgument(f"{size} is not a multiple of the block size {disk.block_size}", field="size")
         if size <= record.spec.size:
             return record.spec.size
+        bases = self.bases if record.spec.backing_image else None
+        limit = bases.clone_limit(record.spec.backing_image, disk.name) if bases is not None else 0
+        if limit and size > limit:
+            # SPDK v24.01 fails I/O to a clone beyond its image's lvol (imd.v2.bases).
+            raise ResourceExhausted(
+                f"replica {name} is a clone of backing image {record.spec.backing_image}, which it "
+                f"cannot outgrow on this SPDK ({limit} bytes, its disk's size)",
+                field="size",
+            )
         client = self.target.require()
+        # The rule a create follows: no more than the disk holds in all. The
+        # lvol is thin, so the target itself would grow it past the disk
+        # (its clusters come with writes, and run out then).
+        view = await self.disks.view(disk.name)
+        if size > view.total_size:
+            raise ResourceExhausted(
+                f"disk {disk.name} has no room to grow {name} to {size} bytes ({view.total_size} bytes in all)",
+                field="size",
+            )
         try:
             await client.lvol_resize(f"{record.spec.disk_name}/{name}", lvol_mib(size))
         except TargetRpcError as exc:

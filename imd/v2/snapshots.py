@@ -510,7 +510,9 @@ class Snapshots:
                 f"replicas {', '.join(lacking)} lack snapshot {snapshot}: rebuild them first", field="name"
             )
         # The mirror goes and the replicas are detached: their heads are about
-        # to be swapped, and no I/O may reach the old ones meanwhile.
+        # to be swapped, and no I/O may reach the old ones meanwhile. A backup
+        # or restore of this volume stops first (within one block).
+        self.engines.preempt(engine, f"a revert to snapshot {snapshot}")
         async with self._intent(engine, "revert", [snapshot]):
             await self.engines.take_down(engine)
             outcomes = await self._each(engine, rw, lambda a, r: nodes.snapshot_revert(a, r, snapshot))

@@ -1,4 +1,5 @@
-"""V2 state on disk: disks, replicas and engines, in ``<state_dir>/v2.json``.
+"""V2 state on disk: disks, replicas, engines, snapshots' metadata and
+backing images, in ``<state_dir>/v2.json``.
 
 Kept apart from the process registry (``registry.json``) so that each file
 has one owner; the node's SPDK target itself is a child process and lives
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
+from imd.v2.bases import BackingImageRecord
 from imd.v2.model import DiskRecord, EngineRecord, ReplicaRecord, SnapshotMeta
 
 V2_STATE_VERSION = 1
@@ -23,6 +25,7 @@ class V2StateFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     replicas: list[ReplicaRecord] = []
     engines: list[EngineRecord] = []
     snapshots: list[SnapshotMeta] = []
+    backing_images: list[BackingImageRecord] = []
 
 
 _encoder = msgspec.json.Encoder()

@@ -10,12 +10,15 @@
  *          as the source. With IMDN_COPY_SKIP_ZERO (a destination that reads
  *          zeroes) all-zero chunks are never written.
  *   hash   SHA-256 of the namespace's whole logical content: equal on two
- *          replicas exactly when their contents are equal. With a base (the
+ *          replicas exactly when their contents are equal (SHA-512 with
+ *          IMDN_HASH_SHA512: a backing image's checksum, which Longhorn
+ *          computes so over the image's device). With a base (the
  *          snapshot's parent), the chunks that differ from it are counted:
  *          what the snapshot itself holds, at chunk (cluster) granularity.
  *
  * Every job is a small state machine like the mirror's rebuild: one chunk
- * at a time (read, then write or hash), a token bucket for its rate cap,
+ * at a time (read, then write or hash; a hash without a base reads one
+ * chunk ahead, see ahead_pump), a token bucket for its rate cap,
  * a cancel that takes effect within one chunk (a command in flight is let
  * finish), and one IMDN_EV_JOB_DONE event when it ends. Its memory stays
  * until Python frees it (IMDN_JOB_FREE), so that the final figures and the
@@ -36,6 +39,17 @@
 #define WZ_MAX_BLOCKS 65536 /* NVMe write zeroes: 16-bit block count */
 
 enum job_phase { JOB_IDLE, JOB_WAIT_TOKENS, JOB_READING, JOB_WRITING };
+
+/* A hash without a base reads ahead (see ahead_pump): two chunks, each in
+ * a slot of its own, read while the other is hashed, hashed in order. */
+struct hash_slot {
+	struct imdn_job *job;
+	void *buf;
+	uint64_t lo, hi;
+	bool reading, ready;
+	struct mpath_io sub;
+	struct iovec iov;
+};
 
 struct imdn_job {
 	uint32_t kind;
@@ -60,6 +74,11 @@ struct imdn_job {
 	bool done;
 	struct imdn_req *cancel_req;
 	EVP_MD_CTX *sha;
+	uint32_t digest_len;
+	bool ahead; /* a hash without a base: read-ahead through slots */
+	struct hash_slot slots[2];
+	uint64_t hash_lba; /* ahead: the next chunk to hash */
+	bool pumping, repump;
 	/* Python reads these (imdn_job_stats) */
 	_Atomic int state, error;
 	_Atomic uint64_t bytes_done, chunks_written, chunks_skipped, chunks_differ;
@@ -92,6 +111,7 @@ static void job_finish(struct imdn_job *job, int state, int err)
 	if (job->kind == IMDN_JOB_HASH && state == IMDN_RB_COMPLETE) {
 		unsigned int len = 0;
 		EVP_DigestFinal_ex(job->sha, job->digest, &len);
+		job->digest_len = len;
 	}
 	job->done = true;
 	mpath_unref(job->src);
@@ -232,9 +252,124 @@ static void read_done(struct mpath_io *sub, int status, uint16_t sct, uint16_t s
 	chunk_read(job);
 }
 
+/*
+ * A hash without a base, reading ahead. Hashing runs on this thread and
+ * takes about as long as reading the chunk (SHA-512 does 0.5 to 0.8 GB/s
+ * here), so one chunk at a time paid both in turn: the next chunk's read
+ * now goes out before the current one is hashed, and the two overlap. The
+ * pump is re-entrant (a read may complete inside its own submission, on a
+ * lost path), hashes strictly in LBA order, and finishes only once no read
+ * is in flight: a cancel stops within the two chunks in flight.
+ */
+static void ahead_pump(struct imdn_job *job);
+
+static void ahead_done(struct mpath_io *sub, int status, uint16_t sct, uint16_t sc)
+{
+	(void)sct;
+	(void)sc;
+	struct hash_slot *slot = sub->ctx;
+	struct imdn_job *job = slot->job;
+	slot->reading = false;
+	job->reads_pending--;
+	if (status != 0 && job->read_status == 0) {
+		job->read_status = status < 0 ? status : -EIO;
+	}
+	slot->ready = status == 0;
+	ahead_pump(job);
+}
+
+static void ahead_read(struct imdn_job *job, struct hash_slot *slot)
+{
+	memset(&slot->sub, 0, sizeof(slot->sub));
+	slot->iov.iov_base = slot->buf;
+	slot->iov.iov_len = (slot->hi - slot->lo) * job->block_size;
+	slot->sub.mp = job->src;
+	slot->sub.nsid = job->src_nsid;
+	slot->sub.kind = IMDN_READ;
+	slot->sub.lba = slot->lo;
+	slot->sub.nblocks = (uint32_t)(slot->hi - slot->lo);
+	slot->sub.iovs = &slot->iov;
+	slot->sub.iovcnt = 1;
+	slot->sub.done = ahead_done;
+	slot->sub.ctx = slot;
+	mpath_submit(&slot->sub);
+}
+
+static void ahead_pump(struct imdn_job *job)
+{
+	if (job->done) {
+		return;
+	}
+	if (job->pumping) {
+		job->repump = true; /* called from inside a submission: the outer pump goes round again */
+		return;
+	}
+	job->pumping = true;
+	do {
+		job->repump = false;
+		for (;;) { /* hash what has arrived, in order */
+			struct hash_slot *slot = NULL;
+			for (int i = 0; i < 2; i++) {
+				if (job->slots[i].ready && job->slots[i].lo == job->hash_lba) {
+					slot = &job->slots[i];
+				}
+			}
+			if (slot == NULL || job->read_status != 0 || job->cancel) {
+				break;
+			}
+			size_t bytes = (slot->hi - slot->lo) * job->block_size;
+			EVP_DigestUpdate(job->sha, slot->buf, bytes);
+			if (!all_zero(slot->buf, bytes)) {
+				CTR_ADD(job->chunks_differ, 1);
+			}
+			CTR_ADD(job->bytes_done, bytes);
+			job->hash_lba = slot->hi;
+			slot->ready = false;
+		}
+		while (!job->cancel && job->read_status == 0 && job->phase != JOB_WAIT_TOKENS &&
+		       job->next_lba < job->num_blocks) { /* read ahead into free slots */
+			struct hash_slot *slot = NULL;
+			for (int i = 0; i < 2 && slot == NULL; i++) {
+				if (!job->slots[i].reading && !job->slots[i].ready) {
+					slot = &job->slots[i];
+				}
+			}
+			if (slot == NULL) {
+				break;
+			}
+			uint64_t lo = job->next_lba;
+			uint64_t hi = lo + job->chunk_blocks < job->num_blocks ? lo + job->chunk_blocks : job->num_blocks;
+			if (!take_tokens(job, (hi - lo) * job->block_size)) {
+				break; /* its timer pumps again */
+			}
+			slot->lo = lo;
+			slot->hi = hi;
+			slot->reading = true;
+			job->next_lba = hi;
+			job->reads_pending++;
+			ahead_read(job, slot);
+		}
+	} while (job->repump);
+	job->pumping = false;
+	if (job->reads_pending > 0 || job->phase == JOB_WAIT_TOKENS) {
+		return; /* a completion or the timer comes back here */
+	}
+	if (job->read_status != 0) {
+		job_finish(job, IMDN_RB_ERROR, job->read_status);
+	} else if (job->cancel) {
+		job_finish(job, IMDN_RB_CANCELLED, 0);
+	} else if (job->hash_lba >= job->num_blocks) {
+		job_finish(job, IMDN_RB_COMPLETE, 0);
+	}
+}
+
 /* Advance from wherever the job is (start, chunk done, timer, cancel). */
 static void job_step(struct imdn_job *job)
 {
+	if (!job->done && job->ahead) {
+		ahead_pump(job);
+		return;
+	}
 	if (job->done || job->phase == JOB_READING || job->phase == JOB_WRITING) {
 		return; /* a command is in flight: its callback comes back here */
 	}
@@ -326,11 +461,14 @@ void job_start(struct imdn_req *req)
 	}
 	struct imdn_job *job = calloc(1, sizeof(*job));
 	job->buf = spdk_dma_zmalloc(chunk, 4096, NULL);
-	bool second = req->job_dst.mpath != NULL && (req->job_kind == IMDN_JOB_HASH || (req->copy_flags & IMDN_COPY_COMPARE));
+	bool ahead = req->job_kind == IMDN_JOB_HASH && req->job_dst.mpath == NULL;
+	bool second = ahead ||
+		      (req->job_dst.mpath != NULL && (req->job_kind == IMDN_JOB_HASH || (req->copy_flags & IMDN_COPY_COMPARE)));
 	job->other = second ? spdk_dma_zmalloc(chunk, 4096, NULL) : NULL;
 	job->sha = req->job_kind == IMDN_JOB_HASH ? EVP_MD_CTX_new() : NULL;
+	const EVP_MD *md = (req->copy_flags & IMDN_HASH_SHA512) ? EVP_sha512() : EVP_sha256();
 	if (job->buf == NULL || (second && job->other == NULL) ||
-	    (job->sha != NULL && EVP_DigestInit_ex(job->sha, EVP_sha256(), NULL) != 1) ||
+	    (job->sha != NULL && EVP_DigestInit_ex(job->sha, md, NULL) != 1) ||
 	    (req->job_kind == IMDN_JOB_HASH && job->sha == NULL)) {
 		spdk_dma_free(job->buf);
 		spdk_dma_free(job->other);
@@ -341,6 +479,11 @@ void job_start(struct imdn_req *req)
 	}
 	job->kind = req->job_kind;
 	job->flags = req->copy_flags;
+	job->ahead = ahead;
+	for (int i = 0; i < 2; i++) {
+		job->slots[i].job = job;
+		job->slots[i].buf = i == 0 ? job->buf : job->other;
+	}
 	job->cookie = req->cookie;
 	job->src = req->job_src.mpath;
 	job->src_nsid = req->job_src.nsid;
@@ -417,6 +560,7 @@ void imdn_job_stats(struct imdn_job *job, struct imdn_job_stats *out)
 	out->chunks_skipped = CTR_GET(job->chunks_skipped);
 	out->chunks_differ = CTR_GET(job->chunks_differ);
 	if (out->state == IMDN_RB_COMPLETE) {
+		out->digest_len = job->digest_len;
 		memcpy(out->digest, job->digest, sizeof(out->digest));
 	}
 }

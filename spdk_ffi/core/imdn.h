@@ -78,7 +78,8 @@ enum imdn_event_type { IMDN_EV_LEG_FAILED = 1, IMDN_EV_REBUILD_DONE = 2, IMDN_EV
 enum imdn_job_kind { IMDN_JOB_COPY = 1, IMDN_JOB_HASH = 2 };
 #define IMDN_COPY_COMPARE 1   /* copy (and rebuild): read the destination too, write only chunks that differ */
 #define IMDN_COPY_SKIP_ZERO 2 /* copy: the destination reads zeroes already; never write an all-zero chunk */
-#define IMDN_DIGEST_LEN 32    /* SHA-256 */
+#define IMDN_HASH_SHA512 4    /* hash: SHA-512 (a backing image's checksum, as Longhorn's) instead of SHA-256 */
+#define IMDN_DIGEST_LEN 64    /* room for the longest digest (SHA-512); digest_len says how much is used */
 
 struct imdn_ctrlr;
 struct imdn_mpath;
@@ -148,7 +149,7 @@ struct imdn_req {
 	int32_t src_leg;                          /* rebuild source, -1 = any RW leg */
 	uint32_t chunk_bytes;     /* rebuild, job */
 	uint64_t rate_bytes_per_s; /* rebuild, job: 0 = no cap */
-	uint32_t copy_flags;       /* rebuild, copy job: IMDN_COPY_* */
+	uint32_t copy_flags;       /* rebuild, copy job: IMDN_COPY_*; hash job: IMDN_HASH_* */
 	/* jobs */
 	struct imdn_job *job;         /* start (result), cancel, free */
 	uint32_t job_kind;            /* enum imdn_job_kind */
@@ -249,7 +250,8 @@ struct imdn_job_stats {
 	uint64_t chunks_written; /* copy: chunks written (data or zeroes) */
 	uint64_t chunks_skipped; /* copy: chunks that needed no write */
 	uint64_t chunks_differ;  /* hash: chunks that differ from the base (no base: chunks not all zero) */
-	uint8_t digest[IMDN_DIGEST_LEN]; /* hash: SHA-256 of the whole content, once complete */
+	uint32_t digest_len;             /* hash: bytes of digest used (32: SHA-256, 64: SHA-512) */
+	uint8_t digest[IMDN_DIGEST_LEN]; /* hash: the digest of the whole content, once complete */
 };
 
 struct imdn_poller_stats {

@@ -1,6 +1,8 @@
 """A child that serves grpc.health.v1 on the port given as ``--listen HOST:PORT``.
 
-Options: ``--delay S`` waits before listening (a slow start); ``--not-serving``
+Options: ``--delay S`` waits before listening (a slow start); ``--wait-for
+PATH`` listens only once PATH exists (a start the test ends when it chooses;
+the child prints "waiting for PATH" first); ``--not-serving``
 answers NOT_SERVING forever; ``--exit-after S`` exits 0 after S seconds;
 ``--ignore-signals`` ignores SIGINT and SIGHUP (only SIGTERM/SIGKILL end it).
 It prints one line per second to show that it is alive and logging.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 from grpclib.health.check import ServiceStatus
@@ -21,12 +24,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--wait-for", default="")
     parser.add_argument("--not-serving", action="store_true")
     parser.add_argument("--exit-after", type=float, default=0.0)
     parser.add_argument("--ignore-signals", action="store_true", help="ignore SIGINT and SIGHUP")
     args, _ = parser.parse_known_args()
     host, _, port = args.listen.rpartition(":")
     await asyncio.sleep(args.delay)
+    if args.wait_for:
+        print(f"waiting for {args.wait_for}", flush=True)
+        while not os.path.exists(args.wait_for):
+            await asyncio.sleep(0.02)
     status = ServiceStatus()
     status.set(not args.not_serving)
     server = Server([Health({Health(): [status]})])

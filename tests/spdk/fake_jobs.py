@@ -3,8 +3,8 @@ is absent. It moves no data: each job is recorded (kind, source,
 destination, flags), and ends after ``delay`` seconds, or when a test ends
 it (``delay = None``, then ``finish``). A hash's digest is what
 ``digest_of`` says of its source (by default the SHA-256 of the source
-controller's first path), so that two jobs on the same source agree and two
-sources differ; a completed copy calls ``on_copied`` (tests/v2/fakes.py
+controller's first path; ``sha512_of`` for ``algorithm="sha512"``), so that
+two jobs on the same source agree and two sources differ; a completed copy calls ``on_copied`` (tests/v2/fakes.py
 makes the destination's fake lvol read as the source's). The C core's jobs are tested in tests/spdk/test_jobs.py.
 """
 
@@ -24,6 +24,11 @@ from spdk_ffi.mirror import RebuildState
 def _default_digest(controller: Any) -> str:
     paths = getattr(controller, "paths", None)
     return hashlib.sha256(str(paths[0] if paths else controller).encode()).hexdigest()
+
+
+def _default_sha512(controller: Any, blocks: int) -> str:
+    paths = getattr(controller, "paths", None)
+    return hashlib.sha512(str(paths[0] if paths else controller).encode()).hexdigest()
 
 
 @dataclass(eq=False)
@@ -61,6 +66,7 @@ class FakeJobs:
         self.jobs: list[FakeJob] = []
         self.delay: float | None = 0.0
         self.digest_of: Callable[[Any], str] = _default_digest
+        self.sha512_of: Callable[[Any, int], str] = _default_sha512  # (source, blocks)
         self.on_copied: Callable[[FakeJob], None] | None = None  # a copy completed: make dst read as src
 
     def _start(self, kind: str, src: Any, dst: Any, blocks: int, **flags: Any) -> FakeJob:
@@ -68,7 +74,7 @@ class FakeJobs:
             raise InvalidOptions(f"a {kind}: blocks > 0")
         job = FakeJob(kind, src, dst, blocks, flags, on_copied=self.on_copied)
         if kind == "hash":
-            job.digest = self.digest_of(src)
+            job.digest = self.sha512_of(src, blocks) if flags.get("algorithm") == "sha512" else self.digest_of(src)
         self.jobs.append(job)
         if self.delay is not None:
             asyncio.get_running_loop().call_later(self.delay, job.finish)

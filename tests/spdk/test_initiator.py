@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import pathlib
 import random
 
 import pytest
@@ -22,6 +23,7 @@ from spdk_ffi import (
     PathInUse,
     SpdkUnavailable,
 )
+from tests.helpers import eventually
 from tests.spdk.fake_backend import FakeBackend
 
 HOST = "nqn.2014-08.org.nvmexpress:uuid:host-1"
@@ -150,10 +152,11 @@ async def test_detach_of_unknown_name_is_a_no_op_that_says_so() -> None:
 @pytest.mark.asyncio
 async def test_detach_preempts_an_attach_in_progress() -> None:
     backend, ini = setup()
-    backend.connect_delay = 30.0
+    backend.connect_delay = 30.0  # never completes within the test
     attaching = asyncio.ensure_future(ini.attach("slow", [PATH_A], HOST, owner="e1"))
-    await asyncio.sleep(0.05)
-    assert await asyncio.wait_for(ini.detach("slow"), 1.0) is True
+    await eventually(lambda: backend.connects() == 1, "the attach is connecting")
+    async with asyncio.timeout(10):  # a bound on a hang: the detach must not wait for the connect
+        assert await ini.detach("slow") is True
     with pytest.raises(Cancelled) as exc:
         await attaching
     assert exc.value.errno_name == "ECANCELED"
@@ -291,11 +294,18 @@ def test_path_round_trips_to_a_transport_id() -> None:
 
 
 def test_availability_matches_the_installed_core() -> None:
-    import importlib.util
+    """available() is True exactly when the package holds a built core (an
+    extension module _core*.so beside it), and then the core loads and
+    answers; without one, the native backend refuses, saying how to get it."""
+    import importlib
 
-    built = importlib.util.find_spec("spdk_ffi._core") is not None
-    assert spdk_ffi.available() is built
-    if not built:
+    built = sorted(pathlib.Path(spdk_ffi.__file__).parent.glob("_core*.so"))
+    assert spdk_ffi.available() is bool(built)
+    if built:
+        core = importlib.import_module("spdk_ffi._core")
+        assert core.__file__ == str(built[0])
+        assert hasattr(core.lib, "imdn_poller_stats")  # the API of imdn.h, not just any module
+    else:
         with pytest.raises(SpdkUnavailable, match="SPDK_DIR"):
             spdk_ffi.native_backend()
 
@@ -307,8 +317,11 @@ async def test_an_owner_detaching_never_touches_another_owners_claim() -> None:
     backend, ini = setup()
     await ini.attach("c", [PATH_A], HOST, FAST, owner="A")
     backend.connect_delay = 0.2
+    connects = backend.connects()
     taking_over = asyncio.ensure_future(ini.attach("c", [PATH_A], HOST, FAST, owner="B"))
-    await asyncio.sleep(0.05)
+    # B's attach is in progress: it has detached A's leftover and is connecting.
+    await eventually(lambda: backend.connects() > connects, "B connecting")
+    assert not taking_over.done()
     assert await ini.detach("c", owner="A") is False  # B's attach is in progress: left alone
     result = await taking_over
     assert result.info.owner == "B" and result.cleaned_up is not None

@@ -115,6 +115,46 @@ async def test_the_hash_is_sha256_of_the_content_and_counts_what_differs_from_a_
     assert against.chunks_differ == 1
 
 
+async def test_a_sha512_hash_is_hashlibs_over_the_same_bytes(env: Env) -> None:
+    from spdk_ffi.errors import InvalidOptions
+
+    a = await env.attach("a", "r1")
+    data = volume(4, {2, 3})
+    await fill(env, "a", bytes(data))
+    j = jobs(env)
+    long, short = await asyncio.gather(
+        j.hash(a, BLOCKS, chunk_bytes=CHUNK, algorithm="sha512").done, j.hash(a, BLOCKS, chunk_bytes=CHUNK).done
+    )
+    assert long.state == short.state == RebuildState.COMPLETE
+    assert long.digest == hashlib.sha512(bytes(data)).hexdigest()  # 64 bytes, all of them
+    assert short.digest == hashlib.sha256(bytes(data)).hexdigest()  # 32 bytes, as before
+    # A prefix: what an image smaller than its lvol holds.
+    half = await j.hash(a, BLOCKS // 2, chunk_bytes=CHUNK, algorithm="sha512").done
+    assert half.digest == hashlib.sha512(bytes(data[: len(data) // 2])).hexdigest()
+    with pytest.raises(InvalidOptions, match="algorithm"):
+        j.hash(a, BLOCKS, algorithm="md5")
+
+
+async def test_a_hash_reads_ahead_in_order_and_a_cancel_stops_it_within_the_chunks_in_flight(env: Env) -> None:
+    a = await env.attach("a", "r1")
+    data = volume(5, {0, 7})
+    await fill(env, "a", bytes(data))
+    j = jobs(env)
+    # Chunks of every size the read-ahead can meet, a last one shorter than the others included.
+    for chunk in (CHUNK, 3 * BLOCK, BLOCK):
+        result = await j.hash(a, BLOCKS - 5, chunk_bytes=chunk, algorithm="sha512").done
+        assert result.digest == hashlib.sha512(bytes(data[: (BLOCKS - 5) * BLOCK])).hexdigest(), chunk
+        assert result.bytes_done == result.bytes_total == (BLOCKS - 5) * BLOCK
+    job = j.hash(a, BLOCKS, chunk_bytes=CHUNK, rate_bytes_per_s=4 * CHUNK)  # ~8 s for 32 MiB
+    while job.status().bytes_done < 2 * CHUNK:
+        await asyncio.sleep(0.05)
+    seen = job.status().bytes_done
+    await job.cancel()
+    result = await job.done
+    assert result.state == RebuildState.CANCELLED and not result.digest
+    assert result.bytes_done <= seen + 2 * CHUNK  # the two chunks in flight, no more
+
+
 async def test_a_cancelled_job_stops_within_one_chunk(env: Env) -> None:
     src, dst = await env.attach("src", "r1"), await env.attach("dst", "r3")
     job = jobs(env).copy(src, dst, BLOCKS, chunk_bytes=CHUNK, rate_bytes_per_s=4 * CHUNK)  # ~8 s for 32 MiB

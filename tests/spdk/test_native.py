@@ -15,6 +15,7 @@ import pytest
 
 import spdk_ffi
 from spdk_ffi import AttachTimeout, ControllerOpts, Initiator, MultipathPolicy, NvmeError
+from tests.helpers import eventually
 from tests.spdk.target import HOST_NQN, MALLOC_NQN, NULL_NQN, Target, path
 
 pytestmark = pytest.mark.asyncio
@@ -67,7 +68,9 @@ async def test_attach_detach_namespaces(target: Target) -> None:
     assert (ns.nsid, ns.size_bytes, ns.block_size) == (1, 262144 * BLOCK, BLOCK)
     assert len(target.host_controllers(NULL_NQN)) == 1
     assert await ini.detach("null")
-    assert target.host_controllers(NULL_NQN) == []
+    # The target drops its side once its poller sees the connection close:
+    # after the host's detach, not within it.
+    await eventually(lambda: target.host_controllers(NULL_NQN) == [], "the target dropped the controller")
 
 
 async def test_read_after_write(target: Target) -> None:
@@ -167,16 +170,19 @@ async def test_multipath_failover_while_io_runs(target: Target, api: str) -> Non
 
     runner = asyncio.ensure_future(io_loop())
     try:
-        await asyncio.sleep(0.5)
-        before = done
+        await eventually(lambda: done > 0, "I/O running")
         target.remove_listener(MALLOC_NQN, 4421)  # the active path dies under load
-        await asyncio.sleep(2.0)
+        await eventually(lambda: not ini.controllers()[0].paths[0].connected, "path 4421 seen down")
+        after_loss = done
+        await eventually(lambda: done > after_loss + 64, "I/O going on over path 4422")
         stop.set()
         await asyncio.wait_for(runner, 30)  # raises if any I/O surfaced an error
-        assert done > before
         info = ini.controllers()[0]
-        assert [p.connected for p in info.paths] == [False, True]
-        assert info.counters["failovers"] >= 1
+        assert [(p.connected, p.active) for p in info.paths] == [(False, False), (True, True)]
+        # An I/O that met the dead path before the host saw it go is moved
+        # to the other one (counted in "failovers"); whether one did is a
+        # race with the host's poller, so it is not asserted. None failed.
+        assert info.counters["io_errors"] == 0
     finally:
         stop.set()
         target.add_listener(MALLOC_NQN, 4421)
@@ -208,7 +214,9 @@ async def test_keep_alive_holds_an_idle_controller(target: Target) -> None:
     await ini.attach("idle", [path(NULL_NQN, 4420)], HOST_NQN, ControllerOpts(keep_alive_timeout_ms=1000))
     (buf,) = buffers(1, BLOCK)
     try:
-        await asyncio.sleep(4.0)  # four KATOs without any I/O
+        # Not a wait for an event: the point is four keep-alive timeouts
+        # passing with no I/O at all, so time itself must pass.
+        await asyncio.sleep(4.0)
         assert not ini.controllers()[0].failed
         assert len(target.host_controllers(NULL_NQN)) == 1
         await ini.io("idle", [Io(IoKind.READ, 1, lba=0, nblocks=1, buf=buf)])
@@ -322,11 +330,7 @@ async def test_a_cancelled_io_keeps_its_request_until_the_poller_is_done(target:
         # its statuses. It leaves the pending map (with the buffers it
         # holds) only once the poller has finished it.
         assert all(req not in [r for r, _ in core._io_pool] for req in in_flight)
-        for _ in range(200):
-            if not core._pending:
-                break
-            await asyncio.sleep(0.005)
-        assert not core._pending, "the cancelled request was never reaped"
+        await eventually(lambda: not core._pending, "the cancelled request reaped", interval=0.005)
         await ini.io("c", ios)  # the controller and the pool still work
 
 
@@ -406,7 +410,10 @@ async def test_the_poller_yields_while_it_spins_for_nothing(target: Target) -> N
         for _ in range(20):
             await ini.io("y", [Io(IoKind.READ, 1, lba=0, nblocks=1, buf=buf)])
             before = core.poller_stats()
-            await asyncio.sleep(0.005)  # the idle spin after the I/O, then maybe a nap
+            # A window to look through, not a wait for an event: the poller's
+            # idle spin (2 ms) after the I/O, then maybe a nap; retried
+            # below when a loaded machine did not let the poller run in it.
+            await asyncio.sleep(0.005)
             after = core.poller_stats()
             if after["iterations"] - before["iterations"] >= 100:
                 break  # the poller ran in the window (a loaded machine may not let it)

@@ -202,6 +202,31 @@ async def test_without_another_working_leg_the_watchdog_fails_nothing(env: Env, 
     assert leg(m, "quiet").mode == "RW"
 
 
+@pytest.mark.xfail(
+    reason="found by the cluster scenarios: a controller without reconnects (ctrlr_loss_timeout_sec 0) "
+    "that is declared silent keeps its I/O waiting for as long as the peer stays silent",
+    strict=True,
+)
+async def test_a_silent_controller_without_reconnects_fails_its_io(env: Env, targets: dict[str, Target]) -> None:
+    """spdk_ffi's defaults (no reconnect): once the peer is declared silent
+    the I/O waiting on it fails, it does not wait forever."""
+    from spdk_ffi.native import Io, IoKind
+
+    opts = ControllerOpts(silence_timeout_ms=TIMEOUT_MS, keep_alive_timeout_ms=TIMEOUT_MS)
+    await env.ini.attach("quiet", [path(nqn("quiet"), PORTS["quiet"])], HOST_NQN, opts, owner="test")
+    buf = env.buf(BLOCK)
+    with Silence(targets["quiet"]):
+        write = asyncio.ensure_future(env.ini.io("quiet", [Io(IoKind.WRITE, 1, lba=7, nblocks=1, buf=buf)]))
+
+        def declared() -> bool:
+            return next(i for i in env.ini.controllers() if i.name == "quiet").counters["silent_paths"] >= 1
+
+        await until(declared)
+        done, _ = await asyncio.wait([write], timeout=10)  # ten times the silence: the answer is in by now
+        assert write in done, "the write still waits on a controller declared silent"
+        assert write.exception() is not None
+
+
 # -- a silent path of a multipath replica ------------------------------------------------------
 
 NS = "imds-tgt"  # everything this test makes carries the "imds-" prefix

@@ -8,6 +8,15 @@ it keeps in memory (bdevs, loaded lvstores, subsystems), so a "restart"
 loses the one and keeps the other. Every call is recorded, so tests can
 check what imd asked for, and any method can be made to fail.
 
+An lvstore runs out as a real one does (lib/blob, lib/lvol, v24.01): a
+thick lvol takes its clusters when made or grown, a thin one only as it is
+written (``write``), so neither a thin create nor a thin resize ever runs
+out of clusters; every lvol takes one metadata page, and an lvstore has as
+many as its device has clusters (one is the lvstore's own). Running out
+is answered as SPDK answers a failure in a completion callback: "Invalid
+params" (-32602) with the errno's text, ``No space left on device`` for
+clusters and ``Cannot allocate memory`` for metadata pages.
+
 The real target is exercised by tests/v2/test_v2_spdk.py where SPDK is
 installed; this fake lets the orchestration above be tested everywhere.
 """
@@ -22,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imd.edges.spdk_target import SpdkTargetClient, TargetRpcError, TargetUnreachable
+from imd.edges.spdk_target import INVALID_PARAMS, SpdkTargetClient, TargetRpcError, TargetUnreachable
 
 
 @dataclass
@@ -30,9 +39,10 @@ class Lvol:
     name: str
     uuid: str
     size_mib: int
+    thin: bool = True
+    clusters: int = 0  # allocated: all of them for a thick lvol, the written ones for a thin one
     snapshot: bool = False
     parent: str = ""  # the lvol name of its parent snapshot (a clone's)
-    allocated_mib: int = 0  # what its own clusters hold (a test "writes" with ``write``)
     content: str = "zeroes"  # a token for what it reads: equal tokens, equal bytes
 
 
@@ -41,8 +51,16 @@ class LvstoreOnDevice:
     uuid: str
     name: str
     cluster_size: int
-    total_clusters: int
+    total_clusters: int  # data clusters
+    md_pages: int  # one per lvol, and one for the lvstore itself
     lvols: dict[str, Lvol] = field(default_factory=dict)
+
+    @property
+    def free_clusters(self) -> int:
+        return self.total_clusters - sum(lvol.clusters for lvol in self.lvols.values())
+
+    def clusters_for(self, size_mib: int) -> int:
+        return -(-size_mib * (1 << 20) // self.cluster_size)
 
 
 class FakeSpdk:
@@ -87,6 +105,12 @@ class FakeSpdk:
     @staticmethod
     def _err(method: str, code: int, message: str = "") -> TargetRpcError:
         return TargetRpcError(method, code, message or os.strerror(-code) if code < 0 else message)
+
+    @staticmethod
+    def _callback_err(method: str, err: int) -> TargetRpcError:
+        """A failure in an operation's completion callback, as SPDK's lvol
+        RPCs report it: "Invalid params" with the errno's text."""
+        return TargetRpcError(method, INVALID_PARAMS, os.strerror(err))
 
     # -- misc ---------------------------------------------------------------------------
 
@@ -185,14 +209,13 @@ class FakeSpdk:
         result = []
         for bdev, path in self.loaded.items():
             lvs = self.devices[path]
-            used = sum(-(-lvol.size_mib * (1 << 20) // lvs.cluster_size) for lvol in lvs.lvols.values()) // 4
             result.append(
                 {
                     "uuid": lvs.uuid,
                     "name": lvs.name,
                     "base_bdev": bdev,
                     "total_data_clusters": lvs.total_clusters,
-                    "free_clusters": max(0, lvs.total_clusters - used),
+                    "free_clusters": lvs.free_clusters,
                     "block_size": self.aio[bdev][1],
                     "cluster_size": lvs.cluster_size,
                 }
@@ -205,8 +228,10 @@ class FakeSpdk:
         if bdev_name in self.loaded or self._lvstore_by_name(lvs_name):
             raise self._err(method, -errno.EEXIST)
         path = self.aio[bdev_name][0]
-        total = os.path.getsize(path) // cluster_sz - 1
-        self.devices[path] = LvstoreOnDevice(str(uuidlib.uuid4()), lvs_name, cluster_sz, total)
+        clusters = os.path.getsize(path) // cluster_sz
+        # Metadata takes the first cluster; md pages: one per device cluster
+        # (num_md_pages_per_cluster_ratio 100).
+        self.devices[path] = LvstoreOnDevice(str(uuidlib.uuid4()), lvs_name, cluster_sz, clusters - 1, clusters)
         self.loaded[bdev_name] = path
         return self.devices[path].uuid
 
@@ -228,21 +253,27 @@ class FakeSpdk:
                 "uuid": lvol.uuid,
                 "name": lvol.name,
                 "lvs": {"name": lvs.name, "uuid": lvs.uuid},
-                "is_thin_provisioned": True,
+                "is_thin_provisioned": lvol.thin,
             }
             for lvol in lvs.lvols.values()
         ]
 
     def rpc_bdev_lvol_create(
-        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool
+        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool = False
     ) -> str:
         found = self._lvstore_by_name(lvs_name)
         if found is None:
             raise self._err(method, -errno.ENODEV)
-        if lvol_name in found[1].lvols:
+        lvs = found[1]
+        if lvol_name in lvs.lvols:
             raise self._err(method, -errno.EEXIST)
-        lvol = Lvol(lvol_name, str(uuidlib.uuid4()), size_in_mib)
-        found[1].lvols[lvol_name] = lvol
+        if 1 + len(lvs.lvols) >= lvs.md_pages:
+            raise self._callback_err(method, errno.ENOMEM)  # bs_create_blob: no free md page
+        clusters = 0 if thin_provision else lvs.clusters_for(size_in_mib)
+        if clusters > lvs.free_clusters:
+            raise self._callback_err(method, errno.ENOSPC)
+        lvol = Lvol(lvol_name, str(uuidlib.uuid4()), size_in_mib, thin=thin_provision, clusters=clusters)
+        lvs.lvols[lvol_name] = lvol
         return lvol.uuid
 
     def _lvol(self, method: str, alias: str) -> tuple[LvstoreOnDevice, Lvol]:
@@ -253,7 +284,13 @@ class FakeSpdk:
         return found[1], found[1].lvols[lvol_name]
 
     def rpc_bdev_lvol_resize(self, method: str, name: str, size_in_mib: int) -> bool:
-        self._lvol(method, name)[1].size_mib = size_in_mib
+        lvs, lvol = self._lvol(method, name)
+        if not lvol.thin:
+            more = lvs.clusters_for(size_in_mib) - lvol.clusters
+            if more > lvs.free_clusters:
+                raise self._callback_err(method, errno.ENOSPC)  # blob_resize: not enough free clusters
+            lvol.clusters += max(more, 0)
+        lvol.size_mib = size_in_mib
         return True
 
     def rpc_bdev_lvol_delete(self, method: str, name: str) -> bool:
@@ -265,7 +302,7 @@ class FakeSpdk:
             raise self._err(method, -errno.EBUSY, "Cannot remove snapshot with more than one clone")
         for clone in clones:  # SPDK folds a snapshot into its one clone
             clone.parent = lvol.parent
-            clone.allocated_mib += lvol.allocated_mib
+            clone.clusters += lvol.clusters
         del lvs.lvols[lvol.name]
         return True
 
@@ -276,10 +313,19 @@ class FakeSpdk:
         if snapshot_name in lvs.lvols:
             raise self._err(method, -errno.EEXIST)
         snap = Lvol(
-            snapshot_name, str(uuidlib.uuid4()), lvol.size_mib, True, lvol.parent, lvol.allocated_mib, lvol.content
+            snapshot_name,
+            str(uuidlib.uuid4()),
+            lvol.size_mib,
+            thin=lvol.thin,
+            clusters=lvol.clusters,
+            snapshot=True,
+            parent=lvol.parent,
+            content=lvol.content,
         )
         lvs.lvols[snapshot_name] = snap
-        lvol.parent, lvol.allocated_mib = snapshot_name, 0
+        # The head keeps no cluster of its own: it is a thin clone of the
+        # snapshot now, as SPDK makes it.
+        lvol.parent, lvol.thin, lvol.clusters = snapshot_name, True, 0
         return snap.uuid
 
     def rpc_bdev_lvol_clone(self, method: str, snapshot_name: str, clone_name: str) -> str:
@@ -288,7 +334,7 @@ class FakeSpdk:
             raise self._err(method, -errno.EINVAL)
         if clone_name in lvs.lvols:
             raise self._err(method, -errno.EEXIST)
-        clone = Lvol(clone_name, str(uuidlib.uuid4()), snap.size_mib, False, snap.name, 0, snap.content)
+        clone = Lvol(clone_name, str(uuidlib.uuid4()), snap.size_mib, parent=snap.name, content=snap.content)
         lvs.lvols[clone_name] = clone
         return clone.uuid
 
@@ -305,11 +351,21 @@ class FakeSpdk:
         return True
 
     def write(self, alias: str, mib: int, content: str | None = None) -> None:
-        """A host wrote ``mib`` MiB of new clusters into lvol ``alias``; what
-        it reads is now ``content`` (a new token by default)."""
-        lvol = self._lvol("write", alias)[1]
-        lvol.allocated_mib += mib
+        """A host wrote ``mib`` MiB that were not yet written into lvol
+        ``alias``: a thin lvol allocates their clusters now (no more than its
+        size, or than the lvstore has free); what it reads is now ``content``
+        (a new token by default)."""
+        lvs, lvol = self._lvol("write", alias)
+        if lvol.thin:
+            more = min(lvs.clusters_for(mib), lvs.free_clusters)
+            lvol.clusters = min(lvol.clusters + more, lvs.clusters_for(lvol.size_mib))
         lvol.content = content if content is not None else str(uuidlib.uuid4())
+
+    def allocated_bytes(self, path: str) -> dict[str, int]:
+        """Each lvol's allocated bytes on the device at ``path``, by UUID (what
+        imd.edges.blobstore_md reads from a real device)."""
+        lvs = self.devices[path]
+        return {lvol.uuid: lvol.clusters * lvs.cluster_size for lvol in lvs.lvols.values()}
 
     def lvol_at(self, traddr: str, trsvcid: str, nqn: str) -> Lvol | None:
         """The lvol a subsystem serves as namespace 1 at a listener."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,11 +26,12 @@ from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
 from imd.supervisor.supervisor import Supervisor
 from imd.v2.chains import LocalReplicaNodes
-from imd.v2.datapath import DataPath
+from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.model import HashStatus, ReplicaChain, SnapshotExport, SnapshotInfo
 from imd.v2.node import V2Node
 from imd.v2.target import TargetKeeper, TargetSettings
-from spdk_ffi import ControllerOpts, Initiator
+from spdk_ffi import ControllerOpts, Initiator, NvmeError
+from spdk_ffi.blockio import Block
 from spdk_ffi.mirror import ExportInfo, LegMode
 from spdk_ffi.model import Namespace
 from spdk_ffi.model import Path as NvmePath
@@ -79,16 +81,29 @@ class FakeExpander:
     """Replicas' nodes, as an engine reaches them (``ReplicaNodes``): it
     grows their lvols (recording the calls), and, without ``nodes`` (real
     ``Chains`` of fake nodes, tests/v2/test_snapshots.py), their replicas
-    (fake targets with no lvstore) have no snapshots."""
+    (fake targets with no lvstore) have no snapshots. With ``hold()``,
+    every expansion waits (after it is recorded in ``calls``) until the test
+    calls ``release()``: an expansion the test can catch in progress and end
+    when it chooses."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int]] = []
         self.fail: dict[str, Exception] = {}
         self.delay = 0.0
         self.nodes: LocalReplicaNodes | None = None
+        self._held: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._held = asyncio.Event()
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.set()
 
     async def expand(self, address: str, replica: str, size: int) -> None:
         self.calls.append((address, replica, size))
+        if self._held is not None:
+            await self._held.wait()
         await asyncio.sleep(self.delay)
         if replica in self.fail:
             raise self.fail[replica]
@@ -206,6 +221,93 @@ def progress(rebuild: FakeRebuild, fraction: float) -> None:
     rebuild._status = msgspec.structs.replace(status, bytes_done=int(status.bytes_total * fraction))
 
 
+SECTOR = 4096
+TOKEN_DATA_BYTES = 8 << 20  # a plain content token reads as data up to here, zeros after
+
+
+class FakeBlockIo:
+    """``BlockIo`` over the fake world's lvols (``link`` says which lvol a
+    controller reads). Bytes follow content tokens: a plain token (a "host
+    write" of tests/v2/test_snapshots.py) reads as data derived from it in
+    its first ``TOKEN_DATA_BYTES`` and zeros after; a write through a
+    mirror gives each leg's lvol a new token that records the sectors
+    written over the old one. Tokens are immutable, so snapshots, copies
+    and clones, which copy tokens, carry the bytes too. ``gate`` (when set)
+    holds every read until it opens: a backup caught mid-way."""
+
+    def __init__(self) -> None:
+        self.lvol_of: Callable[[Any], FakeLvol] | None = None
+        self.tokens: dict[str, tuple[str, dict[int, bytes]]] = {}
+        self.reads = 0
+        self.writes = 0
+        self.zeroed = 0
+        self.gate: asyncio.Event | None = None
+        self.read_started = asyncio.Event()
+
+    def sector(self, token: str, index: int) -> bytes:
+        while token in self.tokens:
+            base, written = self.tokens[token]
+            if index in written:
+                return written[index]
+            token = base
+        if token in ("", "zeroes") or index * SECTOR >= TOKEN_DATA_BYTES:
+            return bytes(SECTOR)
+        return hashlib.sha256(f"{token}:{index}".encode()).digest() * (SECTOR // 32)
+
+    def bytes_of(self, token: str, offset: int, length: int) -> bytes:
+        return b"".join(self.sector(token, s) for s in range(offset // SECTOR, (offset + length) // SECTOR))
+
+    def _lvol(self, controller: Any) -> FakeLvol:
+        assert self.lvol_of is not None, "link() the fake world first"
+        return self.lvol_of(controller)
+
+    async def read(self, controller: Any, offset: int, length: int) -> Block:
+        self.read_started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        self.reads += 1
+        data = self.bytes_of(self._lvol(controller).content, offset, length)
+        return Block(data, data == bytes(length))
+
+    def _legs(self, mirror: Any, *modes: LegMode) -> list[FakeLvol]:
+        return [self._lvol(leg.controller) for leg in mirror._legs.values() if leg.mode in modes]
+
+    async def mirror_read(self, mirror: Any, offset: int, length: int) -> Block:
+        await asyncio.sleep(0)
+        legs = self._legs(mirror, LegMode.RW)
+        if not legs:
+            raise NvmeError(errno.ENXIO, "no RW leg")
+        data = self.bytes_of(legs[0].content, offset, length)
+        return Block(data, data == bytes(length))
+
+    def write_lvols(self, lvols: list[FakeLvol], offset: int, data: bytes) -> None:
+        """Legs that read alike before the write (the same token) share the
+        new token: they still read alike, hashes included."""
+        written = {offset // SECTOR + i: bytes(data[i * SECTOR : (i + 1) * SECTOR]) for i in range(len(data) // SECTOR)}
+        new: dict[str, str] = {}
+        for lvol in lvols:
+            if lvol.content not in new:
+                token = new[lvol.content] = f"w{len(self.tokens)}"
+                self.tokens[token] = (lvol.content, written)
+            lvol.content = new[lvol.content]
+
+    async def mirror_write(self, mirror: Any, offset: int, data: Any) -> None:
+        await asyncio.sleep(0)
+        legs = self._legs(mirror, LegMode.RW, LegMode.WO)
+        if not legs:
+            raise NvmeError(errno.ENXIO, "no RW leg")
+        self.writes += 1
+        self.write_lvols(legs, offset, bytes(data))
+
+    async def mirror_write_zeroes(self, mirror: Any, offset: int, length: int) -> None:
+        self.zeroed += length
+        await self.mirror_write(mirror, offset, bytes(length))
+
+    async def mirror_flush(self, mirror: Any) -> None:
+        await asyncio.sleep(0)
+
+
 class FakeData:
     """The fake backend plus every mirror made, for assertions."""
 
@@ -215,7 +317,10 @@ class FakeData:
         self.mirrors: list[RecordingMirror] = []
         self.mirror_delay = 0.0
         self.jobs = FakeJobs()
-        self.path = DataPath(Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5), self.jobs)
+        self.blocks = FakeBlockIo()
+        self.path = DataPath(
+            Initiator(self.backend), self, ControllerOpts(attach_timeout_sec=0.5), self.jobs, blocks=self.blocks
+        )
 
     async def create_mirror(
         self, name: str, legs: Sequence[tuple[str, Any]], num_blocks: int, *, nsid: int = 1, leg_timeout_ms: int = 5000
@@ -280,6 +385,7 @@ def link(data: FakeData, *targets: FakeSpdk) -> None:
         of(job.dst).content = of(job.src).content
 
     data.backend.resolvers.append(namespaces)
+    data.blocks.lvol_of = of
     data.jobs.digest_of = lambda controller: hashlib.sha256(of(controller).content.encode()).hexdigest()
     data.jobs.on_copied = copied
 
@@ -321,8 +427,16 @@ def supervisor(root: Path) -> Supervisor:
 
 
 def node(
-    root: Path, spdk: FakeSpdk | None = None, data: FakeData | None = None, *, sup: Supervisor | None = None
+    root: Path,
+    spdk: FakeSpdk | None = None,
+    data: FakeData | None = None,
+    *,
+    sup: Supervisor | None = None,
+    address: str = "127.0.0.1",
+    expander: ReplicaNodes | None = None,
 ) -> tuple[V2Node, FakeKeeper, FakeData, FakeStore]:
+    """A V2 node on the fakes; its engines reach replicas' nodes through
+    ``expander`` (default: the recording FakeExpander in ``data``)."""
     sup = sup or supervisor(root)
     keeper = FakeKeeper(sup, spdk or FakeSpdk())
     data = data or FakeData()
@@ -331,11 +445,11 @@ def node(
         target=keeper,
         data=data.path,
         data_unavailable="",
-        replica_address="127.0.0.1",
-        engine_address="127.0.0.1",
+        replica_address=address,
+        engine_address=address,
         state_dir=root,
         watch_queue_limit=1000,
-        expander=data.expander,
+        expander=expander or data.expander,
     )
     store = FakeStore(v2)
     v2.store = store

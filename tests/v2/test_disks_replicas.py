@@ -20,7 +20,7 @@ from imd.services.instances import InstanceService, V2Request
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.model import ProcessState
 from imd.v2 import state as v2state
-from imd.v2.model import nqn_of
+from imd.v2.model import nguid_of, nqn_of
 from tests.v2.fake_spdk import FakeSpdk
 from tests.v2.fakes import node
 
@@ -50,6 +50,18 @@ async def started(tmp_path: Path, spdk: FakeSpdk | None = None):  # type: ignore
     await v2.start(v2.load())
     disks, instances = services(v2)
     return v2, keeper, store, disks, instances
+
+
+async def test_names_are_longhorns() -> None:
+    """Literals computed by Longhorn's own code, not ours: go-spdk-helper's
+    types.GetNQN and longhorn-spdk-engine's generateNGUID (a SHA-1
+    name-based UUID in the OID namespace, as hex), built with Go from their
+    sources for these names."""
+    assert nqn_of("r1") == "nqn.2023-01.io.longhorn.spdk:r1"
+    assert nqn_of("pvc-0a1b2c3d-r-0") == "nqn.2023-01.io.longhorn.spdk:pvc-0a1b2c3d-r-0"
+    assert nguid_of("r1") == "d01a42ab5bfd532aa2bb240ba2e5bc12"
+    assert nguid_of("e1") == "19f2bfd82a1a5e2d83d6541a3157afdb"
+    assert nguid_of("pvc-0a1b2c3d-r-0") == "b466095020f150ccba664816fc2fab0e"
 
 
 # -- disks ----------------------------------------------------------------------------
@@ -180,8 +192,9 @@ async def test_replica_lifecycle_exports_lvol_on_a_port_of_the_range(tmp_path: P
     view = await instances.create_v2(replica("r1", volume_name="vol-1"))
     assert view.state == ProcessState.RUNNING and view.type == "replica"
     assert 23000 <= view.port_start == view.port_end <= 23099
-    subsystem = keeper.spdk.subsystems[nqn_of("r1")]
+    subsystem = keeper.spdk.subsystems["nqn.2023-01.io.longhorn.spdk:r1"]  # Longhorn's (test_names_are_longhorns)
     assert subsystem["namespaces"][0]["bdev_name"] == "disk-1/r1"
+    assert subsystem["namespaces"][0]["nguid"] == "d01a42ab5bfd532aa2bb240ba2e5bc12"
     assert subsystem["listen_addresses"][0]["trsvcid"] == str(view.port_start)
     assert v2state.decode(store.snapshots[-1]).replicas[0].state == ProcessState.RUNNING
     with pytest.raises(AlreadyExists, match=r"^spec.name:"):
@@ -278,6 +291,9 @@ async def test_a_delete_at_the_last_step_of_a_create_undoes_the_export(tmp_path:
         ({"disk": ""}, InvalidArgument, "spec.spdk_instance_spec.disk_name"),
         ({"name": "R_1"}, InvalidArgument, "spec.name"),
         ({"disk_uuid": "33333333-3333-3333-3333-333333333333"}, NotFound, "spec.spdk_instance_spec.disk_uuid"),
+        ({"lvs_uuid": "33333333-3333-3333-3333-333333333333"}, NotFound, "spec.spdk_instance_spec.lvs_uuid"),
+        ({"lvs_name": "disk-2"}, InvalidArgument, "spec.spdk_instance_spec.lvs_name"),
+        ({"disk": "", "lvs_name": "Disk_2"}, InvalidArgument, "spec.spdk_instance_spec.lvs_name"),
     ],
 )
 async def test_replica_bad_input_names_the_field_and_leaves_nothing(
@@ -443,3 +459,117 @@ async def test_disk_metrics_are_rates_over_the_interval_between_calls(tmp_path: 
     assert (second.write_iops, second.write_throughput, second.write_latency_ns) == (100, 409_600, 20_000)
     with pytest.raises(NotFound, match=r"^disk_name:"):
         await disks.metrics(DISK_TYPE_BLOCK, "disk-9", "")
+
+
+async def test_lvs_name_and_lvs_uuid_name_the_disk_as_well(tmp_path: Path) -> None:
+    """A disk's lvstore is named after it and has its UUID: a replica may
+    name its disk by either, and the UUIDs given must both be the disk's."""
+    v2, _, _, disks, instances = await started(tmp_path)
+    disk = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    uuid = disk.record.uuid
+    made = await instances.create_v2(replica("r1", disk="", lvs_name="disk-1", lvs_uuid=uuid, disk_uuid=uuid))
+    assert made.disk_name == "disk-1" and made.disk_uuid == uuid
+    with pytest.raises(NotFound, match=r"^spec.spdk_instance_spec.lvs_uuid: disk disk-1 has UUID"):
+        await instances.create_v2(replica("r2", lvs_uuid="33333333-3333-3333-3333-333333333333", disk_uuid=uuid))
+    assert set(v2.replicas.records) == {"r1"}
+
+
+# -- running out of room, as a real lvstore does --------------------------------------------
+
+
+async def test_a_create_when_the_lvstore_has_no_metadata_page_left_is_resource_exhausted(tmp_path: Path) -> None:
+    """Thin lvols never run out of clusters when made; an lvstore runs out
+    of metadata pages instead (one per lvol, as many as the disk's
+    clusters). The target answers that, and the create is undone."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path, size=16 << 20), 4096, "")
+    spdk = keeper.spdk
+    filler = 0
+    while True:  # what another tool made on the disk, until the lvstore refuses
+        try:
+            spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", f"other{filler}", 1, thin_provision=True)
+        except TargetRpcError as exc:
+            assert (exc.code, exc.message) == (-32602, "Cannot allocate memory")
+            break
+        filler += 1
+    assert filler == 15  # 16 pages: the lvstore's, then fifteen lvols (as nvmf_tgt v24.01 on 16 MiB)
+    with pytest.raises(
+        ResourceExhausted, match=r"^spec.spdk_instance_spec.disk_name: disk disk-1 has no room for another lvol"
+    ):
+        await instances.create_v2(replica("r1", size=1 << 20))
+    assert v2.replicas.records == {} and spdk.subsystems == {} and v2.supervisor.ports.in_use == 0
+    spdk.rpc_bdev_lvol_delete("bdev_lvol_delete", "disk-1/other0")  # room again
+    assert (await instances.create_v2(replica("r1", size=1 << 20))).state == ProcessState.RUNNING
+
+
+async def test_a_create_reusing_a_thick_lvol_with_no_clusters_left_is_resource_exhausted(tmp_path: Path) -> None:
+    """A create reuses an lvol of its name left on the disk, growing it to
+    the size asked; a thick one needs clusters for that, and the target
+    answers ENOSPC when there are none. The reused lvol is kept as it was."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    view = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path, size=64 << 20), 4096, "")
+    spdk = keeper.spdk
+    spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", "r1", 8, thin_provision=False)
+    spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", "big", view.total_size // (1 << 20) - 8)
+    with pytest.raises(
+        ResourceExhausted,
+        match=r"^spec.spdk_instance_spec.size: disk disk-1 has no room for 16777216 bytes: .*No space",
+    ):
+        await instances.create_v2(replica("r1", size=16 << 20))
+    assert v2.replicas.records == {} and spdk.subsystems == {} and v2.supervisor.ports.in_use == 0
+    lvs = spdk.devices[str(tmp_path / "disk.img")]
+    assert lvs.lvols["r1"].size_mib == 8  # the reused lvol is still there, as it was
+
+
+async def test_replica_expand_grows_the_lvol_within_the_disk(tmp_path: Path) -> None:
+    """``Replicas.expand`` (ReplicaExpand on base + 4): "hold at least this
+    much". No room is RESOURCE_EXHAUSTED naming the size: more than the disk
+    holds in all (the lvol is thin, so the target alone would grow it past
+    the disk), or, for a thick lvol, clusters the target does not have."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    view = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path, size=64 << 20), 4096, "")
+    await instances.create_v2(replica("r1", size=8 << 20))
+    spdk = keeper.spdk
+    lvs = spdk.devices[str(tmp_path / "disk.img")]
+    assert await v2.replicas.expand("r1", 16 << 20) == 16 << 20
+    assert lvs.lvols["r1"].size_mib == 16 and v2.replicas.records["r1"].spec.size == 16 << 20
+    assert await v2.replicas.expand("r1", 12 << 20) == 16 << 20  # holds that much already: left as it is
+    # Thin: the whole disk is fine even when other lvols hold most clusters...
+    spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", "big", view.total_size // (1 << 20) - 4)
+    assert await v2.replicas.expand("r1", view.total_size) == view.total_size
+    # ...more than the disk is not.
+    with pytest.raises(ResourceExhausted, match=r"^size: disk disk-1 has no room to grow r1 to \d+ bytes"):
+        await v2.replicas.expand("r1", view.total_size + (1 << 20))
+    assert lvs.lvols["r1"].size_mib == view.total_size >> 20
+    with pytest.raises(InvalidArgument, match=r"^size:"):
+        await v2.replicas.expand("r1", view.total_size + 512)
+    with pytest.raises(NotFound, match=r"^name:"):
+        await v2.replicas.expand("r9", 16 << 20)
+
+
+async def test_replica_expand_of_a_thick_lvol_the_target_cannot_grow(tmp_path: Path) -> None:
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    view = await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path, size=64 << 20), 4096, "")
+    spdk = keeper.spdk
+    spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", "r1", 8, thin_provision=False)
+    await instances.create_v2(replica("r1", size=8 << 20))  # reuses it, as it is
+    spdk.rpc_bdev_lvol_create("bdev_lvol_create", "disk-1", "big", view.total_size // (1 << 20) - 12)
+    with pytest.raises(ResourceExhausted, match=r"^size: disk disk-1 has no room to grow r1: .*No space left"):
+        await v2.replicas.expand("r1", 16 << 20)
+    assert v2.replicas.records["r1"].spec.size == 8 << 20  # unchanged
+    assert await v2.replicas.expand("r1", 12 << 20) == 12 << 20  # what fits, fits
+
+
+async def test_replica_lvols_report_their_size_and_no_allocation(tmp_path: Path) -> None:
+    """DiskReplicaInstanceList: SPDK v24.01 reports no allocated clusters per
+    lvol, so actual_size is 0 (README says so), even once clusters were
+    written; spec_size is the lvol's size as the target reports it."""
+    v2, keeper, _, disks, instances = await started(tmp_path)
+    await disks.create(DISK_TYPE_BLOCK, "disk-1", "", disk_file(tmp_path), 4096, "")
+    await instances.create_v2(replica("r1", size=SIZE))
+    keeper.spdk.write("disk-1/r1", 10)  # a host wrote 10 MiB
+    (lvol,) = await disks.replicas(DISK_TYPE_BLOCK, "disk-1", "")
+    assert (lvol.name, lvol.spec_size, lvol.actual_size) == ("r1", SIZE, 0)
+    assert lvol.uuid == v2.replicas.records["r1"].lvol_uuid and lvol.disk_name == "disk-1"
+    view = await disks.get(DISK_TYPE_BLOCK, "disk-1", "")
+    assert view.total_size - view.free_size == 10 << 20  # the disk shows the writes

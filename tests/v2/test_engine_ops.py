@@ -6,7 +6,6 @@ without serving reads that differ by replica."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from imd.supervisor.model import ProcessSpec, ProcessState
 from imd.v2 import state as v2state
 from imd.v2.model import ReplicaMode
 from spdk_ffi.mirror import RebuildState
+from tests.helpers import eventually
 from tests.v2.fakes import FakeData, node, progress
 
 pytestmark = pytest.mark.asyncio
@@ -73,14 +73,18 @@ async def test_bad_expansions_name_the_field(tmp_path: Path, size: int, match: s
 
 async def test_one_expansion_at_a_time_same_size_joins_other_size_is_aborted(tmp_path: Path) -> None:
     _, data, _, _, engines = await setup(tmp_path)
-    data.expander.delay = 0.2
+    data.expander.hold()
     first = asyncio.ensure_future(engines.expand("e1", V2, 2 * SIZE))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: bool(data.expander.calls), "the expansion reached a replica's node")
     assert engines.volume("e1", V2).is_expanding
     with pytest.raises(Conflict, match=r"an expansion to 134217728 bytes is in progress"):
         await engines.expand("e1", V2, 3 * SIZE)
-    await engines.expand("e1", V2, 2 * SIZE)  # joins the first
+    joined = asyncio.ensure_future(engines.expand("e1", V2, 2 * SIZE))  # joins the first
+    await asyncio.sleep(0)
+    assert not joined.done()  # it waits for the expansion in progress
+    data.expander.release()
     await first
+    await joined
     assert [size for _, _, size in data.expander.calls] == [2 * SIZE, 2 * SIZE]  # once per replica
     assert engines.volume("e1", V2).size == 2 * SIZE
 
@@ -108,14 +112,14 @@ async def test_a_failure_part_way_keeps_the_old_size_and_a_retry_works(tmp_path:
 
 async def test_a_delete_preempts_an_expansion(tmp_path: Path) -> None:
     v2, data, _, instances, engines = await setup(tmp_path)
-    data.expander.delay = 30
+    data.expander.hold()  # the replica's node never answers until released
     expanding = asyncio.ensure_future(engines.expand("e1", V2, 2 * SIZE))
-    await asyncio.sleep(0.05)
-    began = time.monotonic()
-    await instances.delete_v2("e1", "", "", cleanup=False)
-    assert time.monotonic() - began < 1
-    with pytest.raises(Unavailable, match=r"preempted"):
-        await expanding
+    await eventually(lambda: bool(data.expander.calls), "the expansion reached a replica's node")
+    async with asyncio.timeout(10):  # a bound on a hang: the delete must not wait for the node
+        await instances.delete_v2("e1", "", "", cleanup=False)
+        with pytest.raises(Unavailable, match=r"preempted"):
+            await expanding
+    assert len(data.expander.calls) == 1  # preempted while the first replica's node had not answered
     await _gone(v2, "e1")
     assert data.backend.driver == {}
 
@@ -131,12 +135,16 @@ async def test_expansions_of_different_engines_run_side_by_side(tmp_path: Path) 
             replica_address_map={"r9": data.replica_target("r9", 4429)},
         )
     )
-    data.expander.delay = 0.3
-    began = time.monotonic()
-    await asyncio.gather(engines.expand("e1", V2, 2 * SIZE), engines.expand("e2", V2, 2 * SIZE))
-    # Serial would take three delays (r1, r2, r9); side by side, two.
-    assert time.monotonic() - began < 0.85
-    assert v2.get("e2").size == 2 * SIZE
+    data.expander.hold()
+    both = asyncio.gather(engines.expand("e1", V2, 2 * SIZE), engines.expand("e2", V2, 2 * SIZE))
+    # Side by side: e2's expansion reaches its replica's node while e1's
+    # first replica has not answered (in series it would wait for e1's).
+    await eventually(
+        lambda: {replica for _, replica, _ in data.expander.calls} == {"r1", "r9"}, "both engines expanding at once"
+    )
+    data.expander.release()
+    await both
+    assert v2.get("e1").size == v2.get("e2").size == 2 * SIZE
 
 
 # -- rebuild ------------------------------------------------------------------------------
@@ -183,10 +191,10 @@ async def test_a_failed_rebuild_leaves_the_replica_err(tmp_path: Path) -> None:
 async def test_replica_remove_preempts_the_rebuild_at_once(tmp_path: Path) -> None:
     v2, data, _, _, engines = await setup(tmp_path)
     await engines.add_replica("e1", V2, "r3", data.replica_target("r3", 4433), restore=False, linked=False)
-    rebuild = data.mirrors[0].rebuilds[0]
-    began = time.monotonic()
-    await engines.remove_replica("e1", V2, "", "tcp://127.0.0.1:4433")
-    assert time.monotonic() - began < 1 and rebuild.status().state == RebuildState.CANCELLED
+    rebuild = data.mirrors[0].rebuilds[0]  # a fake copy: it never ends unless told to
+    async with asyncio.timeout(10):  # a bound on a hang: the remove must not wait for the copy
+        await engines.remove_replica("e1", V2, "", "tcp://127.0.0.1:4433")
+    assert rebuild.status().state == RebuildState.CANCELLED
     assert "r3" not in data.mirrors[0].modes
     assert "r3" not in {c.name for c in data.path.initiator.controllers()}
     assert [r.name for r in engines.replicas("e1", V2)] == ["r1", "r2"]
@@ -211,10 +219,10 @@ async def test_a_replica_add_preempted_as_its_attach_completes_leaves_no_control
 async def test_an_engine_delete_preempts_the_rebuild(tmp_path: Path) -> None:
     v2, data, _, instances, engines = await setup(tmp_path)
     await engines.add_replica("e1", V2, "r3", data.replica_target("r3", 4433), restore=False, linked=False)
-    rebuild = data.mirrors[0].rebuilds[0]
-    began = time.monotonic()
-    deleted = await instances.delete_v2("e1", "", "", cleanup=False)
-    assert deleted.deleted and time.monotonic() - began < 1
+    rebuild = data.mirrors[0].rebuilds[0]  # a fake copy: it never ends unless told to
+    async with asyncio.timeout(10):  # a bound on a hang: the delete must not wait for the copy
+        deleted = await instances.delete_v2("e1", "", "", cleanup=False)
+    assert deleted.deleted  # at once; the teardown (and the copy's cancel) follows
     await _gone(v2, "e1")
     assert rebuild.status().state == RebuildState.CANCELLED
     assert data.backend.driver == {} and data.mirrors[0].destroyed

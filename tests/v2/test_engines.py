@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 from imd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from imd.services.engines import EngineService
 from imd.services.instances import InstanceService, V2Request
 from imd.services.processes import Lifecycle, ProcessService
 from imd.supervisor.model import ProcessSpec, ProcessState
 from imd.v2 import state as v2state
 from imd.v2.model import ReplicaMode, host_nqn_of, nguid_of, nqn_of
 from spdk_ffi.mirror import ExportInfo
+from tests.helpers import eventually
 from tests.v2.fakes import FakeData, node
 
 pytestmark = pytest.mark.asyncio
@@ -54,8 +55,9 @@ async def test_engine_attaches_each_replica_mirrors_and_exports(tmp_path: Path) 
     replicas = {"r1": data.replica_target("r1", 4420), "r2": data.replica_target("r2", 4421)}
     view = await instances.create_v2(engine("e1", replicas))
     assert view.state == ProcessState.RUNNING and view.type == "engine"
-    assert view.endpoint == f"nvmf://127.0.0.1:{view.port_start}/{nqn_of('e1')}"
-    assert view.paths[0].nguid == nguid_of("e1") and view.paths[0].target_port == view.port_start
+    # Longhorn's names (tests/v2/test_disks_replicas.py::test_names_are_longhorns).
+    assert view.endpoint == f"nvmf://127.0.0.1:{view.port_start}/nqn.2023-01.io.longhorn.spdk:e1"
+    assert view.paths[0].nguid == "19f2bfd82a1a5e2d83d6541a3157afdb" and view.paths[0].target_port == view.port_start
     infos = {c.name: c for c in data.path.initiator.controllers()}
     assert set(infos) == {"r1", "r2"}
     assert {c.owner for c in infos.values()} == {view.uuid}
@@ -114,6 +116,10 @@ async def test_a_stale_controller_is_cleaned_up_once_then_attached_once(tmp_path
 
 
 async def test_a_live_engines_controller_is_never_taken(tmp_path: Path) -> None:
+    """README: a controller held by a live engine is never taken. In a
+    create, that replica is one that cannot be attached (none attached:
+    UNAVAILABLE listing why for each, naming the engine that holds it); a
+    ReplicaAdd of it answers FAILED_PRECONDITION naming that engine."""
     v2, data, _, instances = await started(tmp_path)
     shared = data.replica_target("r1", 4420)
     first = await instances.create_v2(engine("e1", {"r1": shared}))
@@ -121,22 +127,28 @@ async def test_a_live_engines_controller_is_never_taken(tmp_path: Path) -> None:
         await instances.create_v2(engine("e2", {"r1": shared}))
     (info,) = data.path.initiator.controllers()
     assert info.owner == first.uuid and "e2" not in v2.engines.engines
+    await instances.create_v2(engine("e2", {"r2": data.replica_target("r2", 4421)}))
+    with pytest.raises(FailedPrecondition, match=r"^replica r1 is attached by live engine e1$"):
+        await EngineService(instances).add_replica("e2", 1, "r1", shared, restore=False, linked=False)
+    owners = {c.name: c.owner for c in data.path.initiator.controllers()}
+    assert owners == {"r1": first.uuid, "r2": v2.engines.engines["e2"].uuid}
+    assert v2.engines.engines["e2"].record.modes == {"r2": ReplicaMode.RW}
 
 
 async def test_delete_preempts_a_create_in_progress(tmp_path: Path) -> None:
     """Field report 3: the delete returns at once; the attach is cancelled."""
     v2, data, _, instances = await started(tmp_path)
     address = data.replica_target("r1", 4420)
-    data.backend.connect_delay = 30
+    data.backend.connect_delay = 30  # the connect never completes within the test
     events = v2.watch()
     create = asyncio.ensure_future(instances.create_v2(engine("e1", {"r1": address})))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: data.backend.connects() == 1, "the create is connecting to r1")
     uuid = v2.engines.engines["e1"].uuid
-    began = time.monotonic()
-    deleted = await instances.delete_v2("e1", uuid, "", cleanup=False)
-    assert deleted.deleted and time.monotonic() - began < 1
-    with pytest.raises(Unavailable, match=r"preempted by a delete"):
-        await create
+    async with asyncio.timeout(10):  # a bound on a hang: the delete must not wait for the connect
+        deleted = await instances.delete_v2("e1", uuid, "", cleanup=False)
+        assert deleted.deleted
+        with pytest.raises(Unavailable, match=r"preempted by a delete"):
+            await create
     await settled(v2)
     assert data.backend.driver == {} and ("connect-cancelled", f"TCP/IPv4/127.0.0.1/4420/{nqn_of('r1')}") in (
         data.backend.events
@@ -357,7 +369,7 @@ async def test_concurrent_creates_and_deletes_keep_every_invariant(tmp_path: Pat
                     done["deleted"] += 1
                 except allowed:
                     pass
-            await asyncio.sleep(local.random() * 0.005)
+            await asyncio.sleep(local.random() * 0.005)  # jitter between a client's calls, not a wait
 
     await asyncio.gather(*(client(rng.randrange(1 << 30)) for _ in range(6)))
     await settled(v2)

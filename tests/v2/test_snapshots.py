@@ -131,8 +131,7 @@ class World:
 
     async def allocation(self, disk_path: str) -> dict[str, int]:
         """The fake target's allocation, as imd reads the real one from the device."""
-        lvs = self.spdk.devices[disk_path]
-        return {lvol.uuid: lvol.allocated_mib << 20 for lvol in lvs.lvols.values()}
+        return self.spdk.allocated_bytes(disk_path)
 
     def write(self, engine: str) -> str:
         """A host write through ``engine``: every RW replica's head reads the same new data."""

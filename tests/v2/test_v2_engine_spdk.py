@@ -136,6 +136,18 @@ async def wait_for(predicate: Any, timeout: float = 60) -> None:
             await asyncio.sleep(0.2)
 
 
+async def host_writing(node: Node, engine: str) -> None:
+    """Until the engine has taken writes from a host: the host process is up
+    and its loop running (it starts its own SPDK first, which takes a while
+    on a busy machine)."""
+    from tests.test_observability import samples, scrape, value
+
+    async def writing() -> bool:
+        return value(samples((await scrape(node.daemon))[1]), "imd_engine_writes_total", engine=engine) > 0
+
+    await wait_for(writing)
+
+
 # -- data --------------------------------------------------------------------------------
 
 
@@ -144,7 +156,12 @@ async def test_host_writes_reach_every_replica(daemon_factory: DaemonFactory, tm
     await node.replica("r1")
     await node.replica("r2")
     e1 = await node.engine("e1", ["r1", "r2"])
-    assert e1.status.endpoint == f"nvmf://127.0.0.1:{e1.status.port_start}/{nqn_of('e1')}"
+    # Longhorn's names: go-spdk-helper's GetNQN and longhorn-spdk-engine's
+    # generateNGUID (SHA-1 name-based UUID, OID namespace), computed there.
+    assert e1.status.endpoint == f"nvmf://127.0.0.1:{e1.status.port_start}/nqn.2023-01.io.longhorn.spdk:e1"
+    assert [(p.nqn, p.nguid) for p in e1.status.paths] == [
+        ("nqn.2023-01.io.longhorn.spdk:e1", "19f2bfd82a1a5e2d83d6541a3157afdb")
+    ]
     lbas = [0, 1, 17, 4000, SIZE // 4096 - 4]
     wrote = await host(cmd="write", path=path(e1.status.port_start, "e1"), seed=11, lbas=lbas, nblocks=4)
     assert (wrote["mismatches"], wrote["size_bytes"]) == (0, SIZE)
@@ -164,7 +181,7 @@ async def test_a_replica_lost_under_load_leaves_the_mirror_not_the_host(
     loop = asyncio.ensure_future(
         host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=5, seconds=8, qd=2, span=4096)
     )
-    await asyncio.sleep(3)
+    await host_writing(node, "e1")
     listener = {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(node.ports["r2"])}
     rpc(node.config).call("nvmf_subsystem_remove_listener", nqn=nqn_of("r2"), listen_address=listener)
 
@@ -192,11 +209,11 @@ async def test_an_engine_lost_with_its_controllers_is_created_again_first_time(
     first call, and the replica's target sees exactly one controller, the
     new engine's."""
     node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
-    await node.replica("r1")
-    first = await node.engine("e1", ["r1"])
-    await node.daemon.stop(signal.SIGKILL)
-    await node.daemon.start()
-    try:
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        await node.replica("r1")
+        first = await node.engine("e1", ["r1"])
+        await node.daemon.stop(signal.SIGKILL)
+        await node.daemon.start()
         await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", uuid=first.status.uuid, data_engine=V2))
 
         async def gone() -> bool:
@@ -243,7 +260,7 @@ async def test_expand_then_rebuild_under_host_writes(daemon_factory: DaemonFacto
     loop = asyncio.ensure_future(
         host(cmd="loop", path=path(e1.status.port_start, "e1"), seed=9, seconds=6, qd=2, span=8192)
     )
-    await asyncio.sleep(1)
+    await host_writing(node, "e1")
     add = ppb.EngineReplicaAddRequest(
         proxy_engine_request=node.target("e1"), replica_name="r3", replica_address=f"127.0.0.1:{node.ports['r3']}"
     )
@@ -274,10 +291,10 @@ async def test_a_delete_preempts_a_rebuild_at_once(daemon_factory: DaemonFactory
     status = await node.proxy.ReplicaRebuildingStatus(node.target("e1"))
     (rebuild,) = status.status.values()
     assert rebuild.is_rebuilding and rebuild.state == "in_progress"
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", data_engine=V2))
-    assert loop.time() - began < 2
+    # A bound on a hang, well below the copy's minute: a delete that waited
+    # for the copy could not answer within it.
+    async with asyncio.timeout(30):
+        await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", data_engine=V2))
 
     async def gone() -> bool:
         return "e1" not in (await node.stub.InstanceList(Empty())).instances
@@ -294,22 +311,23 @@ async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     node = await started(daemon_factory, tmp_path, stop_children_on_exit=False)
-    await node.replica("r1")
-    await node.replica("r2")
-    e1 = await node.engine("e1", ["r1", "r2"])
-    loop = asyncio.ensure_future(
-        host(
-            cmd="loop",
-            path=path(e1.status.port_start, "e1"),
-            seed=21,
-            seconds=12,
-            qd=2,
-            span=4096,
-            opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1},
+    loop: asyncio.Future[dict[str, Any]] | None = None
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        await node.replica("r1")
+        await node.replica("r2")
+        e1 = await node.engine("e1", ["r1", "r2"])
+        loop = asyncio.ensure_future(
+            host(
+                cmd="loop",
+                path=path(e1.status.port_start, "e1"),
+                seed=21,
+                seconds=12,
+                qd=2,
+                span=4096,
+                opts={"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1},
+            )
         )
-    )
-    try:
-        await asyncio.sleep(3)
+        await host_writing(node, "e1")
         await node.daemon.stop(signal.SIGKILL)  # writes in flight
         await node.daemon.start()
         after = await node.stub.InstanceGet(inst.InstanceGetRequest(name="e1", data_engine=V2))
@@ -324,7 +342,7 @@ async def test_a_host_rides_out_a_daemon_kill_and_the_replicas_resync(
         assert await hashes(node, "r1") == await hashes(node, "r2")
         print(f"restart pause seen by the host: {report['longest_gap_s']} s")
     finally:
-        if not loop.done():
+        if loop is not None and not loop.done():
             loop.cancel()
         await node.daemon.stop()
         from tests.v2.spdk_env import target_pid
@@ -377,3 +395,97 @@ async def test_engine_metrics_move_with_host_io(daemon_factory: DaemonFactory, t
     text = shown.stdout
     assert "SPDK target: pid" in text and "r1=RW r2=RW" in text, text
     assert any(line.split()[:1] == ["d1"] for line in text.splitlines()), text  # the disks table
+
+
+# -- the engine proxy's error paths, over the wire ----------------------------------------------
+
+
+async def test_server_version_and_replica_mode_update_on_the_proxy(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """ServerVersionGet reports the daemon's build (as the process manager's
+    VersionGet does); ReplicaModeUpdate fails a replica by hand (RW to ERR)
+    and the host goes on with the other; back to RW is only through a
+    rebuild; bad input names its field."""
+    from imd import __version__
+
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    e1 = await node.engine("e1", ["r1", "r2"])
+    version = (await node.proxy.ServerVersionGet(node.target("e1"))).version
+    daemon_version = await node.daemon.pm().VersionGet(Empty())
+    assert (version.version, version.gitCommit, version.buildDate) == (
+        __version__,
+        daemon_version.gitCommit,
+        daemon_version.buildDate,
+    )
+    assert (version.dataFormatVersion, version.dataFormatMinVersion) == (1, 1)
+    r2 = f"tcp://127.0.0.1:{node.ports['r2']}"
+    fail = ppb.EngineReplicaModeUpdateRequest(proxy_engine_request=node.target("e1"), replica_address=r2, mode=ctl.ERR)
+    await node.proxy.ReplicaModeUpdate(fail)
+    assert await node.modes("e1") == {"r1": "RW", "r2": "ERR"}
+    wrote = await host(cmd="write", path=path(e1.status.port_start, "e1"), seed=13, lbas=[5], nblocks=1)
+    assert wrote["mismatches"] == 0  # served by r1 alone
+    direct = await host(cmd="verify", path=path(node.ports["r1"], "r1"), seed=13, lbas=[5], nblocks=1)
+    assert direct["mismatches"] == 0
+    cases = [
+        (replace_mode(fail, ctl.RW), Status.FAILED_PRECONDITION, "mode: "),
+        (replace_mode(fail, 9), Status.INVALID_ARGUMENT, "mode: "),
+        (replace_address(fail, "tcp://127.0.0.1:1"), Status.NOT_FOUND, "replica_address: "),
+        (replace_address(fail, ""), Status.INVALID_ARGUMENT, "replica_address: "),
+    ]
+    for request, status, field in cases:
+        with pytest.raises(GRPCError) as err:
+            await node.proxy.ReplicaModeUpdate(request)
+        assert err.value.status == status and (err.value.message or "").startswith(field), err.value
+    assert await node.modes("e1") == {"r1": "RW", "r2": "ERR"}
+
+
+def replace_mode(request: ppb.EngineReplicaModeUpdateRequest, mode: int) -> ppb.EngineReplicaModeUpdateRequest:
+    changed = ppb.EngineReplicaModeUpdateRequest()
+    changed.CopyFrom(request)
+    changed.mode = mode  # type: ignore[assignment]
+    return changed
+
+
+def replace_address(request: ppb.EngineReplicaModeUpdateRequest, address: str) -> ppb.EngineReplicaModeUpdateRequest:
+    changed = ppb.EngineReplicaModeUpdateRequest()
+    changed.CopyFrom(request)
+    changed.replica_address = address
+    return changed
+
+
+async def test_an_expansion_with_no_room_on_a_replicas_disk_is_resource_exhausted(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """VolumeExpand past what a replica's disk holds: the engine asks the
+    replica's imd (base + 4, here the same daemon) and gets
+    RESOURCE_EXHAUSTED naming expand.size and the replica; the volume keeps
+    its size, with the reason in VolumeGet; a size that fits then works."""
+    node = await started(daemon_factory, tmp_path)
+    await node.replica("r1")
+    await node.replica("r2")
+    await node.engine("e1", ["r1", "r2"])
+    disk = await node.daemon.disks().DiskGet(dpb.DiskGetRequest(disk_type=dpb.block, disk_name="d1"))
+    too_big = disk.total_size + MIB
+    expand = ppb.EngineVolumeExpandRequest(
+        proxy_engine_request=node.target("e1"), expand=ctl.VolumeExpandRequest(size=too_big)
+    )
+    with pytest.raises(GRPCError) as err:
+        await node.proxy.VolumeExpand(expand)
+    assert err.value.status == Status.RESOURCE_EXHAUSTED
+    assert (err.value.message or "") == (
+        f"expand.size: replica r1 at 127.0.0.1: disk d1 has no room to grow r1 to {too_big} bytes "
+        f"({disk.total_size} bytes in all)"
+    )
+    volume = (await node.proxy.VolumeGet(node.target("e1"))).volume
+    assert (volume.size, volume.isExpanding) == (SIZE, False)
+    assert "disk d1 has no room to grow r1" in volume.last_expansion_error and volume.last_expansion_failed_at
+    for replica in ("r1", "r2"):
+        (lvol,) = rpc(node.config).call("bdev_get_bdevs", name=f"d1/{replica}")
+        assert lvol["num_blocks"] * lvol["block_size"] == SIZE, replica  # not grown
+    expand.expand.size = 2 * SIZE
+    await node.proxy.VolumeExpand(expand)
+    volume = (await node.proxy.VolumeGet(node.target("e1"))).volume
+    assert (volume.size, volume.last_expansion_error) == (2 * SIZE, "")

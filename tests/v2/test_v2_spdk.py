@@ -21,7 +21,7 @@ from grpclib.exceptions import GRPCError
 from imd.api.gen.imrpc import common_pb2 as common
 from imd.api.gen.imrpc import disk_pb2 as dpb
 from imd.api.gen.imrpc import instance_pb2 as inst
-from imd.v2.model import nguid_of, nqn_of
+from imd.v2.model import nqn_of
 from tests.conftest import DaemonFactory
 from tests.helpers import RunningDaemon, pid_alive
 from tests.v2.spdk_env import perf, rpc, sparse_file, target_pid, target_skip_reason, v2_config
@@ -34,6 +34,15 @@ pytestmark = [
 V2 = common.DATA_ENGINE_V2
 BLOCK = dpb.block
 MIB = 1 << 20
+
+
+OTHER_UUID = "44444444-4444-4444-4444-444444444444"
+
+
+def with_lvs(spec: inst.InstanceSpec, *, name: str = "", uuid: str = "") -> inst.InstanceSpec:
+    spec.spdk_instance_spec.lvs_name = name
+    spec.spdk_instance_spec.lvs_uuid = uuid
+    return spec
 
 
 def replica_spec(name: str, disk: str = "d1", size: int = 64 * MIB) -> inst.InstanceSpec:
@@ -69,11 +78,13 @@ async def test_replica_on_a_real_target_serves_a_real_host(daemon_factory: Daemo
     made = await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
     assert made.status.state == "running" and made.status.port_start
     subsystems = {s["nqn"]: s for s in rpc(config).call("nvmf_get_subsystems")}
-    export = subsystems[nqn_of("r1")]
+    # Longhorn's names: go-spdk-helper's GetNQN and longhorn-spdk-engine's
+    # generateNGUID (SHA-1 name-based UUID, OID namespace), computed there.
+    export = subsystems["nqn.2023-01.io.longhorn.spdk:r1"]
     assert export["listen_addresses"][0]["trsvcid"] == str(made.status.port_start)
     (lvol,) = rpc(config).call("bdev_get_bdevs", name="d1/r1")
     assert export["namespaces"][0]["bdev_name"] == lvol["name"]
-    assert export["namespaces"][0]["nguid"].lower() == nguid_of("r1")
+    assert export["namespaces"][0]["nguid"].lower() == "d01a42ab5bfd532aa2bb240ba2e5bc12"
     out = perf("127.0.0.1", made.status.port_start, nqn_of("r1"))
     assert "Total" in out
     listing = await stub.InstanceList(Empty())
@@ -122,6 +133,8 @@ async def test_errors_from_the_real_target_name_the_field(daemon_factory: Daemon
         (replica_spec("r1", size=64 << 30), Status.RESOURCE_EXHAUSTED, "spec.spdk_instance_spec.size"),
         (replica_spec("r1", disk="no-disk"), Status.NOT_FOUND, "spec.spdk_instance_spec.disk_name"),
         (replica_spec("r1", size=MIB + 512), Status.INVALID_ARGUMENT, "spec.spdk_instance_spec.size"),
+        (with_lvs(replica_spec("r1"), uuid=OTHER_UUID), Status.NOT_FOUND, "spec.spdk_instance_spec.lvs_uuid"),
+        (with_lvs(replica_spec("r1"), name="d2"), Status.INVALID_ARGUMENT, "spec.spdk_instance_spec.lvs_name"),
     ]
     for spec, status, field in cases:
         with pytest.raises(GRPCError) as err:
@@ -147,10 +160,10 @@ async def test_the_target_outlives_a_daemon_kill_and_is_readopted(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     daemon, config = await with_disk(daemon_factory, tmp_path, stop_children_on_exit=False)
-    made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
     pid = target_pid(config)
     assert pid is not None
-    try:
+    try:  # from here on, the target outlives the daemon: killed in finally, whatever fails
+        made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
         # A stray export under our prefix, as a crash could leave.
         rpc(config).call("nvmf_create_subsystem", nqn=nqn_of("stray"), allow_any_host=True)
         await daemon.stop(signal.SIGKILL)
@@ -209,3 +222,159 @@ async def test_a_dead_target_fails_its_replicas_and_is_started_again(
     again = await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
     assert again.status.state == "running"
     perf("127.0.0.1", again.status.port_start, nqn_of("r1"), workload="randread")
+
+
+# -- running out of room, as the real target does ------------------------------------------------
+
+
+async def test_replica_expand_on_base_plus_four(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """imd's own engine-to-replica call: "hold at least this much". No room
+    is RESOURCE_EXHAUSTED naming the size: past what the disk holds in all
+    (the thin lvol would grow past the disk on the target), and a thick lvol
+    the target has no clusters for (the target's own ENOSPC)."""
+    from imd.api.gen.imdrpc import replica_grpc
+    from imd.api.gen.imdrpc import replica_pb2 as rpb
+
+    daemon, config = await with_disk(daemon_factory, tmp_path)
+    stub = daemon.instances()
+    replicas = replica_grpc.ReplicaServiceStub(daemon.channel(offset=4))
+    await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
+    grown = await replicas.ReplicaExpand(rpb.ReplicaExpandRequest(name="r1", size=128 * MIB))
+    assert grown.size == 128 * MIB
+    (lvol,) = rpc(config).call("bdev_get_bdevs", name="d1/r1")
+    assert lvol["num_blocks"] * lvol["block_size"] == 128 * MIB
+    disk = await daemon.disks().DiskGet(dpb.DiskGetRequest(disk_type=BLOCK, disk_name="d1"))
+    too_big = disk.total_size + MIB
+    with pytest.raises(GRPCError) as err:
+        await replicas.ReplicaExpand(rpb.ReplicaExpandRequest(name="r1", size=too_big))
+    assert err.value.status == Status.RESOURCE_EXHAUSTED
+    assert (err.value.message or "") == (
+        f"size: disk d1 has no room to grow r1 to {too_big} bytes ({disk.total_size} bytes in all)"
+    )
+    with pytest.raises(GRPCError) as err:
+        await replicas.ReplicaExpand(rpb.ReplicaExpandRequest(name="r9", size=too_big))
+    assert err.value.status == Status.NOT_FOUND and (err.value.message or "").startswith("name:")
+    # A thick lvol of the replica's name, made by another tool, reused by a
+    # create; the rest of the disk's clusters taken by another thick lvol.
+    target = rpc(config)
+    target.call("bdev_lvol_create", lvs_name="d1", lvol_name="r2", size_in_mib=8, thin_provision=False)
+    (lvs,) = [lvs for lvs in target.call("bdev_lvol_get_lvstores") if lvs["name"] == "d1"]
+    target.call("bdev_lvol_create", lvs_name="d1", lvol_name="filler", size_in_mib=lvs["free_clusters"])
+    await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r2", size=8 * MIB)))
+    with pytest.raises(GRPCError) as err:
+        await replicas.ReplicaExpand(rpb.ReplicaExpandRequest(name="r2", size=16 * MIB))
+    assert err.value.status == Status.RESOURCE_EXHAUSTED
+    assert (err.value.message or "").startswith("size: disk d1 has no room to grow r2: bdev_lvol_resize: No space")
+    (lvol,) = target.call("bdev_get_bdevs", name="d1/r2")
+    assert lvol["num_blocks"] * lvol["block_size"] == 8 * MIB  # as it was
+
+
+async def test_a_create_when_the_lvstore_has_no_metadata_page_left(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A real lvstore runs out of metadata pages, one per lvol and as many as
+    the disk has clusters, before a thin lvol ever runs out of clusters. The
+    target answers ENOMEM; the create is RESOURCE_EXHAUSTED naming the disk
+    and leaves nothing; with a page free again it works."""
+    config = v2_config()
+    daemon = await daemon_factory(v2=config)
+    await daemon.disks().DiskCreate(
+        dpb.DiskCreateRequest(disk_type=BLOCK, disk_name="d1", disk_path=sparse_file(tmp_path / "small.img", 16 * MIB))
+    )
+    target = rpc(config)
+    made = 0
+    while True:  # what another tool made on the disk, until the lvstore refuses
+        try:
+            target.call("bdev_lvol_create", lvs_name="d1", lvol_name=f"other{made}", size_in_mib=1, thin_provision=True)
+        except RuntimeError as exc:
+            assert "Cannot allocate memory" in str(exc), exc
+            break
+        made += 1
+    assert made == 15  # 16 metadata pages on 16 clusters: one the lvstore's
+    stub = daemon.instances()
+    with pytest.raises(GRPCError) as err:
+        await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1", size=MIB)))
+    assert err.value.status == Status.RESOURCE_EXHAUSTED
+    assert (err.value.message or "").startswith(
+        "spec.spdk_instance_spec.disk_name: disk d1 has no room for another lvol: bdev_lvol_create: "
+        "Cannot allocate memory"
+    )
+    assert (await stub.InstanceList(Empty())).instances == {}
+    assert [s["nqn"] for s in target.call("nvmf_get_subsystems") if s["nqn"].startswith(nqn_of(""))] == []
+    target.call("bdev_lvol_delete", name="d1/other0")
+    again = await stub.InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1", size=MIB)))
+    assert again.status.state == "running"
+
+
+async def test_a_replica_named_by_its_lvstore(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    daemon, _ = await with_disk(daemon_factory, tmp_path)
+    disk = await daemon.disks().DiskGet(dpb.DiskGetRequest(disk_type=BLOCK, disk_name="d1"))
+    spec = with_lvs(replica_spec("r1", disk=""), name="d1", uuid=disk.uuid)
+    made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=spec))
+    assert made.status.state == "running"
+    assert (made.spec.spdk_instance_spec.disk_name, made.spec.spdk_instance_spec.lvs_uuid) == ("d1", disk.uuid)
+
+
+# -- what DiskReplicaInstanceList reports --------------------------------------------------------
+
+
+async def test_replica_lvols_report_their_size_and_no_allocation(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """SPDK v24.01 reports no allocated clusters per lvol (bdev_get_bdevs'
+    driver_specific.lvol and bdev_lvol_get_lvols have none; they came in
+    v24.05), so actual_size is 0 (README says so), even once a host wrote;
+    the disk's free space shows the writes."""
+    daemon, config = await with_disk(daemon_factory, tmp_path)
+    made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
+    before = await daemon.disks().DiskGet(dpb.DiskGetRequest(disk_type=BLOCK, disk_name="d1"))
+    perf("127.0.0.1", made.status.port_start, nqn_of("r1"), workload="randwrite", seconds=1)
+    (lvol,) = rpc(config).call("bdev_get_bdevs", name="d1/r1")
+    assert "num_allocated_clusters" not in lvol["driver_specific"]["lvol"]  # what would make it computable
+    lvols = await daemon.disks().DiskReplicaInstanceList(
+        dpb.DiskReplicaInstanceListRequest(disk_type=BLOCK, disk_name="d1")
+    )
+    r1 = lvols.replica_instances["r1"]
+    assert (r1.spec_size, r1.actual_size, r1.disk_name, r1.uuid) == (64 * MIB, 0, "d1", lvol["uuid"])
+    after = await daemon.disks().DiskGet(dpb.DiskGetRequest(disk_type=BLOCK, disk_name="d1"))
+    assert after.free_size < before.free_size == before.total_size
+
+
+# -- V2 that could not start ---------------------------------------------------------------------
+
+
+async def test_v2_becomes_available_once_the_target_can_start_without_a_restart(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """The target binary is not there when the daemon starts: V2 calls are
+    FAILED_PRECONDITION with the reason, V1 serves; once the binary is in
+    place the keeper's retries start the target and V2 serves, with the
+    same daemon process."""
+    from tests.spdk.target import spdk_prefix
+
+    binary = tmp_path / "bin" / "nvmf_tgt"
+    config = v2_config(target_binary=str(binary))
+    daemon = await daemon_factory(v2=config)
+    pid = daemon.pid
+    disk = dpb.DiskCreateRequest(disk_type=BLOCK, disk_name="d1", disk_path=sparse_file(tmp_path / "disk.img"))
+    with pytest.raises(GRPCError) as err:
+        await daemon.disks().DiskCreate(disk)
+    assert err.value.status == Status.FAILED_PRECONDITION
+    assert (err.value.message or "") == (
+        f"data_engine: SPDK data engine not available: {binary} is not an executable file"
+    )
+    binary.parent.mkdir()
+    binary.write_text(f'#!/bin/sh\nexec {spdk_prefix()}/bin/nvmf_tgt "$@"\n')
+    binary.chmod(0o755)
+
+    async def served() -> bool:
+        try:
+            await daemon.disks().DiskCreate(disk)
+            return True
+        except GRPCError as exc:
+            assert exc.status == Status.FAILED_PRECONDITION, exc
+            return False
+
+    await wait_for(served, 90)  # retried at 1 s, doubling (a start takes a few seconds here)
+    assert daemon.pid == pid and daemon.proc is not None and daemon.proc.poll() is None  # no restart
+    made = await daemon.instances().InstanceCreate(inst.InstanceCreateRequest(spec=replica_spec("r1")))
+    assert made.status.state == "running"
+    assert "SPDK data engine available again" in daemon.stderr()

@@ -42,7 +42,11 @@ DOCUMENTED = {
     Status.FAILED_PRECONDITION,  # engine stopping, replica held by a live engine, last healthy replica
     Status.UNAVAILABLE,  # preempted by a delete; no replica attachable
 }
-SECONDS = 15
+# The storm runs until this many calls succeeded (most are refused: shared
+# names), not for a duration: a loaded machine takes longer over the same
+# storm instead of running a smaller one. The bound is only against a hang.
+WANTED_OK = 40
+BOUND_S = 300
 
 
 def describe(call: Any) -> str:
@@ -70,8 +74,6 @@ async def test_concurrent_v2_operations_keep_every_invariant(daemon_factory: Dae
     ports_seen: set[int] = set()
     counts = {"ok": 0, "refused": 0}
     unexpected: list[str] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SECONDS
 
     async def attempt(call: Any) -> Any:
         what = describe(call)  # before the call runs: a cancelled coroutine forgets
@@ -96,7 +98,7 @@ async def test_concurrent_v2_operations_keep_every_invariant(daemon_factory: Dae
 
     async def client(seed: int) -> None:
         rng = random.Random(seed)
-        while loop.time() < deadline:
+        while counts["ok"] < WANTED_OK:
             action = rng.random()
             engine = f"e{rng.randrange(3)}"
             if action < 0.3:
@@ -145,11 +147,10 @@ async def test_concurrent_v2_operations_keep_every_invariant(daemon_factory: Dae
                         cleaned.add(name)
                     elif done is not None:
                         cleaned.discard(name)
-            await asyncio.sleep(rng.random() * 0.05)
+            await asyncio.sleep(rng.random() * 0.05)  # a client's think time: jitter, not a wait for anything
 
-    await asyncio.wait_for(asyncio.gather(*(client(seed) for seed in range(4))), SECONDS + 120)
+    await asyncio.wait_for(asyncio.gather(*(client(seed) for seed in range(4))), BOUND_S)
     assert unexpected == []
-    assert counts["ok"] > 20, counts
     await _settle(node)
     listing = (await node.stub.InstanceList(Empty())).instances
     engines = {name: r for name, r in listing.items() if r.spec.type == "engine"}

@@ -59,6 +59,14 @@ class ReplicaServiceBase(abc.ABC):
     async def SnapshotHashCancel(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.ReplicaRequest, google.protobuf.empty_pb2.Empty]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def BackingImageExpose(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.BackingImageRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def BackingImageUnexpose(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.BackingImageRequest, google.protobuf.empty_pb2.Empty]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/imdrpc.ReplicaService/ReplicaExpand': grpclib.const.Handler(
@@ -125,6 +133,18 @@ class ReplicaServiceBase(abc.ABC):
                 self.SnapshotHashCancel,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+                google.protobuf.empty_pb2.Empty,
+            ),
+            '/imdrpc.ReplicaService/BackingImageExpose': grpclib.const.Handler(
+                self.BackingImageExpose,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.BackingImageRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse,
+            ),
+            '/imdrpc.ReplicaService/BackingImageUnexpose': grpclib.const.Handler(
+                self.BackingImageUnexpose,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                imd.api.gen.imdrpc.replica_pb2.BackingImageRequest,
                 google.protobuf.empty_pb2.Empty,
             ),
         }
@@ -197,5 +217,17 @@ class ReplicaServiceStub:
             channel,
             '/imdrpc.ReplicaService/SnapshotHashCancel',
             imd.api.gen.imdrpc.replica_pb2.ReplicaRequest,
+            google.protobuf.empty_pb2.Empty,
+        )
+        self.BackingImageExpose = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/BackingImageExpose',
+            imd.api.gen.imdrpc.replica_pb2.BackingImageRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotExposeResponse,
+        )
+        self.BackingImageUnexpose = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/imdrpc.ReplicaService/BackingImageUnexpose',
+            imd.api.gen.imdrpc.replica_pb2.BackingImageRequest,
             google.protobuf.empty_pb2.Empty,
         )

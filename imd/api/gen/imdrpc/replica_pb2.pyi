@@ -88,16 +88,18 @@ class Snapshot(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., user_created: _Optional[bool] = ..., created: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., removed: _Optional[bool] = ..., size: _Optional[int] = ..., checksum: _Optional[str] = ..., lvol_uuid: _Optional[str] = ...) -> None: ...
 
 class SnapshotChainResponse(_message.Message):
-    __slots__ = ("replica", "head_parent", "head_size", "snapshots")
+    __slots__ = ("replica", "head_parent", "head_size", "snapshots", "backing_image")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     HEAD_PARENT_FIELD_NUMBER: _ClassVar[int]
     HEAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    BACKING_IMAGE_FIELD_NUMBER: _ClassVar[int]
     replica: str
     head_parent: str
     head_size: int
     snapshots: _containers.RepeatedCompositeFieldContainer[Snapshot]
-    def __init__(self, replica: _Optional[str] = ..., head_parent: _Optional[str] = ..., head_size: _Optional[int] = ..., snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ...) -> None: ...
+    backing_image: str
+    def __init__(self, replica: _Optional[str] = ..., head_parent: _Optional[str] = ..., head_size: _Optional[int] = ..., snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ..., backing_image: _Optional[str] = ...) -> None: ...
 
 class SnapshotDeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -142,3 +144,11 @@ class SnapshotHashStatus(_message.Message):
     checksum: str
     error: str
     def __init__(self, state: _Optional[str] = ..., checksum: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class BackingImageRequest(_message.Message):
+    __slots__ = ("name", "disk_uuid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISK_UUID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    disk_uuid: str
+    def __init__(self, name: _Optional[str] = ..., disk_uuid: _Optional[str] = ...) -> None: ...
