@@ -641,6 +641,11 @@ class NativeBackend:
             if conn is None or handle.lost:
                 if handle.lost:
                     raise IoError(todo[0], 0, 0, errno.ENODEV, last_path)
+                if handle.opts.ctrlr_loss_timeout_sec == 0 and handle.paths:
+                    # No reconnects: nothing brings a path back, so waiting
+                    # would last as long as a silent peer stays silent. Fail
+                    # at once, as the C core's multipath does (see failed()).
+                    raise IoError(todo[0], 0, 0, errno.ENXIO, last_path)
                 waiting_since = waiting_since or time.monotonic()
                 fast_fail = handle.opts.fast_io_fail_timeout_sec
                 if fast_fail and time.monotonic() - waiting_since >= fast_fail:

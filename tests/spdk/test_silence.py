@@ -202,11 +202,6 @@ async def test_without_another_working_leg_the_watchdog_fails_nothing(env: Env, 
     assert leg(m, "quiet").mode == "RW"
 
 
-@pytest.mark.xfail(
-    reason="found by the cluster scenarios: a controller without reconnects (ctrlr_loss_timeout_sec 0) "
-    "that is declared silent keeps its I/O waiting for as long as the peer stays silent",
-    strict=True,
-)
 async def test_a_silent_controller_without_reconnects_fails_its_io(env: Env, targets: dict[str, Target]) -> None:
     """spdk_ffi's defaults (no reconnect): once the peer is declared silent
     the I/O waiting on it fails, it does not wait forever."""
