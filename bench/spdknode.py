@@ -214,12 +214,19 @@ class ReplicaTarget(SpdkApp):
             self.close()
             raise
 
-    def add(self, name: str, size: int | None = None) -> int:
-        """Create replica ``name`` and export it; its port."""
+    def add(self, name: str, size: int | None = None, *, clear_method: str = "write_zeroes") -> int:
+        """Create replica ``name`` and export it; its port. ``clear_method``:
+        what its delete does to its clusters (imd's replicas: write_zeroes,
+        imd.edges.spdk_target's ``lvol_create`` says why)."""
         size = size or self.size
         if self.kind == "lvol":
             self.rpc.call(
-                "bdev_lvol_create", lvol_name=name, size_in_mib=size // MIB, lvs_name="disk", thin_provision=True
+                "bdev_lvol_create",
+                lvol_name=name,
+                size_in_mib=size // MIB,
+                lvs_name="disk",
+                thin_provision=True,
+                clear_method=clear_method,
             )
             bdev = f"disk/{name}"
         else:

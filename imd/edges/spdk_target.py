@@ -320,8 +320,34 @@ class SpdkTargetClient:
         return msgspec.convert(await self.call("bdev_lvol_get_lvols", {"lvs_name": lvs_name}), list[Lvol])
 
     async def lvol_create(self, lvs_name: str, name: str, size_mib: int) -> str:
-        """A thin-provisioned lvol; its UUID."""
-        params = {"lvs_name": lvs_name, "lvol_name": name, "size_in_mib": size_mib, "thin_provision": True}
+        """A thin-provisioned lvol whose clusters are zeroed when it frees
+        them (delete, shrink); its UUID.
+
+        Why ``clear_method: write_zeroes``: SPDK v24.01's blobstore does not
+        zero a cluster it allocates to a thin blob without a parent
+        (``bs_allocate_and_copy_cluster``, lib/blob/blobstore.c:2744, skips
+        the copy when the back device is the zeroes device), so a new lvol's
+        first write into a cluster leaves the rest of it as the last owner
+        left it. The default clear method, unmap, is a no-op on an AIO disk
+        (bdev_aio supports neither UNMAP nor WRITE_ZEROES, and
+        module/blob/bdev/blob_bdev.c:256 completes an unsupported unmap at
+        once), so a deleted replica's bytes stayed on the disk for the next
+        replica to read: another volume's data, and two replicas of one
+        volume that differ where the host never wrote. With write_zeroes
+        the bdev layer writes zero buffers over the lvol's allocated
+        clusters as it frees them; the cost is a delete that writes as much
+        as the lvol holds (bench/README.md has the figure). The method is
+        kept in the blob's metadata and snapshots inherit it
+        (blobstore.c:6450); clones do not (``bdev_lvol_clone`` has no
+        clear_method in v24.01): README, data engine V2, says what that
+        leaves."""
+        params = {
+            "lvs_name": lvs_name,
+            "lvol_name": name,
+            "size_in_mib": size_mib,
+            "thin_provision": True,
+            "clear_method": "write_zeroes",
+        }
         return str(await self.call("bdev_lvol_create", params))
 
     async def lvol_resize(self, alias: str, size_mib: int) -> None:

@@ -259,8 +259,16 @@ class FakeSpdk:
         ]
 
     def rpc_bdev_lvol_create(
-        self, method: str, lvs_name: str, lvol_name: str, size_in_mib: int, thin_provision: bool = False
+        self,
+        method: str,
+        lvs_name: str,
+        lvol_name: str,
+        size_in_mib: int,
+        thin_provision: bool = False,
+        clear_method: str = "unmap",
     ) -> str:
+        if clear_method not in ("none", "unmap", "write_zeroes"):
+            raise self._err(method, -errno.EINVAL)  # vbdev_lvol_rpc.c: "Invalid clear_method parameter"
         found = self._lvstore_by_name(lvs_name)
         if found is None:
             raise self._err(method, -errno.ENODEV)
