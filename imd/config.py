@@ -71,6 +71,9 @@ class V2Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rebuild_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Bandwidth cap of a replica rebuild, so host I/O keeps most of the
     machine (0: no cap); ReplicaRebuildingQosSet sets it per engine."""
+    snapshot_hash_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Cap on what a SnapshotHash reads on one replica (0: no cap): a hash
+    of a large snapshot can then leave host I/O most of the machine."""
     backup_rate_mib_s: Annotated[int, msgspec.Meta(ge=0)] = 128
     """Cap on what a V2 backup reads to hash, compress and upload (all-zero
     blocks are not counted), so host I/O keeps most of the machine (0: no

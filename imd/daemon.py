@@ -153,6 +153,7 @@ class Daemon:
             rebuild_chunk_bytes=cfg.rebuild_chunk_kib * 1024,
             rebuild_rate_bytes_per_s=cfg.rebuild_rate_mib_s * (1 << 20),
             backup_rate_bytes_per_s=cfg.backup_rate_mib_s * (1 << 20),
+            hash_rate_bytes_per_s=cfg.snapshot_hash_rate_mib_s * (1 << 20),
             replica_timeout_ms=round(cfg.replica_timeout_s * 1000),
             metrics=self.metrics,
             data=data,

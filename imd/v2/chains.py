@@ -60,7 +60,7 @@ from imd.eventlog import fields
 from imd.supervisor.model import PortBlock, ProcessState
 from imd.supervisor.ports import PortAllocator
 from imd.v2.bases import Bases
-from imd.v2.datapath import DataPath, export_path
+from imd.v2.datapath import DataPath, ReplicaNodes, export_path
 from imd.v2.disks import Disks, target_failure
 from imd.v2.hub import Hub
 from imd.v2.model import (
@@ -872,3 +872,62 @@ class LocalReplicaNodes:
             for name, mode in sorted(found.record.modes.items())
             if mode == "RW"
         ]
+
+
+class OwnReplicasFirst:
+    """``ReplicaNodes`` for a daemon's start-up: the calls on replicas this
+    daemon serves itself go to its own chains in process, the others to
+    ``remote`` (imd/api/replica.py's client). A snapshot operation that the
+    restart finishes (``Snapshots.finish_intent``) runs while the engines
+    are restored, before the daemon serves gRPC: through the wire, a call
+    on one of its own replicas would reach nobody."""
+
+    def __init__(self, chains: Chains, remote: ReplicaNodes) -> None:
+        self.chains = chains
+        self.remote = remote
+
+    def _pick(self, address: str, replica: str) -> ReplicaNodes:
+        record = self.chains.replicas.records.get(replica)
+        if record is not None and address == f"{record.address}:{record.port}":
+            return LocalReplicaNodes({record.address: self.chains})
+        return self.remote
+
+    async def expand(self, address: str, replica: str, size: int) -> None:
+        await self._pick(address, replica).expand(address, replica, size)
+
+    async def snapshot_create(
+        self, address: str, replica: str, name: str, *, user_created: bool, created: str, labels: dict[str, str]
+    ) -> SnapshotInfo:
+        return await self._pick(address, replica).snapshot_create(
+            address, replica, name, user_created=user_created, created=created, labels=labels
+        )
+
+    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
+        return await self._pick(address, replica).snapshot_delete(address, replica, name)
+
+    async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain:
+        return await self._pick(address, replica).snapshot_chain(address, replica)
+
+    async def snapshot_purge(self, address: str, replica: str) -> list[str]:
+        return await self._pick(address, replica).snapshot_purge(address, replica)
+
+    async def snapshot_revert(self, address: str, replica: str, name: str) -> None:
+        await self._pick(address, replica).snapshot_revert(address, replica, name)
+
+    async def snapshot_expose(self, address: str, replica: str, name: str) -> SnapshotExport:
+        return await self._pick(address, replica).snapshot_expose(address, replica, name)
+
+    async def snapshot_unexpose(self, address: str, replica: str, name: str) -> None:
+        await self._pick(address, replica).snapshot_unexpose(address, replica, name)
+
+    async def snapshot_hash(self, address: str, replica: str, name: str, rehash: bool) -> HashStatus:
+        return await self._pick(address, replica).snapshot_hash(address, replica, name, rehash)
+
+    async def snapshot_hash_status(self, address: str, replica: str, name: str) -> HashStatus:
+        return await self._pick(address, replica).snapshot_hash_status(address, replica, name)
+
+    async def snapshot_hash_cancel(self, address: str, replica: str) -> None:
+        await self._pick(address, replica).snapshot_hash_cancel(address, replica)
+
+    async def engine_replicas(self, address: str, engine: str) -> list[tuple[str, str]]:
+        return await self.remote.engine_replicas(address, engine)

@@ -959,6 +959,8 @@ class Engines:
                         raise outcome
                     record.modes[name] = ReplicaMode.ERR
                     engine.errors[name] = str(outcome)
+                    why = fields(name=record.name, replica=name, error=str(outcome))
+                    log.warning("replica not attached at restore", extra=why)
                 else:
                     legs.append((name, outcome[0], outcome[1]))
             if not legs:

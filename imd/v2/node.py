@@ -44,7 +44,7 @@ from imd.v2.backing_images import BackingImages
 from imd.v2.backups import DEFAULT_RATE_BYTES_PER_S as DEFAULT_BACKUP_RATE
 from imd.v2.backups import Backups
 from imd.v2.bases import ImagePeers
-from imd.v2.chains import Allocation, Chains
+from imd.v2.chains import Allocation, Chains, OwnReplicasFirst
 from imd.v2.datapath import DataPath, ReplicaNodes
 from imd.v2.disks import Disks
 from imd.v2.engines import Engines
@@ -145,6 +145,8 @@ class V2Node:
         if data is not None and hasattr(data.backend, "on_silent"):
             data.backend.on_silent = lambda _path, seconds: self.metrics.path_silence.observe(seconds)
         self.snapshots = Snapshots(self.engines)
+        if expander is not None:
+            self.snapshots.restore_nodes = OwnReplicasFirst(self.chains, expander)
         self.engines.finish_intent = self.snapshots.finish_intent
         self.backing_images = BackingImages(
             self.target,

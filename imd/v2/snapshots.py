@@ -130,6 +130,10 @@ class Snapshots:
         self._purges: dict[str, dict[str, PurgeStatus]] = {}  # engine -> replica address -> status
         self._clones: dict[str, dict[str, CloneStatus]] = {}  # engine -> replica address -> status
         self._clone_jobs: dict[str, dict[str, Any]] = {}  # engine -> replica -> the job copying onto it
+        # What finish_intent calls the replicas' nodes through: it runs before
+        # the daemon serves gRPC, so its own replicas must be reached in
+        # process (imd.v2.chains.OwnReplicasFirst; set by the node).
+        self.restore_nodes: ReplicaNodes | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -156,11 +160,11 @@ class Snapshots:
                 raise outcome
         return dict(zip(replicas, outcomes, strict=True))
 
-    async def _chains(self, engine: Engine) -> dict[str, ReplicaChain]:
+    async def _chains(self, engine: Engine, nodes: ReplicaNodes | None = None) -> dict[str, ReplicaChain]:
         rw = self._rw(engine)
         if not rw:
             raise FailedPrecondition(f"engine {engine.name} has no RW replica", field="engine_name")
-        nodes = self._nodes()
+        nodes = nodes or self._nodes()
         outcomes = await self._each(engine, rw, nodes.snapshot_chain)
         chains = {r: o for r, o in outcomes.items() if isinstance(o, ReplicaChain)}
         if not chains:
@@ -208,11 +212,11 @@ class Snapshots:
         intent = engine.record.intent
         if intent is None:
             return
-        nodes = self._nodes()
+        nodes = self.restore_nodes or self._nodes()
         rw = self._rw(engine)
         if intent.kind == "snapshot":
             (snapshot,) = intent.snapshots
-            chains = await self._chains(engine)
+            chains = await self._chains(engine, nodes)
             having = [r for r, c in chains.items() if snapshot in {s.name for s in c.snapshots}]
             if having and len(having) < len(rw):
                 await self._each(engine, having, lambda a, r: nodes.snapshot_delete(a, r, snapshot))
@@ -221,7 +225,7 @@ class Snapshots:
                     extra=fields(name=engine.name, snapshot=snapshot, had=",".join(having)),
                 )
         elif intent.kind == "remove":
-            chains = await self._chains(engine)
+            chains = await self._chains(engine, nodes)
             for snapshot in intent.snapshots:
                 having = [r for r, c in chains.items() if snapshot in {s.name for s in c.snapshots}]
 
@@ -237,6 +241,10 @@ class Snapshots:
                 if isinstance(outcome, BaseException):
                     engine.record.modes[replica] = ReplicaMode.ERR
                     engine.errors[replica] = f"revert to {snapshot} not finished after a restart: {outcome}"
+                    log.warning(
+                        "revert not finished after a restart",
+                        extra=fields(name=engine.name, replica=replica, snapshot=snapshot, error=str(outcome)),
+                    )
             log.info("revert finished after a restart", extra=fields(name=engine.name, snapshot=snapshot))
         elif intent.kind == "clone":
             (snapshot,) = intent.snapshots

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from imd.errors import FailedPrecondition
+from imd.errors import FailedPrecondition, Unavailable
 from imd.supervisor.logs import LogStore
 from imd.supervisor.ports import PortAllocator
 from imd.supervisor.process import SupervisionSettings
@@ -91,6 +91,10 @@ class FakeExpander:
         self.fail: dict[str, Exception] = {}
         self.delay = 0.0
         self.nodes: LocalReplicaNodes | None = None
+        # False while a restarted daemon restores its engines: the real one
+        # reaches replicas' nodes over gRPC (its own included), which it does
+        # not serve yet, so every call fails as a refused connection would.
+        self.serving = True
         self._held: asyncio.Event | None = None
 
     def hold(self) -> None:
@@ -111,14 +115,16 @@ class FakeExpander:
             await self.nodes.expand(address, replica, size)
 
     def _nodes(self) -> LocalReplicaNodes:
+        if not self.serving:
+            raise Unavailable("cannot reach imd at 127.0.0.1: connection refused (not serving yet)")
         if self.nodes is None:
             raise FailedPrecondition("these fake replicas keep no snapshots")
         return self.nodes
 
     async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain:
-        if self.nodes is None:
+        if self.nodes is None and self.serving:
             return ReplicaChain(replica=replica, head_parent="", head_size=-1, snapshots=())
-        return await self.nodes.snapshot_chain(address, replica)
+        return await self._nodes().snapshot_chain(address, replica)
 
     async def snapshot_create(
         self, address: str, replica: str, name: str, *, user_created: bool, created: str, labels: dict[str, str]

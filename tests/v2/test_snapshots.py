@@ -114,7 +114,9 @@ class World:
         persisted = v2state.decode(self.store.snapshots[self.durable_at_crash - 1])
         again = World(self.tmp_path, self.spdk, self.run + 1)
         again.keeper.fresh = False
+        again.data.expander.serving = False  # the daemon serves gRPC only once started
         again.report = await again.v2.start(persisted)
+        again.data.expander.serving = True
         return again
 
     async def replica(self, name: str) -> str:
