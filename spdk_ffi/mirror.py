@@ -2,12 +2,13 @@
 
 A mirror spreads a volume over up to eight legs; each leg is a namespace of an
 attached controller (its ``NativeController``, multipath included). The C
-core does everything per I/O: writes go to every RW and WO leg, reads to one
-RW leg (round-robin, retried on the next one), a leg whose I/O fails goes ERR
-at once, a rebuild copies a RW leg onto a WO leg under a per-chunk range
-lock while host I/O goes on, and ``export`` serves the mirror to NVMe-oF/TCP
-hosts from the core's embedded target. Python only configures, and hears
-about leg failures and finished rebuilds through events.
+core does everything per I/O: writes go to every RW and WO leg, reads to the
+RW leg with the fewest commands outstanding (ties round-robin; a failed read
+is retried on another), a leg whose I/O fails goes ERR at once, a rebuild
+copies a RW leg onto a WO leg under a per-chunk range lock while host I/O
+goes on, and ``export`` serves the mirror to NVMe-oF/TCP hosts from the
+core's embedded target. Python only configures, and hears about leg
+failures and finished rebuilds through events.
 
 Ownership: a ``NativeMirror`` is driven from one asyncio loop. Its methods
 may be called concurrently; the core runs requests in submission order, and

@@ -564,7 +564,7 @@ static int nvme_submit(struct imdn_ctrlr *c, struct mpath_io *io)
 	}
 	switch (io->kind) {
 	case IMDN_READ:
-		atomic_fetch_add(&c->counters[IMDN_C_READS], 1);
+		CTR_ADD(c->counters[IMDN_C_READS], 1);
 		if (io->iovcnt == 1) {
 			return spdk_nvme_ns_cmd_read(ns, c->qpair, io->iovs[0].iov_base, io->lba, io->nblocks,
 						     mpath_nvme_done, io, 0);
@@ -572,7 +572,7 @@ static int nvme_submit(struct imdn_ctrlr *c, struct mpath_io *io)
 		return spdk_nvme_ns_cmd_readv(ns, c->qpair, io->lba, io->nblocks, mpath_nvme_done, io, 0, sgl_reset,
 					      sgl_next);
 	case IMDN_WRITE:
-		atomic_fetch_add(&c->counters[IMDN_C_WRITES], 1);
+		CTR_ADD(c->counters[IMDN_C_WRITES], 1);
 		if (io->iovcnt == 1) {
 			return spdk_nvme_ns_cmd_write(ns, c->qpair, io->iovs[0].iov_base, io->lba, io->nblocks,
 						      mpath_nvme_done, io, 0);
@@ -639,7 +639,7 @@ static void mpath_dispatch(struct mpath_io *io)
 			mark_path_failed(mp, c); /* the qpair failed: try another path */
 			continue;
 		}
-		atomic_fetch_add(&c->counters[IMDN_C_ERRORS], 1);
+		CTR_ADD(c->counters[IMDN_C_ERRORS], 1);
 		mpath_finish(io, rc, 0, 0);
 		return;
 	}
@@ -667,7 +667,7 @@ static void mpath_nvme_done(void *arg, const struct spdk_nvme_cpl *cpl)
 			mpath_dispatch(io);
 			return;
 		}
-		atomic_fetch_add(&c->counters[IMDN_C_ERRORS], 1);
+		CTR_ADD(c->counters[IMDN_C_ERRORS], 1);
 		mpath_finish(io, 1, cpl->status.sct, cpl->status.sc);
 		return;
 	}

@@ -81,7 +81,7 @@ struct imdn_ctrlr {
 	uint64_t next_admin_tick;
 	bool detaching;
 	_Atomic int failed;           /* read by Python */
-	_Atomic uint64_t counters[4]; /* read by Python */
+	_Atomic uint64_t counters[4]; /* read by Python; written by the poller only (CTR_ADD: no locked add) */
 	uint32_t outstanding;
 	/* Silence (ctrlr.c, "silence"): a path whose peer stops answering. */
 	uint64_t silence_ticks;    /* declare the path lost after this long without an answer; 0 = never */

@@ -32,7 +32,7 @@ static void io_done(void *arg, const struct spdk_nvme_cpl *cpl)
 		slot->io->sct = cpl->status.sct;
 		slot->io->sc = cpl->status.sc;
 		req->ios_failed++;
-		atomic_fetch_add(&c->counters[IMDN_C_ERRORS], 1);
+		CTR_ADD(c->counters[IMDN_C_ERRORS], 1);
 	}
 	ctrlr_answered(c);
 	g_busy--;
@@ -50,10 +50,10 @@ static int submit_one(struct imdn_ctrlr *c, struct io_slot *slot)
 	}
 	switch (io->kind) {
 	case IMDN_READ:
-		atomic_fetch_add(&c->counters[IMDN_C_READS], 1);
+		CTR_ADD(c->counters[IMDN_C_READS], 1);
 		return spdk_nvme_ns_cmd_read(ns, c->qpair, io->buf, io->lba, io->nblocks, io_done, slot, 0);
 	case IMDN_WRITE:
-		atomic_fetch_add(&c->counters[IMDN_C_WRITES], 1);
+		CTR_ADD(c->counters[IMDN_C_WRITES], 1);
 		return spdk_nvme_ns_cmd_write(ns, c->qpair, io->buf, io->lba, io->nblocks, io_done, slot, 0);
 	case IMDN_FLUSH:
 		return spdk_nvme_ns_cmd_flush(ns, c->qpair, io_done, slot);
@@ -91,7 +91,7 @@ void start_io(struct imdn_req *req)
 		if (rc != 0) {
 			req->ios[i].status = rc;
 			req->ios_failed++;
-			atomic_fetch_add(&c->counters[IMDN_C_ERRORS], 1);
+			CTR_ADD(c->counters[IMDN_C_ERRORS], 1);
 			continue;
 		}
 		req->pending++;

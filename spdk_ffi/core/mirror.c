@@ -10,8 +10,9 @@
  * Writes (write, write zeroes, unmap, flush) go to every RW and WO leg and
  * complete when all of them did: OK if at least one leg that was RW when the
  * write was sent succeeded, so a host sees no error while one RW leg works.
- * Reads go to one RW leg, round-robin; a failed read retries on the next RW
- * leg and fails only when none is left.
+ * Reads go to one RW leg, the one with the fewest commands outstanding (ties
+ * round-robin); a failed read retries on another RW leg and fails only when
+ * none is left.
  *
  * Rebuild (one per mirror) copies a RW source leg to a WO destination leg,
  * chunk by chunk, while host I/O goes on. Correctness under concurrent
@@ -278,17 +279,28 @@ static void read_leg_done(struct mpath_io *sub, int status, uint16_t sct, uint16
 	mirror_read(mio); /* the next RW leg, if any */
 }
 
+/* The RW leg with the fewest commands outstanding (reads and writes: what
+ * waits in its queue pair), ties broken round-robin. A leg that answers more
+ * slowly keeps more outstanding and gets fewer reads; at QD1, where every leg
+ * has none, this is plain round-robin. */
 static void mirror_read(struct mirror_io *mio)
 {
 	struct imdn_mirror *m = mio->m;
+	int best = -1;
+	uint32_t best_out = UINT32_MAX;
 	for (uint32_t k = 0; k < IMDN_MAX_LEGS; k++) {
 		int i = (int)((m->read_rr + k) % IMDN_MAX_LEGS);
-		if (!leg_readable(&m->legs[i]) || (mio->tried & (1u << i))) {
+		struct mirror_leg *leg = &m->legs[i];
+		if (!leg_readable(leg) || (mio->tried & (1u << i)) || leg->outstanding >= best_out) {
 			continue;
 		}
-		m->read_rr = (uint32_t)i + 1;
-		sub_init(mio, i, read_leg_done);
-		mpath_submit(&mio->sub[i]);
+		best = i;
+		best_out = leg->outstanding;
+	}
+	if (best >= 0) {
+		m->read_rr = (uint32_t)best + 1;
+		sub_init(mio, best, read_leg_done);
+		mpath_submit(&mio->sub[best]);
 		return;
 	}
 	if (mio->status == 0) {
