@@ -359,7 +359,8 @@ class Chains:
         with self._exclusive(replica, f"a snapshot ({name})"):
             client = self.target.require()
             tree = await self._tree(client, disk)
-            taken = {self._name_of(disk, n) for n in tree.component(replica)}
+            component = set(tree.component(replica))
+            taken = {self._name_of(disk, n) for n in component}
             existing = self.meta.get(key)
             if lvol in tree.lvols and existing is not None and not existing.creating:
                 if tree.parent(replica) == lvol:
@@ -385,9 +386,12 @@ class Chains:
                     meta.lvol_uuid = await client.lvol_snapshot(f"{disk}/{replica}", lvol)
                 else:
                     meta.lvol_uuid = tree.lvols[lvol].uuid or tree.lvols[lvol].name
+                # Durable already: the record went to disk before the lvol
+                # was made, and a restart completes a record whose lvol
+                # exists (recover). Not waiting for a second write here
+                # keeps it out of the engine's write hold (bench/snapshots).
                 meta.creating = False
                 self.hub.changed()
-                await self.hub.durable()
             except BaseException as exc:
                 await self._undo_create(client, meta, made=lvol not in tree.lvols and bool(meta.lvol_uuid))
                 if isinstance(exc, TargetRpcError) and exc.errno == errno.ENOSPC:
@@ -396,7 +400,23 @@ class Chains:
                     raise target_failure(f"cannot snapshot replica {replica}", exc) from exc
                 raise
         log.info("snapshot taken", extra=fields(replica=replica, snapshot=name, lvol=lvol))
-        return await self._info(replica, name)
+        # What the tree read before says, rather than a second listing and a
+        # read of the lvstore's metadata for its size (that read happened
+        # inside the engine's hold): the new snapshot sits between the head
+        # and the head's old parent; its size is for SnapshotList to read.
+        parent = tree.parent(replica)
+        return SnapshotInfo(
+            name=name,
+            parent=self._name_of(disk, parent) if parent in component else "",
+            children=(VOLUME_HEAD,),
+            user_created=meta.user_created,
+            created=meta.created,
+            labels=dict(meta.labels),
+            removed=False,
+            size=-1,
+            checksum="",
+            lvol_uuid=meta.lvol_uuid,
+        )
 
     async def _undo_create(self, client: SpdkTargetClient, meta: SnapshotMeta, *, made: bool) -> None:
         if made:
