@@ -51,15 +51,33 @@ TEST_CONFIG: dict[str, Any] = {
 }
 
 
+# Ports the tests pick for listeners: above the children's ranges and below
+# the kernel's ephemeral ones, so no outgoing connection (of this suite or of
+# anything else on the machine) is ever given one between the pick and the bind.
+_LISTEN_LOW = 30000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(count: int) -> int:
-    """A port P with P to P + count - 1 free."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
+    """A port P with P to P + count - 1 free, below the ephemeral range when
+    there is room there (else anywhere the kernel offers)."""
+    high = _ephemeral_low()
+    for _ in range(200):
+        if high - _LISTEN_LOW > 4 * count:
+            base = random.randrange(_LISTEN_LOW, high - count)
+        else:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                base = int(probe.getsockname()[1])
         if base + count > 65535:
             continue
-        if all(_free(base + offset) for offset in range(1, count)):
+        if all(_free(base + offset) for offset in range(count)):
             return base
     raise RuntimeError(f"no free block of {count} ports")
 
@@ -131,15 +149,20 @@ class RunningDaemon:
     async def start(self, env: dict[str, str] | None = None, *, serving: bool = True) -> None:
         """Start the daemon and wait until health says SERVING (or, with
         ``serving=False``, until health answers at all: a degraded daemon)."""
-        err = self.stderr_path.open("ab")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "imd", "serve", "--config", str(self.config_path)],
-            cwd=self.root,
-            stdout=err,
-            stderr=err,
-            env={**os.environ, **(env or {})},
-        )
-        err.close()
+        for attempt in range(3):
+            logged = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
+            err = self.stderr_path.open("ab")
+            self.proc = subprocess.Popen(
+                [PY, "-m", "imd", "serve", "--config", str(self.config_path)],
+                cwd=self.root,
+                stdout=err,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+            )
+            err.close()
+            if not await self._lost_its_ports(logged) or attempt == 2:
+                break
+        assert self.proc is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -148,6 +171,29 @@ class RunningDaemon:
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError(f"daemon not ready:\n{self.stderr()}")
+
+    async def _lost_its_ports(self, logged: int) -> bool:
+        """Whether the daemon just started exited because another program
+        (a concurrent suite) bound one of its ports after the pick; if so,
+        it moves to a new block. Not a retry of the daemon's own failure: the
+        ports were free when picked, and nothing here can reserve them."""
+        assert self.proc is not None
+        listen = f'listen = "127.0.0.1:{self.base_port}"'
+        config = self.config_path.read_text()
+        if listen not in config:
+            return False  # ports given some other way: the test owns them
+        deadline = time.monotonic() + 20
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline or await health_answers(self.socket):
+                return False  # serving (or hung: start() reports that)
+            await asyncio.sleep(0.05)
+        with self.stderr_path.open("rb") as err:
+            err.seek(logged)
+            if b"address already in use" not in err.read():
+                return False
+        self.base_port = free_base_port()
+        self.config_path.write_text(config.replace(listen, f'listen = "127.0.0.1:{self.base_port}"'))
+        return True
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         self.close_channels()
