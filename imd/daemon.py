@@ -41,6 +41,7 @@ from imd.config import Config, ConfigError
 from imd.edges.metrics_http import MetricsServer
 from imd.edges.netports import ephemeral_ports, overlap
 from imd.edges.sdnotify import Notifier
+from imd.edges.threads import install_prestarted_executor
 from imd.errors import ImdError
 from imd.eventlog import fields
 from imd.metrics import Metrics
@@ -203,6 +204,7 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
+        install_prestarted_executor(asyncio.get_running_loop())
         ssl_ctx = tls_context(cfg.tls.dir) if cfg.tls else None
         await self._check_port_range()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,14 @@ import logging
 import os
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from imd.api.status import grpc_error
+from imd.edges.threads import prestarted_executor
 from imd.errors import ImdError, ResourceExhausted, Unavailable
 from imd.supervisor.durability import Durability
 from imd.supervisor.state import (
@@ -173,6 +175,48 @@ async def test_failed_write_fails_every_waiter_then_recovers_by_itself(tmp_path:
     assert logged.count("state not writable; refusing changes until it is") == 1
     assert logged.count("state writable again; accepting changes") == 1
     await store.close()
+
+
+class NoThreads(ThreadPoolExecutor):
+    """An executor at a pids limit: submit fails as ThreadPoolExecutor's
+    does when pthread_create answers EAGAIN."""
+
+    def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("can't start new thread")
+
+
+@pytest.mark.asyncio
+async def test_a_write_whose_thread_cannot_start_is_resource_exhausted_and_retried(tmp_path: Path) -> None:
+    disk, state, durability = Disk(), Counter(), Durability()
+    store = make_store(tmp_path, disk, state, durability)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(NoThreads(max_workers=1))
+    try:
+        state.value = 1
+        store.mark_dirty()
+        with pytest.raises(ResourceExhausted) as failed:
+            await store.commit()
+        assert str(failed.value) == f"state dir: cannot start a thread (writing {store.path})"
+        assert grpc_error(failed.value).status.name == "RESOURCE_EXHAUSTED"
+        assert durability.degraded and disk.attempts == 0
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    await eventually(lambda: not durability.degraded)  # threads again: the retry writes it
+    assert on_disk(store) == 1
+    await store.close()
+
+
+def test_the_prestarted_executor_runs_every_worker_before_it_is_used() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    pool = prestarted_executor(5)
+    try:
+        started = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("imd-io")]
+        assert len(started) == 5
+        # Calls now reuse those threads: none is started for them.
+        futures = [pool.submit(threading.get_ident) for _ in range(20)]
+        assert {f.result() for f in futures} <= {t.ident for t in started}
+    finally:
+        pool.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,20 @@ def write_error(exc: OSError, path: Path) -> ImdError:
     return Unavailable(f"{STATE_DIR}: {detail}")
 
 
+def is_thread_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's answer to pthread_create's EAGAIN (a
+    pids or RLIMIT_NPROC limit): the worker thread of a write could not start."""
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+
+
+def thread_error(exc: RuntimeError, path: Path) -> ImdError:
+    """The domain error for a write whose worker thread could not start: out
+    of tasks is exhaustion, like out of descriptors; anything else is a bug."""
+    if is_thread_limit(exc):
+        return ResourceExhausted(f"cannot start a thread (writing {path})", resource=STATE_DIR)
+    return Unavailable(f"{STATE_DIR}: cannot write {path}: {exc!r}")
+
+
 class StateStore:
     def __init__(
         self,
@@ -262,6 +276,11 @@ class StateStore:
                     relieved = True
                     continue  # descriptors were freed: try again at once
                 self._failed(functools.partial(write_error, exc, self.path))
+            except RuntimeError as exc:
+                self._metrics.commits.labels(self.name, "failed").inc()
+                if not is_thread_limit(exc):
+                    log.exception("state write failed unexpectedly", extra=fields(path=str(self.path)))
+                self._failed(functools.partial(thread_error, exc, self.path))
             except Exception as exc:
                 self._metrics.commits.labels(self.name, "failed").inc()
                 # A bug (say, in encode) must not leave commits waiting forever.
