@@ -22,15 +22,13 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
 
-class FileBlockSource:
-    """A snapshot that is a file. ``previous`` maps snapshot names to the
-    files they were (for ``changed_blocks``)."""
+class _OpenFile:
+    """A file descriptor held for the life of a source or sink, ``size``
+    bytes long; closed by ``close`` or by leaving a ``with`` block."""
 
-    def __init__(self, path: str, *, previous: dict[str, str] | None = None) -> None:
-        self.path = path
-        self.previous = dict(previous or {})
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._size = os.fstat(self._fd).st_size
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
 
     @property
     def size(self) -> int:
@@ -46,6 +44,17 @@ class FileBlockSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FileBlockSource(_OpenFile):
+    """A snapshot that is a file. ``previous`` maps snapshot names to the
+    files they were (for ``changed_blocks``)."""
+
+    def __init__(self, path: str, *, previous: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.previous = dict(previous or {})
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        super().__init__(fd, os.fstat(fd).st_size)
 
     def _read(self, offset: int, length: int) -> Buffer | None:
         try:
@@ -85,29 +94,18 @@ def _differing_blocks(path: str, before: str, block_size: int) -> list[int]:
             index += 1
 
 
-class FileBlockSink:
+class FileBlockSink(_OpenFile):
     """A file to restore into, ``size`` bytes (created or truncated to it)."""
 
     def __init__(self, path: str, size: int) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        os.ftruncate(self._fd, size)
-        self._size = size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            os.close(fd)
+            raise
+        super().__init__(fd, size)
 
     def _write(self, offset: int, data: Buffer) -> None:
         view = memoryview(data)
