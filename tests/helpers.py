@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -356,22 +357,31 @@ async def wait_state(
 
 
 async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20, interval: float = 0.05
+    check: Callable[[], object | Awaitable[object]], what: str = "", timeout: float = 20, interval: float = 0.05
 ) -> None:
-    """Poll ``check`` (a predicate, sync or async) until it holds; fail
-    naming ``what`` if it has not within ``timeout`` seconds. The deadline is
-    a bound on a hang, not a measurement: a loaded machine only polls longer."""
+    """Poll ``check`` (a predicate, sync or async; its result is taken as
+    true or false) until it holds; fail naming ``what`` (by default the
+    predicate's source line) if it has not within ``timeout`` seconds. The
+    deadline is a bound on a hang, not a measurement: a loaded machine only
+    polls longer."""
     try:
         async with asyncio.timeout(timeout):
             while True:
                 outcome = check()
-                if not isinstance(outcome, bool):
+                if inspect.isawaitable(outcome):
                     outcome = await outcome
                 if outcome:
                     return
                 await asyncio.sleep(interval)
     except TimeoutError:
-        raise AssertionError(f"not within {timeout:g}s: {what}") from None
+        raise AssertionError(f"not within {timeout:g}s: {what or _source(check)}") from None
+
+
+def _source(check: Callable[..., object]) -> str:
+    try:
+        return inspect.getsource(check).strip()
+    except (OSError, TypeError):
+        return repr(check)
 
 
 async def wait_log(daemon: RunningDaemon, name: str, text: str, timeout: float = 20) -> str:

@@ -28,6 +28,7 @@ from imd.supervisor.state import (
     journal_path,
     write_atomically,
 )
+from tests.helpers import eventually
 
 
 class Disk:
@@ -80,12 +81,6 @@ def make_store(tmp_path: Path, disk: Disk, state: Counter, durability: Durabilit
 
 def on_disk(store: StateStore) -> int:
     return int(msgspec.json.decode(store.path.read_bytes())["value"])
-
-
-async def eventually(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio

@@ -13,6 +13,7 @@ working replica is what was written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from spdk_ffi import ControllerOpts, Initiator
+from tests.helpers import eventually
 from tests.spdk.target import HOST_NQN, Layout, Target, path, skip_reason
 from tests.spdk.test_mirror import BLOCK, BLOCKS, Env, Writer, backend, nqn
 
@@ -100,10 +102,8 @@ async def mirror(env: Env, **controller: Any) -> Any:
     return m
 
 
-async def until(predicate: Any, timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+# A silent path is declared after replica_timeout_s; reconnects back off: a longer bound.
+until = functools.partial(eventually, timeout=60)
 
 
 def leg(m: Any, name: str) -> Any:

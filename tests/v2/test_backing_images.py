@@ -57,6 +57,7 @@ from imd.v2.model import VOLUME_HEAD, ReplicaMode, SnapshotExport
 from imd.v2.node import V2Node
 from spdk_ffi.mirror import RebuildState
 from spdk_ffi.native import IoKind
+from tests.helpers import eventually
 from tests.http_server import FileServer
 from tests.v2.fake_spdk import FakeSpdk
 from tests.v2.fakes import FakeData, link, node
@@ -477,7 +478,7 @@ async def test_delete_is_refused_while_replicas_are_clones_then_goes_and_twice_i
     assert n.images.get("img", n.disk_uuid).state == READY  # refused, nothing changed
     await n.v2.delete("r1", "", cleanup=True)
     await n.v2.delete("r2", "", cleanup=True)
-    await _until(lambda: not n.v2.replicas.records)
+    await eventually(lambda: not n.v2.replicas.records)
     await n.images.delete("img", n.disk_uuid)
     with pytest.raises(NotFound):
         n.images.get("img", n.disk_uuid)
@@ -492,7 +493,7 @@ async def test_a_replica_kept_without_cleanup_still_holds_the_image(tmp_path: Pa
     await ready(n, server)
     await n.replica("r1", "img")
     await n.v2.delete("r1", "", cleanup=False)  # the lvol stays for a later create
-    await _until(lambda: not n.v2.replicas.records)
+    await eventually(lambda: not n.v2.replicas.records)
     with pytest.raises(FailedPrecondition, match="base of r1"):
         await n.images.delete("img", n.disk_uuid)
     await n.replica("r1", "img")  # the kept lvol is reused, data and all
@@ -521,7 +522,7 @@ async def test_a_delete_while_the_create_checks_its_source_makes_the_create_give
     data = image_bytes()
     served = server.add("/img", data, head_delay=0.2)  # the create waits for the answer's head
     creating = asyncio.ensure_future(n.create("img", server.url("/img"), data))
-    await _until(lambda: served.gets == 1)
+    await eventually(lambda: served.gets == 1)
     await n.images.delete("img", n.disk_uuid)  # nothing recorded yet: OK, and the create will not record it
     with pytest.raises(Conflict) as err:
         await creating
@@ -536,17 +537,17 @@ async def test_deletes_and_replica_creates_of_one_image_see_each_other(tmp_path:
     # A replica being cloned from the image holds it: a delete meanwhile is refused.
     n.spdk.delay["bdev_lvol_clone"] = 0.2
     making = asyncio.ensure_future(n.replica("r1", "img"))
-    await _until(lambda: n.v2.backing_images._leases)
+    await eventually(lambda: n.v2.backing_images._leases)
     with pytest.raises(FailedPrecondition, match="being made from it"):
         await n.images.delete("img", n.disk_uuid)
     await making
     assert not n.v2.backing_images._leases
     await n.v2.delete("r1", "", cleanup=True)
-    await _until(lambda: not n.v2.replicas.records)
+    await eventually(lambda: not n.v2.replicas.records)
     # A delete in progress refuses new clones, and two deletes share one outcome.
     n.spdk.delay["bdev_lvol_delete"] = 0.2
     first = asyncio.ensure_future(n.images.delete("img", n.disk_uuid))
-    await _until(lambda: n.v2.backing_images._deletes)
+    await eventually(lambda: n.v2.backing_images._deletes)
     second = asyncio.ensure_future(n.images.delete("img", n.disk_uuid))
     with pytest.raises(FailedPrecondition) as err:
         await n.replica("r2", "img")
@@ -565,9 +566,9 @@ async def test_a_replica_delete_at_the_same_instant_as_the_image_delete(tmp_path
         if outcome[0] is not None:  # it saw the clone still there: refused, and the image is intact
             assert isinstance(outcome[0], FailedPrecondition), outcome
             assert n.images.get("img", n.disk_uuid).state == READY
-            await _until(lambda: not n.v2.replicas.records)
+            await eventually(lambda: not n.v2.replicas.records)
             await n.images.delete("img", n.disk_uuid)
-        await _until(lambda: not n.v2.replicas.records)
+        await eventually(lambda: not n.v2.replicas.records)
         n.clean()
 
 
@@ -605,7 +606,7 @@ async def test_an_image_is_copied_from_another_node_in_the_core(tmp_path: Path, 
     # the copy fails (here the fake job is told so; a real one sees its reads fail).
     b.data.jobs.delay = None
     await b.create("img", source, data, src_lvs_uuid=a.disk_uuid)
-    await _until(lambda: [j for j in b.data.jobs.jobs if j.kind == "copy" and not j.done.done()])
+    await eventually(lambda: [j for j in b.data.jobs.jobs if j.kind == "copy" and not j.done.done()])
     await asyncio.wait_for(a.images.delete("img", a.disk_uuid), 5)
     assert not a.image_lvols() and not a.v2.backing_images._exports
     for job in b.data.jobs.jobs:
@@ -733,11 +734,11 @@ async def test_a_rebuild_onto_a_replica_without_the_image_fails_visibly(tmp_path
     plain = await n.replica("r2")  # made without the image
     await n.engines.add_replica("e1", V2, "r2", plain, restore=False, linked=False)
     engine = n.v2.engines.engines["e1"]
-    await _until(lambda: engine.record.modes.get("r2") == ReplicaMode.ERR)
+    await eventually(lambda: engine.record.modes.get("r2") == ReplicaMode.ERR)
     assert "backing image img" in engine.errors["r2"] and "no backing image" in engine.errors["r2"]
     with_image = await n.replica("r3", "img")
     await n.engines.add_replica("e1", V2, "r3", with_image, restore=False, linked=False)
-    await _until(lambda: engine.rebuild_phase == "head" or engine.record.modes.get("r3") == ReplicaMode.RW)
+    await eventually(lambda: engine.rebuild_phase == "head" or engine.record.modes.get("r3") == ReplicaMode.RW)
     chain = await n.v2.chains.chain("r3")
     assert chain.backing_image == "img" and [s.name for s in chain.snapshots] == ["s1"]
 
@@ -791,20 +792,14 @@ async def test_creates_deletes_and_replicas_of_one_image_from_many_clients(tmp_p
     assert every_kind_got_through(), succeeded
     for name in list(n.v2.replicas.records):
         await n.v2.delete(name, "", cleanup=True)
-    await _until(lambda: not n.v2.replicas.records)
-    await _until(lambda: not n.v2.backing_images._copies)
+    await eventually(lambda: not n.v2.replicas.records)
+    await eventually(lambda: not n.v2.backing_images._copies)
     await n.images.delete("img", n.disk_uuid)
     assert {name for name in n.lvols()} == set()  # no leaked lvols
     n.clean()
     assert ports_free(n)
     record = persisted(n)
     assert not record.backing_images and not record.replicas
-
-
-async def _until(predicate: Any, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_lvol_names_are_short_and_recognised() -> None:

@@ -28,8 +28,9 @@ from imd.services.processes import Lifecycle, ProcessService
 from imd.v2 import state as v2state
 from imd.v2.chains import LocalReplicaNodes
 from imd.v2.model import ReplicaMode
+from tests.helpers import eventually
 from tests.v2.fakes import FakeBlockIo, link, node
-from tests.v2.test_snapshots import V2, World, until
+from tests.v2.test_snapshots import V2, World
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,11 +70,11 @@ class BackupWorld(World):
         return await self.engines.backup_create(engine, V2, request)
 
     async def backup_done(self, engine: str, name: str) -> Any:
-        await until(lambda: self.engines.backup_status(engine, V2, name, "").state != "in_progress")
+        await eventually(lambda: self.engines.backup_status(engine, V2, name, "").state != "in_progress")
         return self.engines.backup_status(engine, V2, name, "")
 
     async def restore_done(self, engine: str) -> dict[str, Any]:
-        await until(lambda: not any(s.is_restoring for _, s in self.engines.restore_status(engine, V2).values()))
+        await eventually(lambda: not any(s.is_restoring for _, s in self.engines.restore_status(engine, V2).values()))
         return {r: s for r, (_, s) in self.engines.restore_status(engine, V2).items()}
 
     def block_files(self) -> set[str]:
@@ -182,7 +183,7 @@ async def test_an_engine_delete_preempts_a_backup_at_once_and_nothing_is_listed(
     await asyncio.wait_for(w.blocks.read_started.wait(), 10)
     uuid = w.v2.engines.engines["e1"].uuid
     await asyncio.wait_for(w.v2.delete("e1", uuid, cleanup=False), 1)  # answers at once
-    await until(lambda: "e1" not in w.v2.engines.engines)
+    await eventually(lambda: "e1" not in w.v2.engines.engines)
     assert record.state == "error" and record.error == "preempted: the engine was deleted"
     assert w.data.path.initiator.controllers() == []  # the snapshot's controller detached too
     assert not [nqn for nqn in w.spdk.subsystems if "-snap-" in nqn]  # and its export withdrawn
@@ -247,7 +248,7 @@ async def test_blocks_of_a_preempted_backup_are_reused_by_the_next(tmp_path: Pat
 
     w.blocks.read = read_then_hold  # type: ignore[method-assign]
     await w.backup("e1", "s1", "b1", concurrent_limit=1)
-    await until(lambda: len(w.block_files()) >= 2)
+    await eventually(lambda: len(w.block_files()) >= 2)
     await w.engines.snapshot_revert("e1", V2, "s1")
     assert (await w.backup_done("e1", "b1")).state == "error"
     uploaded = w.block_files()
@@ -315,7 +316,7 @@ async def test_a_restore_is_preempted_by_a_delete_and_a_corrupt_block_is_named(t
     record = w.v2.engines.engines["e2"].record.restore
     assert record is not None and record.is_restoring
     await asyncio.wait_for(w.v2.delete("e2", "", cleanup=False), 1)
-    await until(lambda: "e2" not in w.v2.engines.engines)
+    await eventually(lambda: "e2" not in w.v2.engines.engines)
     assert (record.state, record.error, record.is_restoring) == ("error", "preempted: the engine was deleted", False)
 
 

@@ -32,7 +32,8 @@ from imd.services.instances import V2Request
 from imd.v2.chains import REVERT_PREFIX
 from imd.v2.copies import ancestry
 from imd.v2.model import ReplicaMode
-from tests.v2.test_snapshots import SIZE, V2, World, until, world
+from tests.helpers import eventually
+from tests.v2.test_snapshots import SIZE, V2, World, world
 
 pytestmark = pytest.mark.asyncio
 
@@ -193,9 +194,9 @@ async def test_snapshot_operations_racing_everything_end_documented_and_leave_th
     await w.engines.snapshot_create("e1", V2, "last", {})
     w.data.jobs.delay = None
     await w.engines.snapshot_hash("e1", V2, "last", True)
-    await until(lambda: any(j.kind == "hash" and not j.done.done() for j in w.data.jobs.jobs))
+    await eventually(lambda: any(j.kind == "hash" and not j.done.done() for j in w.data.jobs.jobs))
     view = w.v2.engines.engines["e1"]
     async with asyncio.timeout(CALL_BOUND_S):
         await w.instances.delete_v2("e1", view.uuid, "engine", cleanup=False)
-    await until(lambda: "e1" not in w.v2.engines.engines)
+    await eventually(lambda: "e1" not in w.v2.engines.engines)
     assert not [j for j in w.data.jobs.jobs if not j.done.done()]

@@ -31,6 +31,7 @@ from imd.services.processes import Lifecycle, ProcessService
 from imd.v2 import state as v2state
 from imd.v2.chains import LocalReplicaNodes, lvol_name_of, revert_lvol_of
 from imd.v2.model import VOLUME_HEAD, ReplicaMode, SnapshotIntent
+from tests.helpers import eventually
 from tests.v2.fake_spdk import FakeSpdk, bury_the_dead
 from tests.v2.fakes import link, node, progress
 
@@ -154,18 +155,6 @@ class World:
 
     async def names(self, engine: str) -> dict[str, Any]:
         return await self.engines.snapshot_list(engine, V2)
-
-
-async def until(predicate: Any, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-async def until_async(predicate: Any, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.01)
 
 
 def digest(token: str) -> str:
@@ -354,7 +343,7 @@ async def test_hash_runs_on_each_replica_is_cached_and_rehashed_on_demand(tmp_pa
     await w.engines.snapshot_hash("e1", V2, "s1", False)
     status = await w.engines.snapshot_hash_status("e1", V2, "s1")
     assert {s.state for s in status.values()} == {"in_progress"} and len(status) == 2
-    await until(lambda: len(w.data.jobs.jobs) == 2)  # each node attached its snapshot's export
+    await eventually(lambda: len(w.data.jobs.jobs) == 2)  # each node attached its snapshot's export
     for job in w.data.jobs.jobs:
         job.finish()
 
@@ -362,14 +351,14 @@ async def test_hash_runs_on_each_replica_is_cached_and_rehashed_on_demand(tmp_pa
         s = await w.engines.snapshot_hash_status("e1", V2, "s1")
         return {x.state for x in s.values()} == {"complete"}
 
-    await until_async(complete)
+    await eventually(complete)
     status = await w.engines.snapshot_hash_status("e1", V2, "s1")
     assert {s.checksum for s in status.values()} == {digest(a)}
     jobs = len(w.data.jobs.jobs)
     await w.engines.snapshot_hash("e1", V2, "s1", False)  # cached: no new job
     assert len(w.data.jobs.jobs) == jobs
     await w.engines.snapshot_hash("e1", V2, "s1", True)  # rehash: new jobs, in progress until done
-    await until(lambda: len(w.data.jobs.jobs) == jobs + 2)
+    await eventually(lambda: len(w.data.jobs.jobs) == jobs + 2)
     assert {s.state for s in (await w.engines.snapshot_hash_status("e1", V2, "s1")).values()} == {"in_progress"}
 
 
@@ -381,7 +370,7 @@ async def test_an_engine_delete_preempts_its_replicas_hashes(tmp_path: Path) -> 
     await w.engines.snapshot_hash("e1", V2, "s1", False)
     view = w.v2.engines.engines["e1"]
     await w.instances.delete_v2("e1", view.uuid, "engine", cleanup=False)
-    await until(lambda: "e1" not in w.v2.engines.engines)
+    await eventually(lambda: "e1" not in w.v2.engines.engines)
     assert {j.status().state.value for j in w.data.jobs.jobs} == {"cancelled"}
     assert [c.name for c in w.data.path.initiator.controllers()] == []  # the hash exports' controllers too
 
@@ -400,14 +389,14 @@ async def test_a_rebuild_carries_the_chain_then_copies_the_head_comparing(tmp_pa
     address = await w.replica("r3")
     await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
     mirror = w.mirror("e1")
-    await until(lambda: bool(mirror.rebuilds))  # the chain phase runs first; the head phase is the mirror's
+    await eventually(lambda: bool(mirror.rebuilds))  # the chain phase runs first; the head phase is the mirror's
     assert mirror.rebuild_compare
     assert (w.snapshot_lvol("r3", "s1").content, w.snapshot_lvol("r3", "s2").content) == (a, b)
     r3 = await w.v2.chains.chain("r3")
     assert [(s.name, s.parent, s.labels) for s in r3.snapshots] == [("s1", "", {"k": "v"}), ("s2", "s1", {})]
     progress(mirror.rebuilds[-1], 1.0)
     mirror.finish_rebuild()
-    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+    await eventually(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
     assert w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW
 
 
@@ -419,16 +408,16 @@ async def test_a_snapshot_during_a_rebuild_ends_up_on_the_new_replica(tmp_path: 
     address = await w.replica("r3")
     await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
     mirror = w.mirror("e1")
-    await until(lambda: bool(mirror.rebuilds))
+    await eventually(lambda: bool(mirror.rebuilds))
     head_copy = mirror.rebuilds[-1]
     c = w.write("e1")
     await w.engines.snapshot_create("e1", V2, "s2", {})  # the head phase steps back for it
     assert head_copy.status().state.value == "cancelled"
-    await until(lambda: len(mirror.rebuilds) == 2)
+    await eventually(lambda: len(mirror.rebuilds) == 2)
     assert [s.name for s in (await w.v2.chains.chain("r3")).snapshots] == ["s1", "s2"]
     assert w.snapshot_lvol("r3", "s2").content == c
     mirror.finish_rebuild()
-    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+    await eventually(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
     assert "imd/missing-on" not in (await w.names("e1"))["s2"].labels
 
 
@@ -459,10 +448,10 @@ async def test_a_snapshot_begun_as_the_chain_phase_ends_is_carried_before_the_he
     assert await taking == "s2"  # taken on r1 and r2 while the chain phase looked away
     go.set()
     mirror = w.mirror("e1")
-    await until(lambda: bool(mirror.rebuilds))
+    await eventually(lambda: bool(mirror.rebuilds))
     assert [s.name for s in (await real("r3")).snapshots] == ["s1", "s2"]  # carried before the head phase
     mirror.finish_rebuild()
-    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
+    await eventually(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.RW)
 
 
 async def test_removing_another_replica_during_a_rebuild_fails_the_rebuild_visibly(tmp_path: Path) -> None:
@@ -471,7 +460,7 @@ async def test_removing_another_replica_during_a_rebuild_fails_the_rebuild_visib
     address = await w.replica("r3")
     await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
     mirror = w.mirror("e1")
-    await until(lambda: bool(mirror.rebuilds))
+    await eventually(lambda: bool(mirror.rebuilds))
     await w.engines.remove_replica("e1", V2, "r2", "")
     engine = w.v2.engines.engines["e1"]
     assert engine.record.modes == {"r1": ReplicaMode.RW, "r3": ReplicaMode.ERR}  # never left write-only
@@ -511,7 +500,7 @@ async def test_a_rebuild_onto_a_replica_with_foreign_snapshots_fails_visibly(tmp
     address = await w.replica("r3")
     await w.v2.chains.create("r3", "other", user_created=True)
     await w.engines.add_replica("e1", V2, "r3", address, restore=False, linked=False)
-    await until(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.ERR)
+    await eventually(lambda: w.v2.engines.engines["e1"].record.modes["r3"] == ReplicaMode.ERR)
     engine = w.v2.engines.engines["e1"]
     assert engine.record.modes["r3"] == ReplicaMode.ERR and "rebuild onto an empty replica" in engine.errors["r3"]
 
@@ -524,7 +513,7 @@ async def test_a_snapshot_while_an_expansion_runs_is_aborted_for_a_retry(tmp_pat
     await w.engine("e1", ["r1"])
     w.data.expander.delay = 10  # the replica's node is slow to grow it
     expanding = asyncio.ensure_future(w.engines.expand("e1", V2, 2 * SIZE))
-    await until(lambda: w.v2.engines.engines["e1"].op is not None)
+    await eventually(lambda: w.v2.engines.engines["e1"].op is not None)
     with pytest.raises(Conflict, match="expansion"):
         await w.engines.snapshot_create("e1", V2, "s1", {})
     expanding.cancel()
@@ -687,7 +676,7 @@ async def test_a_hash_running_when_imd_died_can_be_asked_again(tmp_path: Path) -
     await w.engines.snapshot_create("e1", V2, "s1", {})
     w.data.jobs.delay = None
     await w.engines.snapshot_hash("e1", V2, "s1", False)
-    await until(lambda: len(w.data.jobs.jobs) == 1)
+    await eventually(lambda: len(w.data.jobs.jobs) == 1)
     again = await w.restarted()
     exports = [nqn for nqn in again.spdk.subsystems if "snap" in nqn]
     assert exports == []  # the dead daemon's snapshot export went at start-up
@@ -698,7 +687,7 @@ async def test_a_hash_running_when_imd_died_can_be_asked_again(tmp_path: Path) -
         status = await again.engines.snapshot_hash_status("e1", V2, "s1")
         return {s.state for s in status.values()} == {"complete"}
 
-    await until_async(complete)
+    await eventually(complete)
     assert {s.checksum for s in (await again.engines.snapshot_hash_status("e1", V2, "s1")).values()} == {digest(a)}
 
 
@@ -710,14 +699,14 @@ async def test_a_clone_running_when_imd_died_is_reported_failed_and_can_start_ag
     await w.engine("e2", ["r4"])
     w.data.jobs.delay = None  # the copy is in progress when imd dies
     await w.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
-    await until(lambda: len(w.data.jobs.jobs) == 1)
+    await eventually(lambda: len(w.data.jobs.jobs) == 1)
     again = await w.restarted()
     status = again.engines.snapshot_clone_status("e2", V2)
     assert [(s.state, s.snapshot) for s in status.values()] == [("error", "s1")]
     assert "restarted" in next(iter(status.values())).error
     assert again.v2.engines.engines["e2"].record.intent is None
     await again.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
-    await until(lambda: all(s.state == "complete" for s in again.engines.snapshot_clone_status("e2", V2).values()))
+    await eventually(lambda: all(s.state == "complete" for s in again.engines.snapshot_clone_status("e2", V2).values()))
     assert again.lvol("r4").content == a
 
 
@@ -734,7 +723,7 @@ async def test_a_clone_copies_another_volume_s_snapshot_onto_every_replica(tmp_p
     before = w.engines.snapshot_clone_status("e2", V2)
     assert [s.state for s in before.values()] == [""]  # what Longhorn's manager waits for to start one
     await w.engines.snapshot_clone("e2", V2, "s1", "e1", "127.0.0.1:8501", 0)
-    await until(lambda: all(s.state == "complete" for s in w.engines.snapshot_clone_status("e2", V2).values()))
+    await eventually(lambda: all(s.state == "complete" for s in w.engines.snapshot_clone_status("e2", V2).values()))
     status = w.engines.snapshot_clone_status("e2", V2)
     assert set(status) == {k for k in status if k.startswith("tcp://127.0.0.1:")} and len(status) == 2
     assert {(s.state, s.progress, s.snapshot) for s in status.values()} == {("complete", 100, "s1")}
