@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, percentile
+from bench.report import RESULTS, environment, markdown_table, median, percentile
 from bench.spdknode import MIB, missing
 from bench.v2ops import Node
 
@@ -212,10 +211,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def med(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
 def report(data: dict[str, Any]) -> str:
     mib = data["args"]["image_mib"]
     rows = []
@@ -226,15 +221,15 @@ def report(data: dict[str, Any]) -> str:
         rows.append(
             {
                 "image": f"{mib} MiB, {shape}",
-                "download → ready s (median)": f"{med([r['ready_s'] for r in prep]):.2f}",
-                "MiB/s": f"{mib / med([r['ready_s'] for r in prep]):.0f}",
+                "download → ready s (median)": f"{median([r['ready_s'] for r in prep]):.2f}",
+                "MiB/s": f"{mib / median([r['ready_s'] for r in prep]):.0f}",
                 "per rep s": " ".join(f"{r['ready_s']:.2f}" for r in prep),
-                "copy / checksum+snapshot s": f"{med([r['copied_s'] for r in prep]):.2f} / "
-                f"{med([r['ready_s'] - r['copied_s'] for r in prep]):.2f}",
-                "Create answered ms": f"{med([r['create_rpc_s'] for r in prep]) * 1e3:.0f}",
-                "download to memory s (MiB/s)": f"{med(mem):.2f} ({mib / med(mem):.0f})",
-                "disk → disk via replica service s (MiB/s)": f"{med([r['ready_s'] for r in sync]):.2f} "
-                f"({mib / med([r['ready_s'] for r in sync]):.0f})",
+                "copy / checksum+snapshot s": f"{median([r['copied_s'] for r in prep]):.2f} / "
+                f"{median([r['ready_s'] - r['copied_s'] for r in prep]):.2f}",
+                "Create answered ms": f"{median([r['create_rpc_s'] for r in prep]) * 1e3:.0f}",
+                "download to memory s (MiB/s)": f"{median(mem):.2f} ({mib / median(mem):.0f})",
+                "disk → disk via replica service s (MiB/s)": f"{median([r['ready_s'] for r in sync]):.2f} "
+                f"({mib / median([r['ready_s'] for r in sync]):.0f})",
             }
         )
     parts = ["### Download and prepare, and a copy from another disk\n\n" + markdown_table(rows, list(rows[0]))]
@@ -270,9 +265,9 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     shapes = ["random", "half zeroes"]
     kinds = [
-        ("download to memory", [med([r["seconds"] for r in data["memory"] if r["shape"] == s]) for s in shapes]),
-        ("download → ready", [med([r["ready_s"] for r in data["prepare"] if r["shape"] == s]) for s in shapes]),
-        ("disk → disk", [med([r["ready_s"] for r in data["sync"] if r["shape"] == s]) for s in shapes]),
+        ("download to memory", [median([r["seconds"] for r in data["memory"] if r["shape"] == s]) for s in shapes]),
+        ("download → ready", [median([r["ready_s"] for r in data["prepare"] if r["shape"] == s]) for s in shapes]),
+        ("disk → disk", [median([r["ready_s"] for r in data["sync"] if r["shape"] == s]) for s in shapes]),
     ]
     width = 0.25
     for i, (kind, seconds) in enumerate(kinds):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank]
 
 
-def summary_ms(values: Sequence[float]) -> dict[str, float]:
+def median(values: Sequence[float]) -> float:
+    """The median; NaN for no data (a row with nothing measured)."""
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summary_ms(values: Sequence[float], digits: int = 3) -> dict[str, float]:
     return {
-        "p50_ms": round(percentile(values, 50) * 1e3, 3),
-        "p99_ms": round(percentile(values, 99) * 1e3, 3),
-        "max_ms": round(max(values) * 1e3, 3) if values else float("nan"),
+        "p50_ms": round(percentile(values, 50) * 1e3, digits),
+        "p99_ms": round(percentile(values, 99) * 1e3, digits),
+        "max_ms": round(max(values) * 1e3, digits) if values else float("nan"),
         "count": len(values),
     }
 

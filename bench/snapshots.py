@@ -49,9 +49,9 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, percentile
+from bench.report import RESULTS, environment, markdown_table, median, summary_ms
 from bench.spdknode import MIB, missing
-from bench.v2ops import Host, Node, med
+from bench.v2ops import Host, Node, longest_gap
 
 
 def load() -> str:
@@ -92,20 +92,6 @@ async def fill(path: str, size: int) -> None:
         raise RuntimeError(f"fill: {report}")
 
 
-def gap_in(report: dict[str, Any], t0: float, t1: float) -> float:
-    """The longest recorded pause overlapping [t0, t1] (0: none of 1 ms or more)."""
-    return max((end - start for start, end in report["gaps"] if end >= t0 and start <= t1), default=0.0)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(percentile(values, 50) * 1e3, 2),
-        "p99_ms": round(percentile(values, 99) * 1e3, 2),
-        "max_ms": round(max(values) * 1e3, 2) if values else float("nan"),
-        "count": len(values),
-    }
-
-
 # -- pause, hash, clone: one volume ----------------------------------------------------------------
 
 
@@ -132,20 +118,20 @@ async def pause_hash_clone(args: argparse.Namespace, node: Node, only: list[str]
         marks.append((t0, t1))
         await asyncio.sleep(max(0.0, args.interval - (t1 - t0)))
     report = await host.stop()
-    pauses = [gap_in(report, t0, t1) for t0, t1 in marks]
+    pauses = [longest_gap(report, t0, t1) for t0, t1 in marks]
     controls = []
     for (t0, t1), (n0, _) in itertools.pairwise(marks):
         mid = (t1 + n0) / 2  # halfway between this snapshot's end and the next's start
-        controls.append(gap_in(report, mid - (t1 - t0) / 2, mid + (t1 - t0) / 2))
+        controls.append(longest_gap(report, mid - (t1 - t0) / 2, mid + (t1 - t0) / 2))
     calls = [t1 - t0 for t0, t1 in marks]
     if "pause" in only:
         out["pause"] = {
             "load": load_pause,
             "host_qd": args.host_qd,
             "interval_s": args.interval,
-            "pause_during_snapshot": summary(pauses),
-            "pause_control": summary(controls),
-            "volume_snapshot_call": summary(calls),
+            "pause_during_snapshot": summary_ms(pauses, digits=2),
+            "pause_control": summary_ms(controls, digits=2),
+            "volume_snapshot_call": summary_ms(calls, digits=2),
             "host": {k: report[k] for k in ("writes", "reads", "errors", "mismatches", "errors_seen")},
             "pauses_ms": [round(p * 1e3, 3) for p in pauses],
             "controls_ms": [round(p * 1e3, 3) for p in controls],
@@ -371,9 +357,9 @@ def report(data: dict[str, Any]) -> str:
         summary_rows = [
             {
                 "snapshots": n,
-                "median_s": round(med([r["seconds"] for r in rs]), 3),
-                "median_new_mib": round(med([r["new_replica_mib"] for r in rs]), 1),
-                "median_source_mib": round(med([r["source_replica_mib"] for r in rs]), 1),
+                "median_s": round(median([r["seconds"] for r in rs]), 3),
+                "median_new_mib": round(median([r["new_replica_mib"] for r in rs]), 1),
+                "median_source_mib": round(median([r["source_replica_mib"] for r in rs]), 1),
             }
             for n, rs in by.items()
             if rs

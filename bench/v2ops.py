@@ -44,7 +44,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -54,15 +53,11 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table
+from bench.report import RESULTS, environment, markdown_table, median
 from bench.spdknode import HOSTNQN, MIB, CpuWatch, ReplicaTarget, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 4096
-
-
-def med(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
 
 
 # -- host process ---------------------------------------------------------------------------------
@@ -638,20 +633,20 @@ def report(data: dict[str, Any]) -> str:
                 row = {
                     "cap": f"{cap} MiB/s" if cap else "off",
                     "host I/O": f"randwrite QD{data['args']['host_qd']}" if loaded else "none",
-                    "rebuild MiB/s (median)": f"{med([r['mib_s'] for r in reps]):.0f}",
+                    "rebuild MiB/s (median)": f"{median([r['mib_s'] for r in reps]):.0f}",
                     "per rep": " ".join(f"{r['mib_s']:.0f}" for r in reps),
-                    "seconds": f"{med([r['seconds'] for r in reps]):.2f}",
+                    "seconds": f"{median([r['seconds'] for r in reps]):.2f}",
                 }
                 if loaded:
                     row["host IOPS outside / during"] = (
-                        f"{med([(r['host_iops_before'] + r['host_iops_after']) / 2 for r in reps]):,.0f} / "
-                        f"{med([r['host_iops_during'] for r in reps]):,.0f}"
+                        f"{median([(r['host_iops_before'] + r['host_iops_after']) / 2 for r in reps]):,.0f} / "
+                        f"{median([r['host_iops_during'] for r in reps]):,.0f}"
                     )
-                    row["host fraction (median)"] = f"{med([r['host_fraction'] for r in reps]):.2f}"
+                    row["host fraction (median)"] = f"{median([r['host_fraction'] for r in reps]):.2f}"
                     row["per rep "] = " ".join(f"{r['host_fraction']:.2f}" for r in reps)
                     row["host p99 µs outside / during"] = (
-                        f"<{med([r['host_p99_us_outside'] for r in reps]):.0f} / "
-                        f"<{med([r['host_p99_us_during'] for r in reps]):.0f}"
+                        f"<{median([r['host_p99_us_outside'] for r in reps]):.0f} / "
+                        f"<{median([r['host_p99_us_during'] for r in reps]):.0f}"
                     )
                 row["others (cores)"] = f"{max(r['others_cores'] for r in reps):.2f}"
                 rows.append(row)
@@ -704,8 +699,8 @@ def report(data: dict[str, Any]) -> str:
             reps = [r for r in failover if r["fault"] == kind]
             if reps:
                 summary.append(
-                    f"{kind}: median fault → ERR {med([r['fault_to_err_s'] for r in reps]):.2f} s, median longest "
-                    f"pause {med([r['longest_pause_s'] for r in reps]):.2f} s, worst "
+                    f"{kind}: median fault → ERR {median([r['fault_to_err_s'] for r in reps]):.2f} s, median longest "
+                    f"pause {median([r['longest_pause_s'] for r in reps]):.2f} s, worst "
                     f"{max(r['longest_pause_s'] for r in reps):.2f} s, I/O errors {sum(r['errors'] for r in reps)}"
                 )
         parts.append(
@@ -738,7 +733,7 @@ def report(data: dict[str, Any]) -> str:
         parts.append(
             "### Restart pause\n\n"
             + markdown_table(rows, list(rows[0]))
-            + f"\n\nMedian kill → first I/O: {med(kill):.2f} s over {len(kill)} repetitions; "
+            + f"\n\nMedian kill → first I/O: {median(kill):.2f} s over {len(kill)} repetitions; "
             f"I/O errors in total: {sum(r['errors'] for r in restart)}, "
             f"mismatches: {sum(r['mismatches'] for r in restart)}."
         )
