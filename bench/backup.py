@@ -40,7 +40,7 @@ from typing import Any
 
 import uvloop
 
-from bench.report import RESULTS, environment, markdown_table, save
+from bench.report import RESULTS, environment, markdown_table, pyplot, save
 from imd.backupstore import BackupSpec, FileBlockSink, FileBlockSource, Progress, create_backup, restore
 from tests.backupstore.seaweed import SeaweedS3, weed_binary
 
@@ -217,13 +217,8 @@ def summarize(reps: list[dict[str, dict[str, float | str]]]) -> list[dict[str, s
 
 
 def plot(name: str, reps: list[dict[str, dict[str, float | str]]]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     ops = ["backup", "restore"]

@@ -73,7 +73,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from bench.daemon import LocalDaemon, free_port_block, rss_mb
-from bench.report import RESULTS, environment, markdown_table, percentile, save
+from bench.report import RESULTS, environment, markdown_table, percentile, pyplot, save
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 
 GO_DEFAULT = "/work/go-im/longhorn-instance-manager"
@@ -759,13 +759,8 @@ def goals(results: list[dict[str, Any]], watcher_counts: list[int]) -> tuple[str
 
 
 def plot(results: list[dict[str, Any]], watcher_counts: list[int], daemons: list[str], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     shown = [METRICS[i] for i in (0, 1, 3, 4, 5)]
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6))

@@ -43,7 +43,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, write_results
 from bench.spdknode import (
     HOSTNQN,
     MIB,
@@ -396,13 +396,8 @@ def e2e_table(results: list[dict[str, Any]]) -> str:
 
 
 def plot(label: str, mirror: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     points = [r for r in mirror if "workload" in r]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
@@ -533,9 +528,9 @@ async def main() -> int:
         "end_to_end": e2e,
         "verdicts": verdicts,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.label}.json").write_text(json.dumps(data, indent=1, default=str))
-    (RESULTS / f"{args.label}.md").write_text(
+    write_results(
+        args.label,
+        data,
         f"# bench/engine, {started['date']}\n\n`{command}`\n\nReplicas: {args.replicas}.\n\n"
         f"## Mirror path in process\n\n{table}\n\n" + "\n".join(f"- {v}" for v in verdicts)
         + f"\n\n## End to end\n\n{e2e_md}\n"

@@ -36,7 +36,7 @@ from typing import Any
 
 import uvloop
 
-from bench.report import RESULTS, environment, markdown_table, save
+from bench.report import RESULTS, environment, markdown_table, pyplot, save
 from bench.spdkfio import run_spdk_fio
 
 WORKLOADS: list[tuple[str, str, int, int]] = [  # name, bdev, io size, qd
@@ -368,13 +368,8 @@ def _targets(results: list[dict[str, Any]]) -> list[str]:
 
 
 def _plot(results: list[dict[str, Any]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for tier in TIERS:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import random
 import sys
@@ -42,7 +41,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, percentile
+from bench.report import RESULTS, environment, markdown_table, median, percentile, pyplot, write_results
 from bench.spdknode import MIB, missing
 from bench.v2ops import Node
 
@@ -253,13 +252,8 @@ def report(data: dict[str, Any]) -> str:
 
 
 def plot(label: str, data: dict[str, Any]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     mib = data["args"]["image_mib"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -310,9 +304,7 @@ async def main() -> int:
     data.update(await run(args))
     md = report(data)
     print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.label}.json").write_text(json.dumps(data, indent=1, default=str))
-    (RESULTS / f"{args.label}.md").write_text(f"# bench/images, {data['env']['date']}\n\n`{data['command']}`\n\n{md}\n")
+    write_results(args.label, data, f"# bench/images, {data['env']['date']}\n\n`{data['command']}`\n\n{md}\n")
     path = plot(args.label, data)
     if path:
         print(f"plot {path}")

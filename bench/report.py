@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import statistics
 from collections.abc import Sequence
@@ -63,9 +64,9 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def plot_percentiles(name: str, title: str, series: dict[str, list[tuple[int, float, float]]]) -> Path | None:
-    """series: label -> [(N, p50_ms, p99_ms)]. Needs the bench extra
-    (matplotlib); returns None, after saying so, without it."""
+def pyplot() -> Any | None:
+    """matplotlib.pyplot on the Agg backend, or None, after saying so, when
+    the bench extra (matplotlib) is not installed: a plot is optional."""
     try:
         import matplotlib
 
@@ -73,6 +74,22 @@ def plot_percentiles(name: str, title: str, series: dict[str, list[tuple[int, fl
         import matplotlib.pyplot as plt
     except ImportError:
         print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+        return None
+    return plt
+
+
+def write_results(label: str, data: dict[str, Any], markdown: str) -> None:
+    """results/<label>.json (the run's data) and results/<label>.md (its report)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{label}.json").write_text(json.dumps(data, indent=1, default=str))
+    (RESULTS / f"{label}.md").write_text(markdown)
+
+
+def plot_percentiles(name: str, title: str, series: dict[str, list[tuple[int, float, float]]]) -> Path | None:
+    """series: label -> [(N, p50_ms, p99_ms)]. Needs the bench extra
+    (matplotlib); returns None, after saying so, without it."""
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in series.items():

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, summary_ms
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, summary_ms, write_results
 from bench.spdknode import MIB, missing
 from bench.v2ops import Host, Node, longest_gap
 
@@ -377,13 +376,8 @@ def report(data: dict[str, Any]) -> str:
 
 
 def plot(label: str, data: dict[str, Any]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     pause = data.get("pause")
@@ -461,11 +455,9 @@ async def main() -> int:
     data["load_end"] = load()
     md = report(data)
     print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.label}.json").write_text(json.dumps(data, indent=1, default=str))
     header = f"# bench/snapshots, {data['env']['date']}\n\n`{data['command']}`\n\n"
     header += f"load average {data['load_start']} -> {data['load_end']}\n\n"
-    (RESULTS / f"{args.label}.md").write_text(header + md + "\n")
+    write_results(args.label, data, header + md + "\n")
     path = plot(args.label, data)
     if path:
         print(f"plot {path}")

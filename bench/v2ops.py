@@ -53,7 +53,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, write_results
 from bench.spdknode import HOSTNQN, MIB, CpuWatch, ReplicaTarget, missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -741,13 +741,8 @@ def report(data: dict[str, Any]) -> str:
 
 
 def plot(label: str, data: dict[str, Any]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(plot skipped: matplotlib not installed; pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     parts = [k for k in ("rebuild", "expand", "restart", "failover") if data.get(k)]
     if not parts:
@@ -864,9 +859,7 @@ async def main() -> int:
         data["rebuild"] = await rebuild_bench(args, work, watch)
     md = report(data)
     print(md)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.label}.json").write_text(json.dumps(data, indent=1, default=str))
-    (RESULTS / f"{args.label}.md").write_text(f"# bench/v2ops, {data['env']['date']}\n\n`{data['command']}`\n\n{md}\n")
+    write_results(args.label, data, f"# bench/v2ops, {data['env']['date']}\n\n`{data['command']}`\n\n{md}\n")
     path = plot(args.label, data)
     if path:
         print(f"plot {path}")
