@@ -98,8 +98,8 @@ class ReplicaServicer(Servicer, replica_grpc.ReplicaServiceBase):
 
     @rpc
     async def SnapshotDelete(self, stream: Any) -> None:
-        r: rpb.SnapshotRequest = await recv(stream)
-        deleted = await self._chains(r.replica).delete(r.replica, r.name)
+        r: rpb.SnapshotDeleteRequest = await recv(stream)
+        deleted = await self._chains(r.replica).delete(r.replica, r.name, mark_only=r.mark_only)
         await stream.send_message(rpb.SnapshotDeleteResponse(deleted=deleted))
 
     @rpc
@@ -237,8 +237,8 @@ class RemoteReplicas:
         reply = await self._call(address, replica, lambda s: s.SnapshotCreate(request, timeout=self.timeout))
         return snapshot_of(reply)
 
-    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
-        request = rpb.SnapshotRequest(replica=replica, name=name)
+    async def snapshot_delete(self, address: str, replica: str, name: str, *, mark_only: bool = False) -> bool:
+        request = rpb.SnapshotDeleteRequest(replica=replica, name=name, mark_only=mark_only)
         reply = await self._call(address, replica, lambda s: s.SnapshotDelete(request, timeout=self.timeout))
         return bool(reply.deleted)
 

@@ -446,17 +446,20 @@ class Chains:
                 return lvol
         raise NotFound(f"replica {replica} has no snapshot {name}", field="name")
 
-    async def delete(self, replica: str, name: str) -> bool:
+    async def delete(self, replica: str, name: str, *, mark_only: bool = False) -> bool:
         """Delete snapshot ``name`` if it has at most one child (SPDK folds
         its clusters into the child; no data the chain shows changes), or
-        mark it removed (True: deleted; False: marked, for a purge)."""
+        mark it removed (True: deleted; False: marked, for a purge).
+        ``mark_only``: mark it whatever its children: an engine asks so when
+        the snapshot cannot go on another of its replicas, whose chain has a
+        branch this one lacks (a rebuild carries the head's ancestry only)."""
         record = self._replica(replica)
         disk = record.spec.disk_name
         with self._exclusive(replica, f"the removal of snapshot {name}"):
             client = self.target.require()
             tree = await self._tree(client, disk)
             lvol = self._find(tree, disk, replica, name)
-            if len(tree.children(lvol)) > 1:
+            if mark_only or len(tree.children(lvol)) > 1:
                 await self._mark_removed(disk, lvol, replica, name)
                 return False
             await self._delete_lvol(client, disk, lvol)
@@ -854,8 +857,8 @@ class LocalReplicaNodes:
             replica, name, user_created=user_created, created=created, labels=labels
         )
 
-    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
-        return await self._chains(address).delete(replica, name)
+    async def snapshot_delete(self, address: str, replica: str, name: str, *, mark_only: bool = False) -> bool:
+        return await self._chains(address).delete(replica, name, mark_only=mark_only)
 
     async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain:
         return await self._chains(address).chain(replica)
@@ -922,8 +925,8 @@ class OwnReplicasFirst:
             address, replica, name, user_created=user_created, created=created, labels=labels
         )
 
-    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
-        return await self._pick(address, replica).snapshot_delete(address, replica, name)
+    async def snapshot_delete(self, address: str, replica: str, name: str, *, mark_only: bool = False) -> bool:
+        return await self._pick(address, replica).snapshot_delete(address, replica, name, mark_only=mark_only)
 
     async def snapshot_chain(self, address: str, replica: str) -> ReplicaChain:
         return await self._pick(address, replica).snapshot_chain(address, replica)

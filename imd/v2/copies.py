@@ -185,5 +185,7 @@ async def carry_chain(
             created=snap.created,
             labels=snap.labels,
         )
+        if snap.removed:  # a purge must see it as the source's replicas do
+            await nodes.snapshot_delete(dst_address, dst_replica, snap.name, mark_only=True)
         copied += 1
         log.info("snapshot carried", extra=fields(replica=dst_replica, snapshot=snap.name, source=src_replica))

@@ -442,7 +442,9 @@ class Engines:
         self._busy(engine)
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         op = asyncio.ensure_future(self._rebuild(engine, replica, addresses, started))
-        engine.op, engine.op_kind = op, "rebuild"
+        # Named from the start, not once attached: a ReplicaRemove that
+        # preempts the rebuild while it attaches must know whose it was.
+        engine.op, engine.op_kind, engine.rebuild_dst = op, "rebuild", replica
         op.add_done_callback(lambda _: self._op_done(engine, op))
 
         def ended(_: object) -> None:
@@ -491,10 +493,14 @@ class Engines:
             while True:
                 engine.rebuild_phase = "chain"
                 taken = engine.snapshots_begun
+                # A snapshot begun before this look (even before the phase
+                # began) may end after the chain's last look at the source.
+                pending = engine.hold is not None
                 await self._carry_chain(engine, replica, handle)
                 if engine.hold is not None:
                     await asyncio.shield(engine.hold[1])
-                if engine.snapshots_begun != taken:
+                    continue  # it has ended now: carry it too
+                if pending or engine.snapshots_begun != taken:
                     # A snapshot was taken while the chain was carried,
                     # perhaps after its last look at the source: carry it
                     # too. Checked and switched with no await between, so
@@ -514,11 +520,11 @@ class Engines:
                 # A snapshot asked for the chain: out of the mirror until it is taken.
                 await mirror.remove_leg(replica)
                 hold = engine.hold
-                assert hold is not None
-                ack, release = hold
-                if not ack.done():
-                    ack.set_result(None)
-                await asyncio.shield(release)
+                if hold is not None:  # None: the snapshot gave up waiting (hold_timeout_s) meanwhile
+                    ack, release = hold
+                    if not ack.done():
+                        ack.set_result(None)
+                    await asyncio.shield(release)
         except asyncio.CancelledError:
             raise
         except (ImdError, NvmeError) as exc:

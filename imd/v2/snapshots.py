@@ -123,6 +123,27 @@ def validate_labels(labels: dict[str, str]) -> None:
             raise InvalidArgument(f"label {MISSING_ON} is imd's own", field="snapshot_volume.labels")
 
 
+def _info(chain: ReplicaChain, snapshot: str) -> SnapshotInfo:
+    return next(s for s in chain.snapshots if s.name == snapshot)
+
+
+def _purgeable(chains: dict[str, ReplicaChain], tried: set[str]) -> str | None:
+    """The oldest snapshot a purge may delete on every replica that holds
+    it: marked removed (or made by the system) and with at most one child
+    on each, and not ``tried`` already; None when there is none."""
+    verdicts: dict[str, bool] = {}
+    order: list[str] = []
+    for chain in chains.values():
+        for s in chain.snapshots:
+            if s.name in tried:
+                continue
+            ok = (s.removed or not s.user_created) and len(s.children) <= 1
+            if s.name not in verdicts:
+                order.append(s.name)
+            verdicts[s.name] = verdicts.get(s.name, True) and ok
+    return next((name for name in order if verdicts[name]), None)
+
+
 class Snapshots:
     def __init__(self, engines: Engines, *, hold_timeout_s: float = 10.0) -> None:
         self.engines = engines
@@ -308,8 +329,15 @@ class Snapshots:
         try:
             if engine.rebuild_phase == "head":
                 engine.hold_requested.set()
-                async with asyncio.timeout(self.hold_timeout_s):
-                    await asyncio.shield(ack)
+                try:
+                    async with asyncio.timeout(self.hold_timeout_s):
+                        await asyncio.shield(ack)
+                except TimeoutError:
+                    raise Unavailable(
+                        f"engine {engine.name}: the rebuild of {engine.rebuild_dst} did not step back for the "
+                        f"snapshot within {self.hold_timeout_s:g} s",
+                        field="engine_name",
+                    ) from None
             await self._take(engine, snapshot, labels)
         finally:
             engine.hold_requested.clear()
@@ -426,13 +454,21 @@ class Snapshots:
             await self._remove_everywhere(engine, snapshots, chains)
 
     async def _remove_everywhere(self, engine: Engine, snapshots: list[str], chains: dict[str, ReplicaChain]) -> None:
+        """Delete each snapshot on every replica that has it, or, where any
+        of them must keep it (more than one child there: a branch a revert
+        left, which a rebuilt replica lacks), mark it removed on all of
+        them: deleted on some and kept on others, the replicas' chains
+        would differ from then on."""
         nodes = self._nodes()
         rw = self._rw(engine)
         for snapshot in snapshots:
             having = [r for r in rw if r in chains and snapshot in {s.name for s in chains[r].snapshots}]
+            mark_only = any(len(_info(chains[r], snapshot).children) > 1 for r in having)
 
-            def delete(address: str, replica: str, snapshot: str = snapshot) -> Awaitable[bool]:
-                return nodes.snapshot_delete(address, replica, snapshot)
+            def delete(
+                address: str, replica: str, snapshot: str = snapshot, mark_only: bool = mark_only
+            ) -> Awaitable[bool]:
+                return nodes.snapshot_delete(address, replica, snapshot, mark_only=mark_only)
 
             outcomes = await self._each(engine, having, delete)
             failed = {r: o for r, o in outcomes.items() if isinstance(o, BaseException)}
@@ -453,23 +489,52 @@ class Snapshots:
         await self.engines._run(engine, "purge", self._purge(engine))
 
     async def _purge(self, engine: Engine) -> None:
+        """Delete, on every RW replica, each snapshot marked removed or made
+        by the system that every replica holding it can delete (at most one
+        child there), one at a time, until none is left (a deletion may
+        leave a parent with one child). The engine decides for all of its
+        replicas at once, as a removal does: a replica deciding alone would
+        keep a snapshot that another, rebuilt without the branch beside it,
+        deletes."""
         nodes = self._nodes()
         rw = self._rw(engine)
+        addresses = {r: self._address(engine, r) for r in rw}  # a ReplicaRemove may take one meanwhile
         status = self._purges[engine.name] = {
-            self._address(engine, r): PurgeStatus(is_purging=True, progress=0, state="in_progress") for r in rw
+            address: PurgeStatus(is_purging=True, progress=0, state="in_progress") for address in addresses.values()
         }
+        failed: dict[str, BaseException] = {}
+        tried: set[str] = set()  # each once: a snapshot that a delete only marked is not asked again
+        try:
+            while True:
+                read = await self._chains(engine, nodes)
+                rw_now = self._rw(engine)  # a ReplicaRemove may have taken one during the read
+                unread = [r for r in rw_now if r not in read]
+                if unread:  # deciding without its chain could make it differ from the others
+                    failed.update({r: Unavailable(f"the chain of replica {r} could not be read") for r in unread})
+                    break
+                chains = {r: c for r, c in read.items() if r in rw_now}
+                snapshot = _purgeable(chains, tried)
+                if snapshot is None:
+                    break
+                tried.add(snapshot)
+                having = [r for r, c in chains.items() if snapshot in {s.name for s in c.snapshots}]
 
-        async def one(address: str, replica: str) -> list[str]:
-            try:
-                deleted = await nodes.snapshot_purge(address, replica)
-            except ImdError as exc:
-                status[address] = PurgeStatus(is_purging=False, progress=0, state="error", error=str(exc))
-                raise
-            status[address] = PurgeStatus(is_purging=False, progress=100, state="complete")
-            return deleted
+                def delete(address: str, replica: str, snapshot: str = snapshot) -> Awaitable[bool]:
+                    return nodes.snapshot_delete(address, replica, snapshot)
 
-        outcomes = await self._each(engine, rw, one)
-        failed = {r: o for r, o in outcomes.items() if isinstance(o, BaseException)}
+                outcomes = await self._each(engine, having, delete)
+                failed.update({r: o for r, o in outcomes.items() if isinstance(o, BaseException)})
+                if failed:
+                    break
+        except ImdError as exc:
+            failed.update({r: exc for r in rw if r not in failed})
+        for replica, address in addresses.items():
+            error = failed.get(replica)
+            status[address] = (
+                PurgeStatus(is_purging=False, progress=100, state="complete")
+                if error is None
+                else PurgeStatus(is_purging=False, progress=0, state="error", error=str(error))
+            )
         if failed:
             why = "; ".join(f"replica {r}: {e}" for r, e in sorted(failed.items()))
             raise Unavailable(f"purge of engine {engine.name} not finished: {why}")

@@ -4,8 +4,11 @@ destination, flags), and ends after ``delay`` seconds, or when a test ends
 it (``delay = None``, then ``finish``). A hash's digest is what
 ``digest_of`` says of its source (by default the SHA-256 of the source
 controller's first path; ``sha512_of`` for ``algorithm="sha512"``), so that
-two jobs on the same source agree and two sources differ; a completed copy calls ``on_copied`` (tests/v2/fakes.py
-makes the destination's fake lvol read as the source's). The C core's jobs are tested in tests/spdk/test_jobs.py.
+two jobs on the same source agree and two sources differ; a completed copy
+calls ``on_copied`` (tests/v2/fakes.py makes the destination's fake lvol
+read as the source's; a LookupError from it, a source or destination gone
+during the copy, ends the job in error, as the C core's copy ends when its
+reads or writes fail). The C core's jobs are tested in tests/spdk/test_jobs.py.
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ class FakeJob:
         total = self.blocks * 4096
         done = total if state is RebuildState.COMPLETE else 0
         if self.kind == "copy" and state is RebuildState.COMPLETE and self.on_copied is not None:
-            self.on_copied(self)
+            try:
+                self.on_copied(self)
+            except LookupError as exc:  # its source or destination went during the copy: its I/O failed
+                state, error = RebuildState.ERROR, str(exc)
         digest = self.digest if state is RebuildState.COMPLETE and self.kind == "hash" else ""
         self.done.set_result(JobResult(state, done, total, digest=digest, error=error))
 

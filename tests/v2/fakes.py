@@ -133,8 +133,8 @@ class FakeExpander:
             address, replica, name, user_created=user_created, created=created, labels=labels
         )
 
-    async def snapshot_delete(self, address: str, replica: str, name: str) -> bool:
-        return await self._nodes().snapshot_delete(address, replica, name)
+    async def snapshot_delete(self, address: str, replica: str, name: str, *, mark_only: bool = False) -> bool:
+        return await self._nodes().snapshot_delete(address, replica, name, mark_only=mark_only)
 
     async def snapshot_purge(self, address: str, replica: str) -> list[str]:
         return await self._nodes().snapshot_purge(address, replica)
@@ -388,7 +388,11 @@ def link(data: FakeData, *targets: FakeSpdk) -> None:
         return found
 
     def copied(job: FakeJob) -> None:
-        of(job.dst).content = of(job.src).content
+        src, dst = lvol(job.src.key[0]), lvol(job.dst.key[0])
+        if src is None or dst is None:
+            gone = job.src.key[0] if src is None else job.dst.key[0]
+            raise LookupError(f"no lvol behind {gone} any more")
+        dst.content = src.content
 
     data.backend.resolvers.append(namespaces)
     data.blocks.lvol_of = of

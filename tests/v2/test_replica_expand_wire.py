@@ -1,4 +1,5 @@
-"""An engine grows its replicas through the imd of each replica's node:
+"""An engine grows its replicas (and deletes or marks their snapshots)
+through the imd of each replica's node:
 ``RemoteReplicas`` (the client engines use) calling
 ``/imdrpc.ReplicaService/ReplicaExpand`` on base + 4, over real gRPC on
 loopback, with the replica's node on the in-memory target below the V2 seam
@@ -132,3 +133,21 @@ async def test_an_engine_expansion_with_no_room_on_a_replicas_disk(replica_node:
     assert (lvol_mib(n, "r1"), lvol_mib(n, "r2")) == (16, 16)
     volume = engines.volume("e1", V2)
     assert (volume.size, volume.last_expansion_error) == (16 * MIB, "")
+
+
+async def test_snapshot_delete_over_the_wire_deletes_or_only_marks(replica_node: ReplicaNode) -> None:
+    """SnapshotDelete on base + 4: without mark_only a snapshot with one
+    child is deleted; with it (the engine's choice when another replica must
+    keep the snapshot) it is kept and marked removed."""
+    n = replica_node
+    address = f"127.0.0.1:{n.ports['r1']}"
+    for name in ("s1", "s2"):
+        await n.remote.snapshot_create(address, "r1", name, user_created=True, created="", labels={})
+    assert await n.remote.snapshot_delete(address, "r1", "s2", mark_only=True) is False
+    chain = await n.remote.snapshot_chain(address, "r1")
+    assert [(s.name, s.removed) for s in chain.snapshots] == [("s1", False), ("s2", True)]
+    assert await n.remote.snapshot_delete(address, "r1", "s1") is True
+    chain = await n.remote.snapshot_chain(address, "r1")
+    assert [(s.name, s.removed) for s in chain.snapshots] == [("s2", True)]
+    with pytest.raises(NotFound, match="replica r1 has no snapshot s1"):
+        await n.remote.snapshot_delete(address, "r1", "s1", mark_only=True)

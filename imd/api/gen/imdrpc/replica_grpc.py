@@ -24,7 +24,7 @@ class ReplicaServiceBase(abc.ABC):
         pass
 
     @abc.abstractmethod
-    async def SnapshotDelete(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse]') -> None:
+    async def SnapshotDelete(self, stream: 'grpclib.server.Stream[imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteRequest, imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse]') -> None:
         pass
 
     @abc.abstractmethod
@@ -84,7 +84,7 @@ class ReplicaServiceBase(abc.ABC):
             '/imdrpc.ReplicaService/SnapshotDelete': grpclib.const.Handler(
                 self.SnapshotDelete,
                 grpclib.const.Cardinality.UNARY_UNARY,
-                imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+                imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteRequest,
                 imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse,
             ),
             '/imdrpc.ReplicaService/SnapshotChain': grpclib.const.Handler(
@@ -168,7 +168,7 @@ class ReplicaServiceStub:
         self.SnapshotDelete = grpclib.client.UnaryUnaryMethod(
             channel,
             '/imdrpc.ReplicaService/SnapshotDelete',
-            imd.api.gen.imdrpc.replica_pb2.SnapshotRequest,
+            imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteRequest,
             imd.api.gen.imdrpc.replica_pb2.SnapshotDeleteResponse,
         )
         self.SnapshotChain = grpclib.client.UnaryUnaryMethod(

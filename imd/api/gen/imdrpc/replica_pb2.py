@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14imdrpc/replica.proto\x12\x06imdrpc\x1a\x1bgoogle/protobuf/empty.proto\"2\n\x14ReplicaExpandRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x15ReplicaExpandResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"!\n\x0eReplicaRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\"0\n\x0fSnapshotRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xc7\x01\n\x15SnapshotCreateRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cuser_created\x18\x03 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).imdrpc.SnapshotCreateRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x08Snapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x10\n\x08\x63hildren\x18\x03 \x03(\t\x12\x14\n\x0cuser_created\x18\x04 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.imdrpc.Snapshot.LabelsEntry\x12\x0f\n\x07removed\x18\x07 \x01(\x08\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\t \x01(\t\x12\x11\n\tlvol_uuid\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x15SnapshotChainResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x13\n\x0bhead_parent\x18\x02 \x01(\t\x12\x11\n\thead_size\x18\x03 \x01(\x03\x12#\n\tsnapshots\x18\x04 \x03(\x0b\x32\x10.imdrpc.Snapshot\x12\x15\n\rbacking_image\x18\x05 \x01(\t\")\n\x16SnapshotDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\x15SnapshotPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"R\n\x16SnapshotExposeResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0b\n\x03nqn\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"D\n\x13SnapshotHashRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06rehash\x18\x03 \x01(\x08\"D\n\x12SnapshotHashStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"6\n\x13\x42\x61\x63kingImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdisk_uuid\x18\x02 \x01(\t2\xcc\x07\n\x0eReplicaService\x12L\n\rReplicaExpand\x12\x1c.imdrpc.ReplicaExpandRequest\x1a\x1d.imdrpc.ReplicaExpandResponse\x12\x41\n\x0eSnapshotCreate\x12\x1d.imdrpc.SnapshotCreateRequest\x1a\x10.imdrpc.Snapshot\x12I\n\x0eSnapshotDelete\x12\x17.imdrpc.SnapshotRequest\x1a\x1e.imdrpc.SnapshotDeleteResponse\x12\x46\n\rSnapshotChain\x12\x16.imdrpc.ReplicaRequest\x1a\x1d.imdrpc.SnapshotChainResponse\x12\x46\n\rSnapshotPurge\x12\x16.imdrpc.ReplicaRequest\x1a\x1d.imdrpc.SnapshotPurgeResponse\x12\x41\n\x0eSnapshotRevert\x12\x17.imdrpc.SnapshotRequest\x1a\x16.google.protobuf.Empty\x12I\n\x0eSnapshotExpose\x12\x17.imdrpc.SnapshotRequest\x1a\x1e.imdrpc.SnapshotExposeResponse\x12\x43\n\x10SnapshotUnexpose\x12\x17.imdrpc.SnapshotRequest\x1a\x16.google.protobuf.Empty\x12G\n\x0cSnapshotHash\x12\x1b.imdrpc.SnapshotHashRequest\x1a\x1a.imdrpc.SnapshotHashStatus\x12L\n\x15SnapshotHashStatusGet\x12\x17.imdrpc.SnapshotRequest\x1a\x1a.imdrpc.SnapshotHashStatus\x12\x44\n\x12SnapshotHashCancel\x12\x16.imdrpc.ReplicaRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x12\x42\x61\x63kingImageExpose\x12\x1b.imdrpc.BackingImageRequest\x1a\x1e.imdrpc.SnapshotExposeResponse\x12K\n\x14\x42\x61\x63kingImageUnexpose\x12\x1b.imdrpc.BackingImageRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14imdrpc/replica.proto\x12\x06imdrpc\x1a\x1bgoogle/protobuf/empty.proto\"2\n\x14ReplicaExpandRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x15ReplicaExpandResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"!\n\x0eReplicaRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\"0\n\x0fSnapshotRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"I\n\x15SnapshotDeleteRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmark_only\x18\x03 \x01(\x08\"\xc7\x01\n\x15SnapshotCreateRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cuser_created\x18\x03 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).imdrpc.SnapshotCreateRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x08Snapshot\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x10\n\x08\x63hildren\x18\x03 \x03(\t\x12\x14\n\x0cuser_created\x18\x04 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x05 \x01(\t\x12,\n\x06labels\x18\x06 \x03(\x0b\x32\x1c.imdrpc.Snapshot.LabelsEntry\x12\x0f\n\x07removed\x18\x07 \x01(\x08\x12\x0c\n\x04size\x18\x08 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\t \x01(\t\x12\x11\n\tlvol_uuid\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x15SnapshotChainResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x13\n\x0bhead_parent\x18\x02 \x01(\t\x12\x11\n\thead_size\x18\x03 \x01(\x03\x12#\n\tsnapshots\x18\x04 \x03(\x0b\x32\x10.imdrpc.Snapshot\x12\x15\n\rbacking_image\x18\x05 \x01(\t\")\n\x16SnapshotDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"(\n\x15SnapshotPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"R\n\x16SnapshotExposeResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0b\n\x03nqn\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"D\n\x13SnapshotHashRequest\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06rehash\x18\x03 \x01(\x08\"D\n\x12SnapshotHashStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"6\n\x13\x42\x61\x63kingImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdisk_uuid\x18\x02 \x01(\t2\xd2\x07\n\x0eReplicaService\x12L\n\rReplicaExpand\x12\x1c.imdrpc.ReplicaExpandRequest\x1a\x1d.imdrpc.ReplicaExpandResponse\x12\x41\n\x0eSnapshotCreate\x12\x1d.imdrpc.SnapshotCreateRequest\x1a\x10.imdrpc.Snapshot\x12O\n\x0eSnapshotDelete\x12\x1d.imdrpc.SnapshotDeleteRequest\x1a\x1e.imdrpc.SnapshotDeleteResponse\x12\x46\n\rSnapshotChain\x12\x16.imdrpc.ReplicaRequest\x1a\x1d.imdrpc.SnapshotChainResponse\x12\x46\n\rSnapshotPurge\x12\x16.imdrpc.ReplicaRequest\x1a\x1d.imdrpc.SnapshotPurgeResponse\x12\x41\n\x0eSnapshotRevert\x12\x17.imdrpc.SnapshotRequest\x1a\x16.google.protobuf.Empty\x12I\n\x0eSnapshotExpose\x12\x17.imdrpc.SnapshotRequest\x1a\x1e.imdrpc.SnapshotExposeResponse\x12\x43\n\x10SnapshotUnexpose\x12\x17.imdrpc.SnapshotRequest\x1a\x16.google.protobuf.Empty\x12G\n\x0cSnapshotHash\x12\x1b.imdrpc.SnapshotHashRequest\x1a\x1a.imdrpc.SnapshotHashStatus\x12L\n\x15SnapshotHashStatusGet\x12\x17.imdrpc.SnapshotRequest\x1a\x1a.imdrpc.SnapshotHashStatus\x12\x44\n\x12SnapshotHashCancel\x12\x16.imdrpc.ReplicaRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x12\x42\x61\x63kingImageExpose\x12\x1b.imdrpc.BackingImageRequest\x1a\x1e.imdrpc.SnapshotExposeResponse\x12K\n\x14\x42\x61\x63kingImageUnexpose\x12\x1b.imdrpc.BackingImageRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +44,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAREQUEST']._serialized_end=185
   _globals['_SNAPSHOTREQUEST']._serialized_start=187
   _globals['_SNAPSHOTREQUEST']._serialized_end=235
-  _globals['_SNAPSHOTCREATEREQUEST']._serialized_start=238
-  _globals['_SNAPSHOTCREATEREQUEST']._serialized_end=437
-  _globals['_SNAPSHOTCREATEREQUEST_LABELSENTRY']._serialized_start=392
-  _globals['_SNAPSHOTCREATEREQUEST_LABELSENTRY']._serialized_end=437
-  _globals['_SNAPSHOT']._serialized_start=440
-  _globals['_SNAPSHOT']._serialized_end=698
-  _globals['_SNAPSHOT_LABELSENTRY']._serialized_start=392
-  _globals['_SNAPSHOT_LABELSENTRY']._serialized_end=437
-  _globals['_SNAPSHOTCHAINRESPONSE']._serialized_start=701
-  _globals['_SNAPSHOTCHAINRESPONSE']._serialized_end=841
-  _globals['_SNAPSHOTDELETERESPONSE']._serialized_start=843
-  _globals['_SNAPSHOTDELETERESPONSE']._serialized_end=884
-  _globals['_SNAPSHOTPURGERESPONSE']._serialized_start=886
-  _globals['_SNAPSHOTPURGERESPONSE']._serialized_end=926
-  _globals['_SNAPSHOTEXPOSERESPONSE']._serialized_start=928
-  _globals['_SNAPSHOTEXPOSERESPONSE']._serialized_end=1010
-  _globals['_SNAPSHOTHASHREQUEST']._serialized_start=1012
-  _globals['_SNAPSHOTHASHREQUEST']._serialized_end=1080
-  _globals['_SNAPSHOTHASHSTATUS']._serialized_start=1082
-  _globals['_SNAPSHOTHASHSTATUS']._serialized_end=1150
-  _globals['_BACKINGIMAGEREQUEST']._serialized_start=1152
-  _globals['_BACKINGIMAGEREQUEST']._serialized_end=1206
-  _globals['_REPLICASERVICE']._serialized_start=1209
-  _globals['_REPLICASERVICE']._serialized_end=2181
+  _globals['_SNAPSHOTDELETEREQUEST']._serialized_start=237
+  _globals['_SNAPSHOTDELETEREQUEST']._serialized_end=310
+  _globals['_SNAPSHOTCREATEREQUEST']._serialized_start=313
+  _globals['_SNAPSHOTCREATEREQUEST']._serialized_end=512
+  _globals['_SNAPSHOTCREATEREQUEST_LABELSENTRY']._serialized_start=467
+  _globals['_SNAPSHOTCREATEREQUEST_LABELSENTRY']._serialized_end=512
+  _globals['_SNAPSHOT']._serialized_start=515
+  _globals['_SNAPSHOT']._serialized_end=773
+  _globals['_SNAPSHOT_LABELSENTRY']._serialized_start=467
+  _globals['_SNAPSHOT_LABELSENTRY']._serialized_end=512
+  _globals['_SNAPSHOTCHAINRESPONSE']._serialized_start=776
+  _globals['_SNAPSHOTCHAINRESPONSE']._serialized_end=916
+  _globals['_SNAPSHOTDELETERESPONSE']._serialized_start=918
+  _globals['_SNAPSHOTDELETERESPONSE']._serialized_end=959
+  _globals['_SNAPSHOTPURGERESPONSE']._serialized_start=961
+  _globals['_SNAPSHOTPURGERESPONSE']._serialized_end=1001
+  _globals['_SNAPSHOTEXPOSERESPONSE']._serialized_start=1003
+  _globals['_SNAPSHOTEXPOSERESPONSE']._serialized_end=1085
+  _globals['_SNAPSHOTHASHREQUEST']._serialized_start=1087
+  _globals['_SNAPSHOTHASHREQUEST']._serialized_end=1155
+  _globals['_SNAPSHOTHASHSTATUS']._serialized_start=1157
+  _globals['_SNAPSHOTHASHSTATUS']._serialized_end=1225
+  _globals['_BACKINGIMAGEREQUEST']._serialized_start=1227
+  _globals['_BACKINGIMAGEREQUEST']._serialized_end=1281
+  _globals['_REPLICASERVICE']._serialized_start=1284
+  _globals['_REPLICASERVICE']._serialized_end=2262
 # @@protoc_insertion_point(module_scope)

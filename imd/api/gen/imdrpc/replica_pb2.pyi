@@ -35,6 +35,16 @@ class SnapshotRequest(_message.Message):
     name: str
     def __init__(self, replica: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
+class SnapshotDeleteRequest(_message.Message):
+    __slots__ = ("replica", "name", "mark_only")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MARK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    name: str
+    mark_only: bool
+    def __init__(self, replica: _Optional[str] = ..., name: _Optional[str] = ..., mark_only: _Optional[bool] = ...) -> None: ...
+
 class SnapshotCreateRequest(_message.Message):
     __slots__ = ("replica", "name", "user_created", "created", "labels")
     class LabelsEntry(_message.Message):
