@@ -145,6 +145,17 @@ void complete_msg(struct imdn_req *req, int status, const char *fmt, ...)
 	complete(req, status);
 }
 
+bool buf_all_zero(const void *buf, size_t len)
+{
+	const uint64_t *w = buf;
+	for (size_t i = 0; i < len / 8; i++) {
+		if (w[i] != 0) {
+			return false;
+		}
+	}
+	return true;
+}
+
 void post_event(const struct imdn_event *ev)
 {
 	struct event_ring *r = &g_events;

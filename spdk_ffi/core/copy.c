@@ -87,17 +87,6 @@ struct imdn_job {
 
 static void job_step(struct imdn_job *job);
 
-static bool all_zero(const void *buf, size_t len)
-{
-	const uint64_t *w = buf;
-	for (size_t i = 0; i < len / 8; i++) {
-		if (w[i] != 0) {
-			return false;
-		}
-	}
-	return true;
-}
-
 static uint64_t chunk_bytes(struct imdn_job *job)
 {
 	return (job->hi - job->lo) * job->block_size;
@@ -205,7 +194,7 @@ static void chunk_read(struct imdn_job *job)
 	size_t bytes = chunk_bytes(job);
 	if (job->kind == IMDN_JOB_HASH) {
 		EVP_DigestUpdate(job->sha, job->buf, bytes);
-		bool differs = job->dst != NULL ? memcmp(job->buf, job->other, bytes) != 0 : !all_zero(job->buf, bytes);
+		bool differs = job->dst != NULL ? memcmp(job->buf, job->other, bytes) != 0 : !buf_all_zero(job->buf, bytes);
 		if (differs) {
 			CTR_ADD(job->chunks_differ, 1);
 		}
@@ -215,7 +204,7 @@ static void chunk_read(struct imdn_job *job)
 		job_step(job);
 		return;
 	}
-	bool zero = all_zero(job->buf, bytes);
+	bool zero = buf_all_zero(job->buf, bytes);
 	bool skip = (job->flags & IMDN_COPY_COMPARE) ? memcmp(job->buf, job->other, bytes) == 0
 						     : (zero && (job->flags & IMDN_COPY_SKIP_ZERO));
 	if (skip || job->cancel) {
@@ -319,7 +308,7 @@ static void ahead_pump(struct imdn_job *job)
 			}
 			size_t bytes = (slot->hi - slot->lo) * job->block_size;
 			EVP_DigestUpdate(job->sha, slot->buf, bytes);
-			if (!all_zero(slot->buf, bytes)) {
+			if (!buf_all_zero(slot->buf, bytes)) {
 				CTR_ADD(job->chunks_differ, 1);
 			}
 			CTR_ADD(job->bytes_done, bytes);

@@ -66,6 +66,9 @@ bool submission_empty(void);
 void complete(struct imdn_req *req, int status);
 void complete_msg(struct imdn_req *req, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void post_event(const struct imdn_event *ev);
+/* Whether len bytes (a multiple of 8, 8-aligned) are all zero: a chunk a
+ * copy or a rebuild need not write (the target has it as a hole). */
+bool buf_all_zero(const void *buf, size_t len);
 static inline uint64_t us_to_ticks(uint64_t us)
 {
 	return us * g_ticks_hz / 1000000;

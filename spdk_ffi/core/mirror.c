@@ -808,17 +808,6 @@ static void mirror_destroy_continue(struct imdn_mirror *m)
 
 /* -- rebuild -------------------------------------------------------------------- */
 
-static bool all_zero(const void *buf, size_t len)
-{
-	const uint64_t *w = buf;
-	for (size_t i = 0; i < len / 8; i++) {
-		if (w[i] != 0) {
-			return false;
-		}
-	}
-	return true;
-}
-
 static void rebuild_unlock(struct imdn_mirror *m)
 {
 	struct rebuild *rb = &m->rb;
@@ -866,27 +855,35 @@ static int pick_source(struct imdn_mirror *m)
 	return -1;
 }
 
-static void rebuild_submit(struct imdn_mirror *m, int leg_index, uint8_t kind, mpath_done_fn done)
+/* One leg command of the rebuild's current chunk [lock_lo, lock_hi), into or
+ * out of buf, through sub and iov (the rebuild's own: one chunk at a time). */
+static void rebuild_leg_submit(struct imdn_mirror *m, int leg_index, struct mpath_io *sub, struct iovec *iov,
+			       void *buf, uint8_t kind, mpath_done_fn done)
 {
 	struct rebuild *rb = &m->rb;
 	struct mirror_leg *leg = &m->legs[leg_index];
-	struct mpath_io *sub = &rb->sub;
 	memset(sub, 0, sizeof(*sub));
-	rb->iov.iov_base = rb->buf;
-	rb->iov.iov_len = (rb->lock_hi - rb->lock_lo) * m->block_size;
+	iov->iov_base = buf;
+	iov->iov_len = (rb->lock_hi - rb->lock_lo) * m->block_size;
 	sub->mp = leg->mp;
 	sub->nsid = leg->nsid;
 	sub->kind = kind;
 	sub->lba = rb->lock_lo;
 	sub->nblocks = (uint32_t)(rb->lock_hi - rb->lock_lo);
-	sub->iovs = &rb->iov;
+	sub->iovs = iov;
 	sub->iovcnt = 1;
 	sub->done = done;
 	sub->ctx = m;
 	sub->tag = (uint32_t)leg_index;
-	rb->copy_leg = (uint32_t)leg_index;
 	leg->outstanding++;
 	mpath_submit(sub);
+}
+
+static void rebuild_submit(struct imdn_mirror *m, int leg_index, uint8_t kind, mpath_done_fn done)
+{
+	struct rebuild *rb = &m->rb;
+	rb->copy_leg = (uint32_t)leg_index; /* before the submit: its completion reads it */
+	rebuild_leg_submit(m, leg_index, &rb->sub, &rb->iov, rb->buf, kind, done);
 }
 
 static void rebuild_write_done(struct mpath_io *sub, int status, uint16_t sct, uint16_t sc)
@@ -955,7 +952,7 @@ static void rebuild_chunk_read(struct imdn_mirror *m)
 		return;
 	}
 	rb->phase = RB_WRITING;
-	if (blocks <= WZ_MAX_BLOCKS && all_zero(rb->buf, blocks * m->block_size)) {
+	if (blocks <= WZ_MAX_BLOCKS && buf_all_zero(rb->buf, blocks * m->block_size)) {
 		CTR_ADD(m->rb_chunks_zero, 1);
 		rebuild_submit(m, rb->dst, IMDN_WRITE_ZEROES, rebuild_write_done);
 	} else {
@@ -1004,23 +1001,7 @@ static void rebuild_read(struct imdn_mirror *m)
 	rb->reads_pending = rb->compare ? 2 : 1; /* both counted before either can complete */
 	rebuild_submit(m, src, IMDN_READ, rebuild_read_done);
 	if (rb->compare) {
-		struct mirror_leg *leg = &m->legs[rb->dst];
-		struct mpath_io *sub = &rb->dst_sub;
-		memset(sub, 0, sizeof(*sub));
-		rb->dst_iov.iov_base = rb->dst_buf;
-		rb->dst_iov.iov_len = (rb->lock_hi - rb->lock_lo) * m->block_size;
-		sub->mp = leg->mp;
-		sub->nsid = leg->nsid;
-		sub->kind = IMDN_READ;
-		sub->lba = rb->lock_lo;
-		sub->nblocks = (uint32_t)(rb->lock_hi - rb->lock_lo);
-		sub->iovs = &rb->dst_iov;
-		sub->iovcnt = 1;
-		sub->done = rebuild_read_done;
-		sub->ctx = m;
-		sub->tag = (uint32_t)rb->dst;
-		leg->outstanding++;
-		mpath_submit(sub);
+		rebuild_leg_submit(m, (int)rb->dst, &rb->dst_sub, &rb->dst_iov, rb->dst_buf, IMDN_READ, rebuild_read_done);
 	}
 }
 
