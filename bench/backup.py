@@ -40,7 +40,7 @@ from typing import Any
 
 import uvloop
 
-from bench.report import RESULTS, environment, markdown_table, pyplot, save
+from bench.report import RESULTS, environment, markdown_table, pyplot, save, save_figure
 from imd.backupstore import BackupSpec, FileBlockSink, FileBlockSource, Progress, create_backup, restore
 from tests.backupstore.seaweed import SeaweedS3, weed_binary
 
@@ -234,12 +234,7 @@ def plot(name: str, reps: list[dict[str, dict[str, float | str]]]) -> Path | Non
     ax.set_ylabel("seconds (median)")
     ax.set_title("1 GiB (half random) to S3 (SeaweedFS), lz4")
     ax.legend()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, RESULTS / f"{name}.png")
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -73,7 +73,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from bench.daemon import LocalDaemon, free_port_block, rss_mb
-from bench.report import RESULTS, environment, markdown_table, percentile, pyplot, save
+from bench.report import RESULTS, environment, markdown_table, percentile, pyplot, save, save_figure
 from imd.api.gen.imrpc import imrpc_pb2 as pm
 
 GO_DEFAULT = "/work/go-im/longhorn-instance-manager"
@@ -780,11 +780,7 @@ def plot(results: list[dict[str, Any]], watcher_counts: list[int], daemons: list
         ax.set_title(name, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def _orders(daemons: list[str], rep: int) -> Iterator[str]:

@@ -43,7 +43,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, pyplot, write_results
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, save_figure, write_results
 from bench.spdknode import (
     HOSTNQN,
     MIB,
@@ -435,11 +435,7 @@ def plot(label: str, mirror: list[dict[str, Any]], e2e: list[dict[str, Any]]) ->
     right.legend(fontsize=8)
     for ax in axes:
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = RESULTS / f"{label}.png"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(plt, fig, RESULTS / f"{label}.png")
     if e2e:
         fig, ax = plt.subplots(figsize=(11, 4.5))
         keyed = sorted(e2e, key=lambda r: (r["host"], r["workload"]))
@@ -456,9 +452,7 @@ def plot(label: str, mirror: list[dict[str, Any]], e2e: list[dict[str, Any]]) ->
         ax.set(ylabel="IOPS (median)", yscale="log", title="end to end through the frontend (3 pollers, 2 cores)")
         ax.legend()
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(RESULTS / f"{label}-e2e.png", dpi=110)
-        plt.close(fig)
+        save_figure(plt, fig, RESULTS / f"{label}-e2e.png")
     return path
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import uvloop
 
-from bench.report import RESULTS, environment, markdown_table, pyplot, save
+from bench.report import RESULTS, environment, markdown_table, pyplot, save, save_figure
 from bench.spdkfio import run_spdk_fio
 
 WORKLOADS: list[tuple[str, str, int, int]] = [  # name, bdev, io size, qd
@@ -391,9 +391,7 @@ def _plot(results: list[dict[str, Any]]) -> None:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = RESULTS / "hotpath.png"
-    fig.savefig(path, dpi=110)
+    path = save_figure(plt, fig, RESULTS / "hotpath.png")
     print(f"plot {path}")
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, percentile, pyplot, write_results
+from bench.report import RESULTS, environment, markdown_table, median, percentile, pyplot, save_figure, write_results
 from bench.spdknode import MIB, missing
 from bench.v2ops import Node
 
@@ -278,12 +278,7 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
         )
         right.set_ylabel("InstanceCreate ms")
         right.set_title(f"replica create ({reps['mib']} MiB)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{label}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, RESULTS / f"{label}.png")
 
 
 async def main() -> int:

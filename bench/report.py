@@ -78,6 +78,15 @@ def pyplot() -> Any | None:
     return plt
 
 
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (its folder made), close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_results(label: str, data: dict[str, Any], markdown: str) -> None:
     """results/<label>.json (the run's data) and results/<label>.md (its report)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -102,9 +111,4 @@ def plot_percentiles(name: str, title: str, series: dict[str, list[tuple[int, fl
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, RESULTS / f"{name}.png")

@@ -48,7 +48,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, pyplot, summary_ms, write_results
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, save_figure, summary_ms, write_results
 from bench.spdknode import MIB, missing
 from bench.v2ops import Host, Node, longest_gap
 
@@ -408,12 +408,7 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
         ax.legend(fontsize=8)
     for a in axes:
         a.grid(True, alpha=0.3)
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{label}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, RESULTS / f"{label}.png")
 
 
 async def main() -> int:

@@ -53,7 +53,7 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.report import RESULTS, environment, markdown_table, median, pyplot, write_results
+from bench.report import RESULTS, environment, markdown_table, median, pyplot, save_figure, write_results
 from bench.spdknode import HOSTNQN, MIB, CpuWatch, ReplicaTarget, missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -816,12 +816,7 @@ def plot(label: str, data: dict[str, Any]) -> Path | None:
         ax.set(xlabel="repetition (x: fault → ERR)", ylabel="s", title="a replica's node lost under host I/O")
     for a in axes.values():
         a.grid(True, alpha=0.3)
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{label}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, RESULTS / f"{label}.png")
 
 
 async def main() -> int:
