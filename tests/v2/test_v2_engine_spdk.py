@@ -73,7 +73,9 @@ class Node:
         self.ports[name] = made.status.port_start
         return int(made.status.port_start)
 
-    async def engine(self, name: str, replicas: list[str], size: int = SIZE) -> inst.InstanceResponse:
+    async def engine(
+        self, name: str, replicas: list[str], size: int = SIZE, frontend: str = "spdk-tcp-nvmf"
+    ) -> inst.InstanceResponse:
         spec = inst.InstanceSpec(
             name=name,
             type="engine",
@@ -82,7 +84,7 @@ class Node:
             spdk_instance_spec=inst.SpdkInstanceSpec(
                 size=size,
                 replica_address_map={r: f"127.0.0.1:{self.ports[r]}" for r in replicas},
-                frontend="spdk-tcp-nvmf",
+                frontend=frontend,
             ),
         )
         return await self.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))

@@ -202,16 +202,7 @@ async def test_a_kill_during_a_revert_finishes_it_at_restart(node: Node) -> None
     assert await snapshot(node, "e1", "s2") == "s2"
     await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", data_engine=V2))
     await gone(node, "e1")
-    spec = inst.InstanceSpec(
-        name="e3",
-        type="engine",
-        volume_name="vol",
-        data_engine=V2,
-        spdk_instance_spec=inst.SpdkInstanceSpec(
-            size=SIZE, replica_address_map={r: f"127.0.0.1:{node.ports[r]}" for r in ("r1", "r2")}, frontend=""
-        ),
-    )
-    await node.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))
+    await node.engine("e3", ["r1", "r2"], size=SIZE, frontend="")
     revert = asyncio.ensure_future(
         node.proxy.SnapshotRevert(ppb.EngineSnapshotRevertRequest(proxy_engine_request=req("e3"), name="s1"))
     )

@@ -179,16 +179,7 @@ async def test_snapshots_hold_what_the_host_wrote_and_survive_revert_and_rebuild
     # Revert: only without a frontend. e1 goes, e2 (no frontend) reverts to s1.
     await node.stub.InstanceDelete(inst.InstanceDeleteRequest(name="e1", data_engine=V2))
     await gone(node, "e1")
-    spec = inst.InstanceSpec(
-        name="e2",
-        type="engine",
-        volume_name="vol",
-        data_engine=V2,
-        spdk_instance_spec=inst.SpdkInstanceSpec(
-            size=SIZE, replica_address_map={r: f"127.0.0.1:{node.ports[r]}" for r in ("r1", "r2", "r3")}, frontend=""
-        ),
-    )
-    await node.stub.InstanceCreate(inst.InstanceCreateRequest(spec=spec))
+    await node.engine("e2", ["r1", "r2", "r3"], size=SIZE, frontend="")
     await node.proxy.SnapshotRevert(ppb.EngineSnapshotRevertRequest(proxy_engine_request=req("e2"), name="s1"))
     reverted = await listing(node, "e2")
     assert reverted["volume-head"].parent == "s1"
